@@ -1,0 +1,205 @@
+//! The configuration file as the user writes it: serde structs, every field defaulted.
+//!
+//! These types mirror the TOML one to one and check nothing beyond types; [`crate::validate`]
+//! turns them into the runtime form ([`crate::Config`]) and reports every problem it finds.
+
+use serde::Deserialize;
+
+/// The whole file. Every table may be left out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// Name of the runtime that the plain container paths (`/invocations`, `/mcp`, `/`) reach.
+    /// Default: the first runtime.
+    pub default_runtime: Option<String>,
+    pub listeners: FileListeners,
+    pub server: FileServer,
+    pub limits: FileLimits,
+    pub sessions: FileSessions,
+    pub runtimes: Vec<FileRuntime>,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        Self {
+            default_runtime: None,
+            listeners: FileListeners::default(),
+            server: FileServer::default(),
+            limits: FileLimits::default(),
+            sessions: FileSessions::default(),
+            runtimes: vec![FileRuntime::default()],
+        }
+    }
+}
+
+/// Where the gateway listens, one address per protocol port. Changed only by a restart.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileListeners {
+    /// HTTP face: `/invocations`, `/ping`, `/ws`, `/runtimes/{id}/…`. Default `0.0.0.0:8080`.
+    pub http: String,
+    /// MCP face: `/mcp`. Default `0.0.0.0:8000`.
+    pub mcp: String,
+    /// A2A face: `/`, `/.well-known/agent-card.json`. Default `0.0.0.0:9000`.
+    pub a2a: String,
+    /// Admin: `/healthz`, `/metrics`, `/sessions`. Default `127.0.0.1:9090`.
+    pub admin: String,
+}
+
+impl Default for FileListeners {
+    fn default() -> Self {
+        Self {
+            http: "0.0.0.0:8080".into(),
+            mcp: "0.0.0.0:8000".into(),
+            a2a: "0.0.0.0:9000".into(),
+            admin: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+/// Process-level settings of the Pingora server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileServer {
+    /// Worker threads per listener. Default 2.
+    pub threads: usize,
+    /// On SIGTERM, seconds to keep accepting before draining. Default 0.
+    pub grace_period_secs: u64,
+    /// On SIGTERM, seconds in-flight requests get to finish. Default 10.
+    pub shutdown_timeout_secs: u64,
+    /// Idle connections kept open to each backend. Default 256.
+    pub upstream_keepalive_pool_size: usize,
+}
+
+impl Default for FileServer {
+    fn default() -> Self {
+        Self {
+            threads: 2,
+            grace_period_secs: 0,
+            shutdown_timeout_secs: 10,
+            upstream_keepalive_pool_size: 256,
+        }
+    }
+}
+
+/// Admission limits and the payload cap.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileLimits {
+    /// Largest request body, in bytes. Default 100 000 000 (AgentCore's 100 MB).
+    pub max_payload_bytes: u64,
+    /// Sessions alive at once, all principals together. Default 1 000.
+    pub max_active_sessions: usize,
+    /// Sessions alive at once for one principal. Default 100.
+    pub max_sessions_per_principal: usize,
+    /// Requests in flight at once in one session (an open WebSocket counts). Default 32.
+    pub max_inflight_per_session: u32,
+    /// New sessions started per second, all principals together. Default 25.
+    pub new_sessions_per_second: u32,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 100_000_000,
+            max_active_sessions: 1_000,
+            max_sessions_per_principal: 100,
+            max_inflight_per_session: 32,
+            new_sessions_per_second: 25,
+        }
+    }
+}
+
+/// Session lifecycle.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileSessions {
+    /// A session with no request in flight for this long ends. Default 900, 1..=28 800.
+    pub idle_timeout_secs: u64,
+    /// A session ends this long after it started, busy or not. Default 28 800, 1..=28 800.
+    pub max_lifetime_secs: u64,
+    /// How often the lifecycle sweep runs, in milliseconds. Default 1 000.
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for FileSessions {
+    fn default() -> Self {
+        Self {
+            idle_timeout_secs: 900,
+            max_lifetime_secs: 28_800,
+            sweep_interval_ms: 1_000,
+        }
+    }
+}
+
+/// One agent runtime: a name and where its sessions' backends come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileRuntime {
+    /// `[a-zA-Z][a-zA-Z0-9_]{0,47}`, as AgentCore names runtimes. Default `default`.
+    pub name: String,
+    /// What `/runtimes/{name}/invocations` reaches: `http` (`/invocations`), `mcp` (`/mcp`) or
+    /// `a2a` (`/`). Default `http`.
+    pub protocol: String,
+    pub backend: FileBackend,
+}
+
+impl Default for FileRuntime {
+    fn default() -> Self {
+        Self {
+            name: "default".into(),
+            protocol: "http".into(),
+            backend: FileBackend::default(),
+        }
+    }
+}
+
+/// Where a runtime's backends come from. The keys that apply depend on `provider`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileBackend {
+    /// `process` (spawn one backend per session) or `static` (a pool of deployed runtimes).
+    /// Default `process`.
+    pub provider: String,
+
+    /// process: the program to run. Default: this `sessiongate` binary.
+    pub command: Option<String>,
+    /// process: its arguments; `{http}`, `{mcp}` and `{a2a}` become the loopback addresses the
+    /// gateway chose for it. Default `["agent", "--http", "{http}", "--mcp", "{mcp}", "--a2a", "{a2a}"]`.
+    pub args: Option<Vec<String>>,
+    /// process: extra environment variables (the same placeholders apply).
+    pub env: Option<std::collections::BTreeMap<String, String>>,
+    /// process: how long a new backend may take to answer `GET /ping` with 200. Default 10 000.
+    pub ready_timeout_ms: Option<u64>,
+    /// process: after SIGTERM, how long before SIGKILL. Default 2 000.
+    pub stop_timeout_ms: Option<u64>,
+
+    /// static: the deployed runtimes, one table each.
+    pub endpoints: Option<Vec<FileEndpoint>>,
+    /// static: sessions one endpoint serves at once. Default 1 (one isolated backend per session).
+    pub sessions_per_endpoint: Option<u32>,
+}
+
+impl Default for FileBackend {
+    fn default() -> Self {
+        Self {
+            provider: "process".into(),
+            command: None,
+            args: None,
+            env: None,
+            ready_timeout_ms: None,
+            stop_timeout_ms: None,
+            endpoints: None,
+            sessions_per_endpoint: None,
+        }
+    }
+}
+
+/// One deployed runtime of a static pool: its protocol ports as `IP:port`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEndpoint {
+    pub http: String,
+    pub mcp: Option<String>,
+    pub a2a: Option<String>,
+}

@@ -1,0 +1,115 @@
+use super::*;
+
+#[test]
+fn embedded_default_is_valid_and_documented_values_hold() {
+    let c = Config::embedded_default();
+    assert_eq!(c.listeners.http.to_string(), "0.0.0.0:8080");
+    assert_eq!(c.listeners.mcp.to_string(), "0.0.0.0:8000");
+    assert_eq!(c.listeners.a2a.to_string(), "0.0.0.0:9000");
+    assert_eq!(c.listeners.admin.to_string(), "127.0.0.1:9090");
+    assert_eq!(c.limits.max_payload_bytes, 100_000_000);
+    assert_eq!(c.sessions.idle_timeout.as_secs(), 900);
+    assert_eq!(c.sessions.max_lifetime.as_secs(), 28_800);
+    assert_eq!(c.runtimes.len(), 1);
+    assert_eq!(c.runtimes[0].name, "default");
+    assert!(matches!(&c.runtimes[0].backend, BackendSpec::Process(p) if p.command.is_none()));
+}
+
+#[test]
+fn empty_file_is_the_embedded_default() {
+    let c = parse("").unwrap();
+    assert_eq!(c.runtimes[0].name, "default");
+}
+
+#[test]
+fn unknown_key_is_reported_with_its_path_and_line() {
+    let text = "[limits]\nmax_payload_bytes = 10\n\n[sessions]\nidle_timeout = 5\n";
+    let errs = parse(text).unwrap_err().0;
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].path, "sessions.idle_timeout");
+    assert_eq!(errs[0].line, Some(5));
+    assert!(errs[0].message.contains("unknown field"), "{}", errs[0].message);
+}
+
+#[test]
+fn wrong_type_is_reported_with_its_path() {
+    let errs = parse("[[runtimes]]\nname = 'a'\n[runtimes.backend]\nready_timeout_ms = 'soon'\n")
+        .unwrap_err()
+        .0;
+    assert_eq!(errs[0].path, "runtimes[0].backend.ready_timeout_ms");
+    assert_eq!(errs[0].line, Some(4));
+}
+
+#[test]
+fn syntax_error_gives_a_line() {
+    let errs = parse("[limits\nmax_payload_bytes = 1").unwrap_err().0;
+    assert_eq!(errs[0].line, Some(1));
+}
+
+#[test]
+fn every_semantic_error_is_reported_at_once() {
+    let text = r#"
+default_runtime = "nope"
+[listeners]
+http = "localhost:80"
+mcp = "127.0.0.1:7000"
+a2a = "127.0.0.1:7000"
+[sessions]
+idle_timeout_secs = 0
+[[runtimes]]
+name = "9bad"
+protocol = "grpc"
+[runtimes.backend]
+provider = "static"
+endpoints = [{ http = "127.0.0.1:1" }, { http = "127.0.0.1:1", mcp = "nowhere" }]
+ready_timeout_ms = 5
+[[runtimes]]
+name = "ok"
+[runtimes.backend]
+provider = "vm"
+"#;
+    let errs = parse(text).unwrap_err().0;
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    for want in [
+        "default_runtime",
+        "listeners.http",
+        "listeners.a2a",
+        "sessions.idle_timeout_secs",
+        "runtimes[0].name",
+        "runtimes[0].protocol",
+        "runtimes[0].backend.ready_timeout_ms",
+        "runtimes[0].backend.endpoints[1].http",
+        "runtimes[0].backend.endpoints[1].mcp",
+        "runtimes[1].backend.provider",
+    ] {
+        assert!(paths.contains(&want), "missing {want} in {paths:?}");
+    }
+}
+
+#[test]
+fn static_pool_parses() {
+    let c = parse(
+        r#"
+[[runtimes]]
+name = "pool"
+[runtimes.backend]
+provider = "static"
+sessions_per_endpoint = 2
+endpoints = [{ http = "127.0.0.1:18080", mcp = "127.0.0.1:18000", a2a = "127.0.0.1:19000" }]
+"#,
+    )
+    .unwrap();
+    let BackendSpec::Static(pool) = &c.runtimes[0].backend else {
+        panic!("not static")
+    };
+    assert_eq!(pool.sessions_per_endpoint, 2);
+    assert_eq!(pool.endpoints[0].addr(Protocol::Mcp).unwrap().port(), 18000);
+}
+
+#[test]
+fn idle_longer_than_lifetime_is_refused() {
+    let errs = parse("[sessions]\nidle_timeout_secs = 100\nmax_lifetime_secs = 50\n")
+        .unwrap_err()
+        .0;
+    assert_eq!(errs[0].path, "sessions.idle_timeout_secs");
+}

@@ -1,0 +1,206 @@
+//! Admission limits: how many sessions may exist, per principal and in all, and how fast new
+//! ones may start. (In-flight requests per session are counted on the session itself.)
+
+use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use auth::Principal;
+use dashmap::DashMap;
+
+/// Why a request was not admitted. The gateway maps each to an AWS error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("the gateway's active session limit is reached")]
+    ActiveSessions,
+    #[error("this principal's active session limit is reached")]
+    PrincipalSessions,
+    #[error("new sessions are starting faster than allowed")]
+    SessionRate { retry_after: Duration },
+    #[error("too many requests are in flight in this session")]
+    SessionInflight,
+}
+
+impl Rejection {
+    /// A short stable name for metrics labels.
+    pub const fn reason(&self) -> &'static str {
+        match self {
+            Rejection::ActiveSessions => "active_sessions",
+            Rejection::PrincipalSessions => "principal_sessions",
+            Rejection::SessionRate { .. } => "session_rate",
+            Rejection::SessionInflight => "session_inflight",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct AdmissionLimits {
+    pub max_active_sessions: usize,
+    pub max_sessions_per_principal: usize,
+    pub max_inflight_per_session: u32,
+    pub new_sessions_per_second: u32,
+}
+
+impl From<&conf::Limits> for AdmissionLimits {
+    fn from(l: &conf::Limits) -> Self {
+        Self {
+            max_active_sessions: l.max_active_sessions,
+            max_sessions_per_principal: l.max_sessions_per_principal,
+            max_inflight_per_session: l.max_inflight_per_session,
+            new_sessions_per_second: l.new_sessions_per_second,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Admission {
+    pub limits: AdmissionLimits,
+    active: AtomicUsize,
+    per_principal: DashMap<Principal, usize>,
+    rate: TokenBucket,
+}
+
+impl Admission {
+    pub fn new(limits: AdmissionLimits) -> Self {
+        Self {
+            limits,
+            active: AtomicUsize::new(0),
+            per_principal: DashMap::new(),
+            rate: TokenBucket::new(limits.new_sessions_per_second),
+        }
+    }
+
+    /// Sessions alive now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Admits one new session for `principal`, or says which limit stops it. The returned
+    /// reservation gives the counts back when dropped, with the session that owns it.
+    pub fn admit_session(self: &Arc<Self>, principal: &Principal) -> Result<Reservation, Rejection> {
+        let l = &self.limits;
+        self.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < l.max_active_sessions).then_some(n + 1)
+            })
+            .map_err(|_| Rejection::ActiveSessions)?;
+        let mut reservation = Reservation {
+            admission: Arc::clone(self),
+            principal: None,
+        };
+        {
+            let mut n = self.per_principal.entry(principal.clone()).or_insert(0);
+            if *n >= l.max_sessions_per_principal {
+                return Err(Rejection::PrincipalSessions);
+            }
+            *n += 1;
+        }
+        reservation.principal = Some(principal.clone());
+        // The rate is taken last so that a session refused for another reason spends no token.
+        self.rate.take().map_err(|retry_after| Rejection::SessionRate { retry_after })?;
+        Ok(reservation)
+    }
+}
+
+/// One admitted session's share of the counts; given back on drop.
+#[derive(Debug)]
+pub struct Reservation {
+    admission: Arc<Admission>,
+    principal: Option<Principal>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let a = &self.admission;
+        a.active.fetch_sub(1, Ordering::AcqRel);
+        if let Some(p) = &self.principal {
+            a.per_principal.remove_if_mut(p, |_, n| {
+                *n = n.saturating_sub(1);
+                *n == 0
+            });
+        }
+    }
+}
+
+/// Tokens refill continuously at `rate` per second, up to one second's worth.
+#[derive(Debug)]
+struct TokenBucket {
+    rate: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl TokenBucket {
+    fn new(per_second: u32) -> Self {
+        let rate = f64::from(per_second.max(1));
+        Self {
+            rate,
+            state: Mutex::new((rate, Instant::now())),
+        }
+    }
+
+    /// Takes a token, or says how long until one is available.
+    fn take(&self) -> Result<(), Duration> {
+        let Ok(mut s) = self.state.lock() else {
+            return Ok(()); // a poisoned bucket admits rather than wedging the gateway
+        };
+        let now = Instant::now();
+        let (tokens, last) = *s;
+        let tokens = (tokens + now.duration_since(last).as_secs_f64() * self.rate).min(self.rate);
+        if tokens >= 1.0 {
+            *s = (tokens - 1.0, now);
+            Ok(())
+        } else {
+            *s = (tokens, now);
+            Err(Duration::from_secs_f64((1.0 - tokens) / self.rate))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(active: usize, per_principal: usize, rate: u32) -> AdmissionLimits {
+        AdmissionLimits {
+            max_active_sessions: active,
+            max_sessions_per_principal: per_principal,
+            max_inflight_per_session: 1,
+            new_sessions_per_second: rate,
+        }
+    }
+
+    #[test]
+    fn active_limit_and_give_back() {
+        let a = Arc::new(Admission::new(limits(2, 10, 1000)));
+        let p = Principal::anonymous();
+        let r1 = a.admit_session(&p).unwrap();
+        let _r2 = a.admit_session(&p).unwrap();
+        assert_eq!(a.admit_session(&p).unwrap_err(), Rejection::ActiveSessions);
+        drop(r1);
+        assert!(a.admit_session(&p).is_ok());
+    }
+
+    #[test]
+    fn principal_limit_is_per_principal() {
+        let a = Arc::new(Admission::new(limits(10, 1, 1000)));
+        let (p, q) = (Principal::new("p"), Principal::new("q"));
+        let _r = a.admit_session(&p).unwrap();
+        assert_eq!(a.admit_session(&p).unwrap_err(), Rejection::PrincipalSessions);
+        assert_eq!(a.active(), 1, "a refused session gives its count back");
+        assert!(a.admit_session(&q).is_ok());
+    }
+
+    #[test]
+    fn rate_limit_says_when_to_retry() {
+        let a = Arc::new(Admission::new(limits(100, 100, 2)));
+        let p = Principal::anonymous();
+        let _k: Vec<_> = (0..2).map(|_| a.admit_session(&p).unwrap()).collect();
+        match a.admit_session(&p) {
+            Err(Rejection::SessionRate { retry_after }) => {
+                assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(a.active(), 2);
+    }
+}

@@ -1,0 +1,352 @@
+//! The session directory: session id → one sticky backend.
+//!
+//! A session is created on first use, its backend placed once (concurrent first requests wait
+//! for the same placement), and every later request with its id reaches that backend. A
+//! request holds a [`Ticket`] while in flight; the idle sweep removes a session only under the
+//! map's shard lock and only when no ticket is out, so no request is ever handed a backend
+//! that is being torn down by the sweep.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use auth::Principal;
+use dashmap::DashMap;
+use tokio::sync::OnceCell;
+
+use crate::admission::{Admission, AdmissionLimits, Rejection, Reservation};
+use crate::provider::{Backend, BackendProvider, PlacementError};
+use crate::session_id::SessionId;
+
+/// MCP session ids remembered per runtime session; older ones are forgotten first.
+const MAX_MCP_IDS_PER_SESSION: usize = 16;
+
+#[derive(Debug)]
+pub struct SessionDirectory {
+    sessions: DashMap<SessionId, Arc<Session>>,
+    /// `Mcp-Session-Id` (learned from backends' responses) → runtime session.
+    mcp_ids: DashMap<Box<str>, SessionId>,
+    admission: Arc<Admission>,
+}
+
+/// Why a request could not be given its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// Unknown id, or one that belongs to another principal or runtime (indistinguishable).
+    #[error("session not found")]
+    NotFound,
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    Idle,
+    MaxLifetime,
+    BackendExited,
+    Unhealthy,
+    PlacementFailed,
+    Stopped,
+    Shutdown,
+}
+
+impl EndReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Idle => "idle",
+            EndReason::MaxLifetime => "max_lifetime",
+            EndReason::BackendExited => "backend_exited",
+            EndReason::Unhealthy => "unhealthy",
+            EndReason::PlacementFailed => "placement_failed",
+            EndReason::Stopped => "stopped",
+            EndReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// One live session.
+#[derive(Debug)]
+pub struct Session {
+    pub id: SessionId,
+    /// Index of the runtime it belongs to.
+    pub runtime: usize,
+    pub principal: Principal,
+    created_ms: u64,
+    last_activity_ms: AtomicU64,
+    inflight: AtomicU32,
+    backend: OnceCell<Backend>,
+    ended: AtomicBool,
+    mcp_ids: Mutex<Vec<Box<str>>>,
+    _reservation: Reservation,
+}
+
+impl Session {
+    /// The placed backend; `None` while it is still being provisioned.
+    pub fn backend(&self) -> Option<&Backend> {
+        self.backend.get()
+    }
+
+    pub fn inflight(&self) -> u32 {
+        self.inflight.load(Ordering::Acquire)
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    pub fn age(&self, now_ms: u64) -> Duration {
+        Duration::from_millis(now_ms.saturating_sub(self.created_ms))
+    }
+
+    /// Time since the last request started or finished (or the backend last reported busy).
+    pub fn idle_for(&self, now_ms: u64) -> Duration {
+        Duration::from_millis(now_ms.saturating_sub(self.last_activity_ms.load(Ordering::Acquire)))
+    }
+
+    /// Marks the session active now (a request, or a backend that reports itself busy).
+    pub fn touch(&self) {
+        self.last_activity_ms.fetch_max(now_ms(), Ordering::AcqRel);
+    }
+
+    /// Moves the last activity forward to a backend's reported status change (never into the
+    /// future, whatever the backend's clock says).
+    pub fn touch_at_unix_secs(&self, secs: u64) {
+        let ms = secs.saturating_mul(1000).min(now_ms());
+        self.last_activity_ms.fetch_max(ms, Ordering::AcqRel);
+    }
+
+    /// Unix seconds when the session started.
+    pub fn created_unix_secs(&self) -> u64 {
+        self.created_ms / 1000
+    }
+}
+
+/// A request's hold on its session: counts as in flight until dropped.
+#[derive(Debug)]
+pub struct Ticket {
+    session: Arc<Session>,
+    /// True when this request created the session.
+    pub created: bool,
+}
+
+impl Ticket {
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    /// The session's backend, placing it with `provider` if this is the first request.
+    /// Concurrent first requests share one placement.
+    pub async fn backend(&self, provider: &BackendProvider) -> Result<&Backend, TicketError> {
+        if self.session.is_ended() {
+            return Err(TicketError::Ended);
+        }
+        let backend = self
+            .session
+            .backend
+            .get_or_try_init(|| provider.place())
+            .await
+            .map_err(TicketError::Placement)?;
+        if self.session.is_ended() {
+            // Ended while we placed: the backend is released when the session is dropped.
+            return Err(TicketError::Ended);
+        }
+        Ok(backend)
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.session.touch();
+        self.session.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TicketError {
+    #[error("the session ended while the request waited")]
+    Ended,
+    #[error(transparent)]
+    Placement(PlacementError),
+}
+
+impl SessionDirectory {
+    pub fn new(limits: AdmissionLimits) -> Self {
+        Self {
+            sessions: DashMap::new(),
+            mcp_ids: DashMap::new(),
+            admission: Arc::new(Admission::new(limits)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// Gives a request its session: the existing one with this id (if `principal` owns it and
+    /// it belongs to `runtime`), or a new one when `create` is set and admission allows.
+    pub fn open(
+        &self,
+        id: &SessionId,
+        runtime: usize,
+        principal: &Principal,
+        create: bool,
+    ) -> Result<Ticket, OpenError> {
+        let max_inflight = self.admission.limits.max_inflight_per_session;
+        loop {
+            if let Some(s) = self.sessions.get(id) {
+                // Under the shard's read lock: the sweep cannot remove it until we are counted.
+                if s.runtime != runtime || s.principal != *principal {
+                    return Err(OpenError::NotFound);
+                }
+                let before = s.inflight.fetch_add(1, Ordering::AcqRel);
+                if before >= max_inflight {
+                    s.inflight.fetch_sub(1, Ordering::AcqRel);
+                    return Err(Rejection::SessionInflight.into());
+                }
+                s.touch();
+                return Ok(Ticket {
+                    session: Arc::clone(&s),
+                    created: false,
+                });
+            }
+            if !create {
+                return Err(OpenError::NotFound);
+            }
+            let reservation = self.admission.admit_session(principal)?;
+            let now = now_ms();
+            let session = Arc::new(Session {
+                id: id.clone(),
+                runtime,
+                principal: principal.clone(),
+                created_ms: now,
+                last_activity_ms: AtomicU64::new(now),
+                inflight: AtomicU32::new(1),
+                backend: OnceCell::new(),
+                ended: AtomicBool::new(false),
+                mcp_ids: Mutex::new(Vec::new()),
+                _reservation: reservation,
+            });
+            match self.sessions.entry(id.clone()) {
+                dashmap::Entry::Vacant(v) => {
+                    v.insert(Arc::clone(&session));
+                    return Ok(Ticket {
+                        session,
+                        created: true,
+                    });
+                }
+                // Another request created it first; drop ours (and its reservation) and join.
+                dashmap::Entry::Occupied(_) => continue,
+            }
+        }
+    }
+
+    /// The runtime session an `Mcp-Session-Id` belongs to.
+    pub fn session_for_mcp_id(&self, mcp_id: &str) -> Option<SessionId> {
+        self.mcp_ids.get(mcp_id).map(|s| s.clone())
+    }
+
+    /// Remembers that `mcp_id` (from the backend's `initialize` answer) routes to `session`.
+    pub fn learn_mcp_id(&self, session: &Session, mcp_id: &str) {
+        if session.is_ended() {
+            return;
+        }
+        let Ok(mut ids) = session.mcp_ids.lock() else { return };
+        if ids.iter().any(|i| &**i == mcp_id) {
+            return;
+        }
+        if ids.len() >= MAX_MCP_IDS_PER_SESSION {
+            let old = ids.remove(0);
+            self.mcp_ids.remove_if(&old, |_, s| *s == session.id);
+        }
+        ids.push(mcp_id.into());
+        self.mcp_ids.insert(mcp_id.into(), session.id.clone());
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Session>> {
+        self.sessions.get(id).map(|s| Arc::clone(&s))
+    }
+
+    /// Every live session.
+    pub fn snapshot(&self) -> Vec<Arc<Session>> {
+        self.sessions.iter().map(|e| Arc::clone(e.value())).collect()
+    }
+
+    /// Ends a session now, in-flight requests or not, and releases its backend.
+    /// Returns false if it had already ended.
+    pub async fn end(&self, session: &Arc<Session>) -> bool {
+        self.sessions.remove_if(&session.id, |_, s| Arc::ptr_eq(s, session));
+        self.release(session).await
+    }
+
+    /// Ends a session only if it is still idle for at least `idle` with nothing in flight,
+    /// checked atomically against requests that are about to use it.
+    pub async fn end_if_idle(&self, session: &Arc<Session>, idle: Duration) -> bool {
+        let now = now_ms();
+        let removed = self.sessions.remove_if(&session.id, |_, s| {
+            Arc::ptr_eq(s, session) && s.inflight() == 0 && s.idle_for(now) >= idle
+        });
+        removed.is_some() && self.release(session).await
+    }
+
+    async fn release(&self, session: &Session) -> bool {
+        if !self.retire(session) {
+            return false;
+        }
+        if let Some(b) = session.backend() {
+            b.release().await;
+        }
+        true
+    }
+
+    /// Marks a removed session ended and forgets its MCP ids; false if it already was.
+    fn retire(&self, session: &Session) -> bool {
+        if session.ended.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        if let Ok(ids) = session.mcp_ids.lock() {
+            for mcp_id in ids.iter() {
+                self.mcp_ids.remove_if(mcp_id, |_, s| *s == session.id);
+            }
+        }
+        true
+    }
+
+    /// Ends every session (at shutdown), releasing the backends concurrently. Returns how many.
+    pub async fn end_all(&self) -> usize {
+        let mut releases = tokio::task::JoinSet::new();
+        for s in self.snapshot() {
+            self.sessions.remove_if(&s.id, |_, v| Arc::ptr_eq(v, &s));
+            if self.retire(&s) {
+                releases.spawn(async move {
+                    if let Some(b) = s.backend() {
+                        b.release().await;
+                    }
+                });
+            }
+        }
+        let n = releases.len();
+        while releases.join_next().await.is_some() {}
+        n
+    }
+}
+
+/// Milliseconds since the Unix epoch: the clock of activity timestamps, comparable with the
+/// backends' `time_of_last_update`.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

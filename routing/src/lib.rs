@@ -1,0 +1,22 @@
+//! Sessions and where they run.
+//!
+//! - [`SessionId`]: validated runtime session ids;
+//! - [`SessionDirectory`]: session id → one sticky backend, with ownership and in-flight counts;
+//! - [`admission`]: session count and rate limits;
+//! - [`provider`]: where a new session's backend comes from (static pool, process);
+//! - [`lifecycle`]: the sweep that ends idle, expired and dead sessions;
+//! - [`ping`]: the container contract's `/ping` probe.
+//!
+//! Plain `http`/tokio types only: no Pingora here, so all of it is testable without a server.
+
+pub mod admission;
+pub mod directory;
+pub mod lifecycle;
+pub mod ping;
+pub mod provider;
+pub mod session_id;
+
+pub use admission::{AdmissionLimits, Rejection};
+pub use directory::{EndReason, OpenError, Session, SessionDirectory, Ticket, TicketError};
+pub use provider::{Backend, BackendProvider, PlacementError};
+pub use session_id::{SessionId, SessionIdError};

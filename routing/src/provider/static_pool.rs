@@ -1,0 +1,132 @@
+//! The `static` provider: sessions take slots of already-deployed runtimes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+
+use conf::{Endpoint, StaticPool};
+
+use super::{Backend, Lease, PlacementError};
+
+#[derive(Debug)]
+pub struct StaticProvider {
+    pool: Arc<Pool>,
+}
+
+#[derive(Debug)]
+struct Pool {
+    endpoints: Vec<Endpoint>,
+    sessions_per_endpoint: u32,
+    /// Sessions placed on each endpoint now.
+    used: Vec<AtomicU32>,
+    /// Where the next search starts, so sessions spread over the pool.
+    next: AtomicUsize,
+}
+
+impl StaticProvider {
+    pub fn new(spec: &StaticPool) -> Self {
+        Self {
+            pool: Arc::new(Pool {
+                endpoints: spec.endpoints.clone(),
+                sessions_per_endpoint: spec.sessions_per_endpoint,
+                used: spec.endpoints.iter().map(|_| AtomicU32::new(0)).collect(),
+                next: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// Takes a free slot, starting after the last one handed out. Lock-free: one CAS per
+    /// endpoint tried.
+    pub fn place(&self) -> Result<Backend, PlacementError> {
+        let pool = &self.pool;
+        let n = pool.endpoints.len();
+        let start = pool.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            let index = (start + i) % n;
+            let taken = pool.used[index].fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u < pool.sessions_per_endpoint).then_some(u + 1)
+            });
+            if taken.is_ok() {
+                return Ok(Backend {
+                    endpoint: pool.endpoints[index],
+                    lease: Lease::Slot(SlotLease {
+                        pool: Arc::clone(pool),
+                        index,
+                        released: AtomicBool::new(false),
+                    }),
+                });
+            }
+        }
+        Err(PlacementError::PoolExhausted)
+    }
+
+    /// Sessions placed on each endpoint now (for tests and the admin API).
+    pub fn occupancy(&self) -> Vec<u32> {
+        self.pool.used.iter().map(|u| u.load(Ordering::Acquire)).collect()
+    }
+}
+
+/// One session's claim on an endpoint; freed once, by `release` or on drop.
+#[derive(Debug)]
+pub(super) struct SlotLease {
+    pool: Arc<Pool>,
+    index: usize,
+    released: AtomicBool,
+}
+
+impl SlotLease {
+    pub(super) fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.pool.used[self.index].fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for SlotLease {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(n: u16, per: u32) -> StaticProvider {
+        StaticProvider::new(&StaticPool {
+            endpoints: (0..n)
+                .map(|i| Endpoint {
+                    http: ([127, 0, 0, 1], 10_000 + i).into(),
+                    mcp: None,
+                    a2a: None,
+                })
+                .collect(),
+            sessions_per_endpoint: per,
+        })
+    }
+
+    #[test]
+    fn one_session_per_endpoint_until_released() {
+        let p = pool(3, 1);
+        let a = p.place().unwrap();
+        let b = p.place().unwrap();
+        let c = p.place().unwrap();
+        let mut ports = vec![a.endpoint.http.port(), b.endpoint.http.port(), c.endpoint.http.port()];
+        ports.sort();
+        assert_eq!(ports, [10_000, 10_001, 10_002]);
+        assert!(matches!(p.place(), Err(PlacementError::PoolExhausted)));
+        let freed = b.endpoint.http;
+        drop(b);
+        assert_eq!(p.place().unwrap().endpoint.http, freed);
+    }
+
+    #[test]
+    fn release_is_idempotent() {
+        let p = pool(1, 2);
+        let a = p.place().unwrap();
+        let Lease::Slot(s) = &a.lease else { panic!() };
+        s.release();
+        s.release();
+        drop(a);
+        assert_eq!(p.occupancy(), [0]);
+    }
+}
