@@ -1,1 +1,138 @@
-fn main() {}
+//! `sessiongate`: the front door for AI-agent runtimes.
+//!
+//! ```text
+//! sessiongate [--config FILE] [--http ADDR] [--mcp ADDR] [--a2a ADDR] [--admin ADDR]
+//! sessiongate check-config FILE
+//! sessiongate agent [--http ADDR] [--mcp ADDR] [--a2a ADDR]
+//! ```
+
+mod admin;
+mod agent;
+mod error;
+mod headers;
+mod observe;
+mod proxy;
+mod request;
+mod response;
+mod route;
+mod server;
+mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "sessiongate", version, about = "A self-hostable front door for AI-agent runtimes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run(RunArgs),
+    /// Validate a config file; print every error with its key path; exit 1 if any.
+    CheckConfig { file: PathBuf },
+    /// Run the reference agent (the container contract: HTTP, MCP, A2A).
+    Agent {
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        http: SocketAddr,
+        #[arg(long, default_value = "0.0.0.0:8000")]
+        mcp: SocketAddr,
+        #[arg(long, default_value = "0.0.0.0:9000")]
+        a2a: SocketAddr,
+    },
+}
+
+#[derive(Args, Clone, Default)]
+struct RunArgs {
+    /// TOML config file; without it the embedded default runs.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Override `listeners.http`.
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Override `listeners.mcp`.
+    #[arg(long)]
+    mcp: Option<SocketAddr>,
+    /// Override `listeners.a2a`.
+    #[arg(long)]
+    a2a: Option<SocketAddr>,
+    /// Override `listeners.admin`.
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        None => run(cli.run),
+        Some(Command::Run(args)) => run(args),
+        Some(Command::CheckConfig { file }) => return check_config(&file),
+        Some(Command::Agent { http, mcp, a2a }) => agent::run(agent::AgentAddrs { http, mcp, a2a }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sessiongate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => conf::load(path).map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?,
+        None => conf::Config::embedded_default(),
+    };
+    let l = &mut config.listeners;
+    for (slot, over) in [
+        (&mut l.http, args.http),
+        (&mut l.mcp, args.mcp),
+        (&mut l.a2a, args.a2a),
+        (&mut l.admin, args.admin),
+    ] {
+        if let Some(addr) = over {
+            *slot = addr;
+        }
+    }
+    server::run(config)
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match conf::load(path) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} runtime{})",
+                path.display(),
+                c.runtimes.len(),
+                if c.runtimes.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{}: {e}", path.display());
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pingora=warn"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

@@ -1,0 +1,108 @@
+//! The admin listener (default `127.0.0.1:9090`).
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /healthz` | `{"status":"ok","sessions":N,"draining":bool}` |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /sessions` | every live session as JSON |
+//! | `DELETE /sessions/{id}` | ends the session: 200, or 404 if there is none |
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use conf::Protocol;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+
+use crate::state::Shared;
+
+pub struct AdminApp {
+    pub shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, http: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = http.req_header();
+        let (method, path) = (req.method.clone(), req.uri.path().to_owned());
+        match (&method, path.as_str()) {
+            (&Method::GET, "/healthz") => json_response(
+                StatusCode::OK,
+                json!({
+                    "status": "ok",
+                    "sessions": self.shared.directory.len(),
+                    "draining": self.shared.is_draining(),
+                }),
+            ),
+            (&Method::GET, "/metrics") => {
+                let body = self.shared.metrics.render();
+                response(StatusCode::OK, "text/plain; version=0.0.4", body.into_bytes())
+            }
+            (&Method::GET, "/sessions") => json_response(StatusCode::OK, self.sessions()),
+            (&Method::DELETE, p) if p.starts_with("/sessions/") => self.end_session(&p["/sessions/".len()..]).await,
+            _ => json_response(StatusCode::NOT_FOUND, json!({ "message": "not found" })),
+        }
+    }
+}
+
+impl AdminApp {
+    fn sessions(&self) -> serde_json::Value {
+        let now = routing::directory::now_ms();
+        let list: Vec<_> = self
+            .shared
+            .directory
+            .snapshot()
+            .into_iter()
+            .map(|s| {
+                let backend = s.backend();
+                let addr = |p| backend.and_then(|b| b.addr(p)).map(|a| a.to_string());
+                json!({
+                    "id": s.id.as_str(),
+                    "runtime": self.shared.runtime_name(s.runtime),
+                    "principal": s.principal.as_str(),
+                    "state": match (backend, s.inflight()) {
+                        (None, _) => "provisioning",
+                        (Some(_), 0) => "idle",
+                        (Some(_), _) => "active",
+                    },
+                    "backend": backend.map(|b| b.describe()),
+                    "http": addr(Protocol::Http),
+                    "mcp": addr(Protocol::Mcp),
+                    "a2a": addr(Protocol::A2a),
+                    "inflight": s.inflight(),
+                    "started_at": s.created_unix_secs(),
+                    "age_secs": s.age(now).as_secs(),
+                    "idle_secs": s.idle_for(now).as_secs(),
+                })
+            })
+            .collect();
+        json!({ "sessions": list })
+    }
+
+    async fn end_session(&self, id: &str) -> Response<Vec<u8>> {
+        let Some(session) = self.shared.directory.get(id) else {
+            return json_response(StatusCode::NOT_FOUND, json!({ "message": "Session not found" }));
+        };
+        if self.shared.directory.end(&session).await {
+            metrics::counter!("sessiongate_sessions_ended_total", "reason" => "stopped").increment(1);
+        }
+        json_response(StatusCode::OK, json!({ "ended": id }))
+    }
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
+    response(status, "application/json", body.to_string().into_bytes())
+}
+
+fn response(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    let len = r.body().len();
+    r.headers_mut().insert(http::header::CONTENT_LENGTH, len.into());
+    r
+}

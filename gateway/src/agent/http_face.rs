@@ -1,0 +1,152 @@
+//! The agent's HTTP port: `POST /invocations` and `GET /ws`.
+//!
+//! `/invocations` echoes the JSON payload with the session id, request id and instance it saw.
+//! Payload keys that change the answer (all optional, all combinable):
+//! - `"sleep_ms": N`: wait N ms first;
+//! - `"stream": N, "interval_ms": M`: answer as SSE, N `data:` events M ms apart;
+//! - `"status": S`: answer with HTTP status S (to exercise error handling);
+//! - `"background_ms": N`: stay `HealthyBusy` for N ms after answering.
+//!
+//! Bodies over 1 MiB are counted, not parsed: the answer reports their size.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use super::Agent;
+
+const SESSION_ID: &str = "x-amzn-bedrock-agentcore-runtime-session-id";
+const REQUEST_ID: &str = "x-amzn-bedrock-agentcore-runtime-request-id";
+/// Bodies up to this size are parsed and echoed; bigger ones are only counted.
+const ECHO_LIMIT: usize = 1 << 20;
+
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/invocations", post(invocations))
+        .route("/ws", get(ws))
+        .with_state(agent)
+}
+
+fn header_str(headers: &HeaderMap, name: &str) -> Value {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map_or(Value::Null, |v| Value::String(v.to_owned()))
+}
+
+async fn invocations(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Body) -> Response {
+    let work = agent.work();
+    let mut kept = Vec::new();
+    let mut total = 0usize;
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let Ok(chunk) = chunk else {
+            return (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": "body read failed" }))).into_response();
+        };
+        total += chunk.len();
+        if kept.len() + chunk.len() <= ECHO_LIMIT {
+            kept.extend_from_slice(&chunk);
+        }
+    }
+    let seen = json!({
+        "instance": agent.instance,
+        "session_id": header_str(&headers, SESSION_ID),
+        "request_id": header_str(&headers, REQUEST_ID),
+        "bytes": total,
+    });
+    if total > ECHO_LIMIT {
+        return axum::Json(seen).into_response();
+    }
+    let payload: Value = match serde_json::from_slice(&kept) {
+        Ok(v) => v,
+        Err(e) if total > 0 => {
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({ "error": "Invalid JSON", "details": e.to_string() })),
+            )
+                .into_response();
+        }
+        Err(_) => Value::Null,
+    };
+    let number = |key: &str| payload.get(key).and_then(Value::as_u64);
+
+    if let Some(ms) = number("sleep_ms") {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(ms) = number("background_ms") {
+        let background = agent.work();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            drop(background);
+        });
+    }
+    if let Some(status) = number("status").and_then(|s| StatusCode::from_u16(s as u16).ok()) {
+        return (status, axum::Json(json!({ "error": "status requested by the payload", "seen": seen }))).into_response();
+    }
+    if let Some(events) = number("stream") {
+        let interval = Duration::from_millis(number("interval_ms").unwrap_or(100));
+        return sse(events, interval, seen, work);
+    }
+    drop(work);
+    let mut answer = seen;
+    answer["echo"] = payload;
+    axum::Json(answer).into_response()
+}
+
+/// `events` SSE events, `interval` apart, each `data: {"index": i, …}`. The agent stays busy
+/// until the last one is sent.
+fn sse(events: u64, interval: Duration, seen: Value, work: super::WorkGuard) -> Response {
+    let stream = futures_util::stream::unfold((0, work), move |(i, work)| {
+        let seen = seen.clone();
+        async move {
+            if i >= events {
+                return None;
+            }
+            if i > 0 {
+                tokio::time::sleep(interval).await;
+            }
+            let mut event = seen;
+            event["index"] = i.into();
+            event["of"] = events.into();
+            let frame = format!("data: {event}\n\n");
+            Some((Ok::<_, std::convert::Infallible>(frame), (i + 1, work)))
+        }
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+async fn ws(State(agent): State<Arc<Agent>>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(move |socket| echo(agent, socket))
+}
+
+/// Echoes every text and binary frame until the client closes.
+async fn echo(agent: Arc<Agent>, mut socket: WebSocket) {
+    let _work = agent.work();
+    while let Some(Ok(msg)) = socket.recv().await {
+        let reply = match msg {
+            Message::Text(t) => Message::Text(t),
+            Message::Binary(b) => Message::Binary(b),
+            Message::Close(_) => break,
+            Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        if socket.send(reply).await.is_err() {
+            break;
+        }
+    }
+}

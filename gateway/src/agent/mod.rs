@@ -1,0 +1,135 @@
+//! `sessiongate agent`: the reference agent, a real server speaking the whole container
+//! contract. It is the embedded default backend and what the tests run against.
+//!
+//! - HTTP (`--http`, default `0.0.0.0:8080`): `POST /invocations`, `GET /ping`, `GET /ws`;
+//! - MCP (`--mcp`, default `0.0.0.0:8000`): streamable HTTP at `/mcp` with one `echo` tool;
+//! - A2A (`--a2a`, default `0.0.0.0:9000`): `GET /.well-known/agent-card.json`, JSON-RPC at `/`.
+//!
+//! Every answer names the `instance` (unique per process), so a client can see which backend
+//! served it.
+
+mod a2a;
+mod http_face;
+mod mcp;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone)]
+pub struct AgentAddrs {
+    pub http: SocketAddr,
+    pub mcp: SocketAddr,
+    pub a2a: SocketAddr,
+}
+
+/// One agent process's state.
+pub(crate) struct Agent {
+    pub instance: String,
+    pub a2a_url: String,
+    /// Requests and background tasks running now.
+    busy: AtomicUsize,
+    /// Unix seconds of the last Healthy ⇄ HealthyBusy change.
+    status_changed: Mutex<u64>,
+    pub mcp_sessions: Mutex<HashSet<String>>,
+}
+
+impl Agent {
+    /// Counts work as running until the guard drops; `/ping` says HealthyBusy meanwhile.
+    pub fn work(self: &Arc<Self>) -> WorkGuard {
+        if self.busy.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.status_changed_now();
+        }
+        WorkGuard(Arc::clone(self))
+    }
+
+    fn status_changed_now(&self) {
+        if let Ok(mut t) = self.status_changed.lock() {
+            *t = unix_now();
+        }
+    }
+
+    /// `{"status": "Healthy"|"HealthyBusy", "time_of_last_update": <unix s>}`.
+    pub fn ping(&self) -> serde_json::Value {
+        let busy = self.busy.load(Ordering::Acquire) > 0;
+        let since = self.status_changed.lock().map(|t| *t).unwrap_or(0);
+        serde_json::json!({
+            "status": if busy { "HealthyBusy" } else { "Healthy" },
+            "time_of_last_update": since,
+        })
+    }
+}
+
+pub(crate) struct WorkGuard(Arc<Agent>);
+
+impl Drop for WorkGuard {
+    fn drop(&mut self) {
+        if self.0.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.status_changed_now();
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub fn run(addrs: AgentAddrs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(addrs))
+}
+
+async fn serve(addrs: AgentAddrs) -> anyhow::Result<()> {
+    let agent = Arc::new(Agent {
+        instance: uuid::Uuid::new_v4().simple().to_string(),
+        a2a_url: std::env::var("AGENTCORE_RUNTIME_URL").unwrap_or_else(|_| format!("http://{}/", addrs.a2a)),
+        busy: AtomicUsize::new(0),
+        status_changed: Mutex::new(unix_now()),
+        mcp_sessions: Mutex::new(HashSet::new()),
+    });
+    let ping = {
+        let agent = Arc::clone(&agent);
+        get(move || async move { axum::Json(agent.ping()) })
+    };
+    let http = http_face::router(Arc::clone(&agent)).route("/ping", ping.clone());
+    let mcp = mcp::router(Arc::clone(&agent)).route("/ping", ping.clone());
+    let a2a = a2a::router(Arc::clone(&agent)).route("/ping", ping);
+
+    let (h, m, a) = tokio::try_join!(
+        TcpListener::bind(addrs.http),
+        TcpListener::bind(addrs.mcp),
+        TcpListener::bind(addrs.a2a)
+    )?;
+    let serve = |listener: TcpListener, app: Router| async move {
+        axum::serve(listener, app).with_graceful_shutdown(stop_signal()).await
+    };
+    tokio::try_join!(serve(h, http), serve(m, mcp), serve(a, a2a))?;
+    Ok(())
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        // Without handlers the default action (exit) applies; just never resolve.
+        _ => std::future::pending().await,
+    }
+}

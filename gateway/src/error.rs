@@ -1,0 +1,275 @@
+//! Every way a request can fail, and how each face of the gateway says so.
+//!
+//! One enum for the request path and one exhaustive `match` to status + AWS error type
+//! ([`GatewayError::info`]). The HTTP face answers in AWS's rest-json shape; MCP and A2A wrap
+//! the same facts in JSON-RPC error objects as AgentCore does (see DESIGN.md §1b).
+
+use bytes::Bytes;
+use conf::Protocol;
+use pingora::http::ResponseHeader;
+use routing::{Rejection, SessionIdError};
+use serde_json::json;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no route for this method and path")]
+    NoRoute,
+    #[error("unknown runtime")]
+    UnknownRuntime,
+    #[error("invalid session id: {0}")]
+    InvalidSessionId(SessionIdError),
+    #[error("a session id header is required")]
+    MissingSessionId,
+    #[error("session not found")]
+    SessionNotFound,
+    #[error("payload over the {limit}-byte cap")]
+    PayloadTooLarge { limit: u64 },
+    #[error("not admitted: {0}")]
+    Rejected(Rejection),
+    #[error("no backend is free for a new session")]
+    PoolExhausted,
+    #[error("the session is ending")]
+    SessionEnding,
+    #[error("the runtime's backend could not be started")]
+    BackendStartFailed,
+    #[error("the runtime does not serve this protocol")]
+    ProtocolNotServed,
+    #[error("the backend could not be reached")]
+    BackendUnreachable,
+    #[error("the backend answered {0}")]
+    BackendStatus(u16),
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+    #[error("internal error")]
+    Internal,
+}
+
+/// What the client is told. `message` never carries internal detail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorInfo {
+    pub status: u16,
+    pub error_type: &'static str,
+    pub message: String,
+    pub retry_after_secs: Option<u64>,
+}
+
+impl GatewayError {
+    pub fn info(&self) -> ErrorInfo {
+        use GatewayError::*;
+        let (status, error_type, message, retry_after_secs): (u16, &'static str, String, _) = match self {
+            NoRoute => (404, "ResourceNotFoundException", "Unknown operation".into(), None),
+            UnknownRuntime => (404, "ResourceNotFoundException", "Runtime not found".into(), None),
+            InvalidSessionId(e) => (400, "ValidationException", e.to_string(), None),
+            MissingSessionId => (
+                400,
+                "ValidationException",
+                "X-Amzn-Bedrock-AgentCore-Runtime-Session-Id is required".into(),
+                None,
+            ),
+            SessionNotFound => (
+                404,
+                "ResourceNotFoundException",
+                "Session not found or already terminated".into(),
+                None,
+            ),
+            PayloadTooLarge { limit } => (
+                413,
+                "ValidationException",
+                format!("Payload exceeds the maximum size of {limit} bytes"),
+                None,
+            ),
+            Rejected(r @ (Rejection::ActiveSessions | Rejection::PrincipalSessions)) => {
+                (402, "ServiceQuotaExceededException", quota_message(r), Some(5))
+            }
+            Rejected(Rejection::SessionRate { retry_after }) => (
+                429,
+                "ThrottlingException",
+                "Rate exceeded: too many new sessions".into(),
+                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            ),
+            Rejected(Rejection::SessionInflight) => (
+                429,
+                "ThrottlingException",
+                "Rate exceeded: too many concurrent requests in this session".into(),
+                Some(1),
+            ),
+            PoolExhausted => (
+                402,
+                "ServiceQuotaExceededException",
+                "No runtime capacity is free for a new session".into(),
+                Some(5),
+            ),
+            SessionEnding => (
+                409,
+                "RetryableConflictException",
+                "Session operation in progress, please retry".into(),
+                Some(1),
+            ),
+            BackendStartFailed => (
+                424,
+                "RuntimeClientError",
+                "Runtime initialization failed: the session's backend did not become healthy".into(),
+                None,
+            ),
+            ProtocolNotServed => (
+                424,
+                "RuntimeClientError",
+                "The runtime does not serve this protocol".into(),
+                None,
+            ),
+            BackendUnreachable => (
+                424,
+                "RuntimeClientError",
+                "The runtime could not be reached".into(),
+                None,
+            ),
+            BackendStatus(code) => (
+                424,
+                "RuntimeClientError",
+                format!("Received error ({code}) from runtime"),
+                None,
+            ),
+            ShuttingDown => (503, "ServiceUnavailableException", "The gateway is shutting down".into(), Some(1)),
+            Internal => (500, "InternalServerException", "Internal server error".into(), None),
+        };
+        ErrorInfo {
+            status,
+            error_type,
+            message,
+            retry_after_secs,
+        }
+    }
+
+    /// A short stable name for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            NoRoute => "no_route",
+            UnknownRuntime => "unknown_runtime",
+            InvalidSessionId(_) => "invalid_session_id",
+            MissingSessionId => "missing_session_id",
+            SessionNotFound => "session_not_found",
+            PayloadTooLarge { .. } => "payload_too_large",
+            Rejected(r) => r.reason(),
+            PoolExhausted => "pool_exhausted",
+            SessionEnding => "session_ending",
+            BackendStartFailed => "backend_start_failed",
+            ProtocolNotServed => "protocol_not_served",
+            BackendUnreachable => "backend_unreachable",
+            BackendStatus(_) => "backend_status",
+            ShuttingDown => "shutting_down",
+            Internal => "internal",
+        }
+    }
+
+    /// The response a client of `face` gets: header and body.
+    pub fn render(&self, face: Protocol, session_id: Option<&str>) -> pingora::Result<(ResponseHeader, Bytes)> {
+        let info = self.info();
+        let (status, body) = match face {
+            Protocol::Http => (info.status, json!({ "message": info.message })),
+            Protocol::Mcp => mcp_error(&info),
+            Protocol::A2a => a2a_error(&info),
+        };
+        let body = Bytes::from(body.to_string());
+        let mut h = ResponseHeader::build(status, Some(5))?;
+        h.insert_header("content-type", "application/json")?;
+        h.insert_header("content-length", body.len().to_string())?;
+        h.insert_header("x-amzn-errortype", info.error_type)?;
+        if let Some(secs) = info.retry_after_secs {
+            h.insert_header("retry-after", secs.to_string())?;
+        }
+        if let Some(id) = session_id {
+            h.insert_header(crate::headers::SESSION_ID, id)?;
+        }
+        Ok((h, body))
+    }
+}
+
+fn quota_message(r: &Rejection) -> String {
+    match r {
+        Rejection::PrincipalSessions => "Active session limit reached for this caller".into(),
+        _ => "Active session limit reached".into(),
+    }
+}
+
+/// MCP: a JSON-RPC error with HTTP 200, except the statuses MCP clients act on (401, 403, 406).
+fn mcp_error(info: &ErrorInfo) -> (u16, serde_json::Value) {
+    let code = match info.error_type {
+        "UnauthorizedException" => -32001,
+        "AccessDeniedException" => -32002,
+        "ThrottlingException" | "ServiceQuotaExceededException" => -32003,
+        "ResourceNotFoundException" => -32004,
+        "ConflictException" | "RetryableConflictException" => -32005,
+        "ValidationException" => -32006,
+        "RuntimeClientError" => -32010,
+        _ => -32603,
+    };
+    let status = if matches!(info.status, 401 | 403 | 406) { info.status } else { 200 };
+    (status, jsonrpc_error(code, &info.message))
+}
+
+/// A2A: the real HTTP status with a JSON-RPC error body; quota errors are 429 on this face.
+fn a2a_error(info: &ErrorInfo) -> (u16, serde_json::Value) {
+    let code = match info.error_type {
+        "ResourceNotFoundException" => -32051,
+        "ValidationException" => -32052,
+        "ThrottlingException" | "ServiceQuotaExceededException" => -32053,
+        "ConflictException" | "RetryableConflictException" => -32054,
+        "RuntimeClientError" => -32055,
+        _ => -32603,
+    };
+    let status = if info.status == 402 { 429 } else { info.status };
+    (status, jsonrpc_error(code, &info.message))
+}
+
+fn jsonrpc_error(code: i64, message: &str) -> serde_json::Value {
+    json!({ "jsonrpc": "2.0", "id": null, "error": { "code": code, "message": message } })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(face: Protocol, e: &GatewayError) -> (u16, serde_json::Value) {
+        let (h, b) = e.render(face, None).unwrap();
+        (h.status.as_u16(), serde_json::from_slice(&b).unwrap())
+    }
+
+    #[test]
+    fn http_face_is_aws_rest_json() {
+        let (h, b) = GatewayError::PayloadTooLarge { limit: 10 }.render(Protocol::Http, Some("s")).unwrap();
+        assert_eq!(h.status.as_u16(), 413);
+        assert_eq!(h.headers["x-amzn-errortype"], "ValidationException");
+        assert_eq!(h.headers[crate::headers::SESSION_ID], "s");
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert!(v["message"].as_str().unwrap().contains("10 bytes"));
+    }
+
+    #[test]
+    fn quota_and_throttle_carry_retry_after() {
+        let (h, _) = GatewayError::Rejected(Rejection::ActiveSessions).render(Protocol::Http, None).unwrap();
+        assert_eq!(h.status.as_u16(), 402);
+        assert!(h.headers.contains_key("retry-after"));
+        let (h, _) = GatewayError::Rejected(Rejection::SessionInflight).render(Protocol::Http, None).unwrap();
+        assert_eq!(h.status.as_u16(), 429);
+        assert_eq!(h.headers["retry-after"], "1");
+    }
+
+    #[test]
+    fn mcp_face_uses_jsonrpc_with_200() {
+        let (status, v) = body(Protocol::Mcp, &GatewayError::BackendStatus(500));
+        assert_eq!(status, 200);
+        assert_eq!(v["error"]["code"], -32010);
+        let (status, v) = body(Protocol::Mcp, &GatewayError::Rejected(Rejection::ActiveSessions));
+        assert_eq!(status, 200);
+        assert_eq!(v["error"]["code"], -32003);
+    }
+
+    #[test]
+    fn a2a_face_keeps_status_and_maps_quota_to_429() {
+        let (status, v) = body(Protocol::A2a, &GatewayError::SessionNotFound);
+        assert_eq!((status, v["error"]["code"].as_i64()), (404, Some(-32051)));
+        let (status, v) = body(Protocol::A2a, &GatewayError::PoolExhausted);
+        assert_eq!((status, v["error"]["code"].as_i64()), (429, Some(-32053)));
+    }
+}

@@ -1,0 +1,62 @@
+//! Metrics and the access log, recorded once per request in `logging`.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `sessiongate_requests_total` | counter | listener, route, status |
+//! | `sessiongate_request_duration_seconds` | histogram | listener, route |
+//! | `sessiongate_request_bytes_total`, `sessiongate_response_bytes_total` | counter | listener |
+//! | `sessiongate_active_sessions` | gauge | |
+//! | `sessiongate_placements_total` | counter | provider, result |
+//! | `sessiongate_rejections_total` | counter | reason |
+//! | `sessiongate_sessions_ended_total` | counter | reason |
+
+use conf::Protocol;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use pingora::proxy::Session;
+
+use crate::state::{RequestCtx, Shared};
+
+/// Latency buckets, in seconds: 100 µs to 60 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    60.0,
+];
+
+/// Installs the process-wide Prometheus recorder.
+pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
+    Ok(PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .install_recorder()?)
+}
+
+pub fn record(shared: &Shared, face: Protocol, session: &Session, ctx: &RequestCtx) {
+    let listener = face.as_str();
+    let route = ctx.route.map_or("none", |r| r.name());
+    let status = session.response_written().map_or(0, |r| r.status.as_u16());
+    let elapsed = ctx.started.elapsed();
+    metrics::counter!("sessiongate_requests_total", "listener" => listener, "route" => route, "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("sessiongate_request_duration_seconds", "listener" => listener, "route" => route)
+        .record(elapsed.as_secs_f64());
+    metrics::counter!("sessiongate_request_bytes_total", "listener" => listener).increment(ctx.request_body_bytes);
+    metrics::counter!("sessiongate_response_bytes_total", "listener" => listener)
+        .increment(session.body_bytes_sent() as u64);
+    metrics::gauge!("sessiongate_active_sessions").set(shared.directory.len() as f64);
+    if let Some(e) = &ctx.error {
+        metrics::counter!("sessiongate_rejections_total", "reason" => e.reason()).increment(1);
+    }
+    tracing::debug!(
+        target: "sessiongate::access",
+        listener,
+        route,
+        status,
+        method = %session.req_header().method,
+        path = session.req_header().uri.path(),
+        session = ctx.session_id().unwrap_or("-"),
+        request_id = %ctx.request_id,
+        backend = ?ctx.peer,
+        micros = elapsed.as_micros() as u64,
+        error = ctx.error.as_ref().map(|e| e.reason()),
+        "request"
+    );
+}

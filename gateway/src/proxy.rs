@@ -1,0 +1,200 @@
+//! The one `ProxyHttp` implementation. Each hook delegates to one stage:
+//!
+//! | hook | stage |
+//! |---|---|
+//! | `request_filter` | [`request::admit`]: route, session id, admission, placement; or answer/refuse |
+//! | `upstream_peer` | the backend address `admit` chose for the listener's protocol |
+//! | `upstream_request_filter` | path rewrite (AWS paths) and [`headers::to_backend`] |
+//! | `request_body_filter` | count body bytes against the payload cap (chunked bodies) |
+//! | `upstream_response_filter` | [`response::from_backend`]: backend errors → 424, learn `Mcp-Session-Id` |
+//! | `response_filter` | echo the session id to the client |
+//! | `fail_to_proxy` | render the error for the listener's face; note a failed backend |
+//! | `logging` | [`observe::record`]; end a session whose backend failed |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use conf::Protocol;
+use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
+use pingora::{ErrorSource, ErrorType};
+
+use crate::error::GatewayError;
+use crate::headers;
+use crate::observe;
+use crate::request::{self, Decision};
+use crate::response;
+use crate::state::{RequestCtx, Shared};
+
+/// How long connecting to a backend may take before the request fails with 424.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One listener of the gateway: the shared state and the protocol face it serves.
+pub struct Gateway {
+    pub shared: Arc<Shared>,
+    pub face: Protocol,
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(&self.shared)
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        match request::admit(&self.shared, self.face, session, ctx).await {
+            Ok(Decision::Proxy) => Ok(false),
+            Ok(Decision::Answer(status, body)) => {
+                respond_json(session, status, &body, ctx.session_id()).await?;
+                Ok(true)
+            }
+            Err(e) => {
+                respond_error(session, self.face, &e, ctx.session_id()).await;
+                ctx.error = Some(e);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let addr = ctx
+            .peer
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no backend was chosen"))?;
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(path) = ctx.target.and_then(|t| t.path) {
+            upstream.set_uri(http::Uri::from_static(path));
+        }
+        headers::to_backend(upstream, ctx.session_id().unwrap_or_default(), &ctx.request_id);
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.request_body_bytes += chunk.len() as u64;
+            let limit = self.shared.config.limits.max_payload_bytes;
+            if ctx.request_body_bytes > limit {
+                ctx.error = Some(GatewayError::PayloadTooLarge { limit });
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the payload cap");
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        response::from_backend(&self.shared, upstream, ctx)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        response::to_client(upstream, ctx)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let error = match &ctx.error {
+            Some(known) => Some(known.clone()),
+            None => match e.esource() {
+                ErrorSource::Upstream => {
+                    ctx.backend_failed = true;
+                    Some(GatewayError::BackendUnreachable)
+                }
+                // The client went away or sent garbage: nobody to answer.
+                ErrorSource::Downstream => None,
+                ErrorSource::Internal | ErrorSource::Unset => Some(GatewayError::Internal),
+            },
+        };
+        let mut code = 0;
+        if let Some(error) = error {
+            if session.response_written().is_none() {
+                code = respond_error(session, self.face, &error, ctx.session_id()).await;
+            }
+            ctx.error = Some(error);
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        observe::record(&self.shared, self.face, session, ctx);
+        if ctx.backend_failed
+            && let Some(ticket) = &ctx.ticket
+        {
+            // The next request with this id gets a fresh backend.
+            let s = Arc::clone(ticket.session());
+            let shared = Arc::clone(&self.shared);
+            tokio::spawn(async move {
+                if shared.directory.end(&s).await {
+                    metrics::counter!("sessiongate_sessions_ended_total", "reason" => "unhealthy").increment(1);
+                }
+            });
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, e: &Error) -> bool {
+        // Refusals we answered on purpose, and clients that hung up, are not gateway errors.
+        ctx.error.is_some() || e.esource() == &ErrorSource::Downstream
+    }
+}
+
+/// Writes an error for `face`; returns the status written (0 if the client is gone).
+async fn respond_error(session: &mut Session, face: Protocol, e: &GatewayError, session_id: Option<&str>) -> u16 {
+    let Ok((header, body)) = e.render(face, session_id) else {
+        return 0;
+    };
+    let status = header.status.as_u16();
+    match session.write_error_response(header, body).await {
+        Ok(()) => status,
+        Err(_) => 0,
+    }
+}
+
+async fn respond_json(
+    session: &mut Session,
+    status: u16,
+    body: &serde_json::Value,
+    session_id: Option<&str>,
+) -> Result<()> {
+    if !session.is_body_empty() {
+        // The request body was not read; this connection cannot carry another request.
+        session.set_keepalive(None);
+    }
+    let body = Bytes::from(body.to_string());
+    let mut h = ResponseHeader::build(status, Some(3))?;
+    h.insert_header("content-type", "application/json")?;
+    h.insert_header("content-length", body.len().to_string())?;
+    if let Some(id) = session_id {
+        h.insert_header(headers::SESSION_ID, id)?;
+    }
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(body), true).await
+}

@@ -1,0 +1,183 @@
+//! The request stage (`request_filter`): route → principal → declared-size cap → session id →
+//! ownership and admission → the session's backend. Everything that can refuse a request
+//! before a byte of its body is read happens here.
+
+use auth::Principal;
+use conf::Protocol;
+use pingora::proxy::Session;
+use routing::{OpenError, PlacementError, SessionId, TicketError};
+
+use crate::error::GatewayError;
+use crate::headers::{MCP_SESSION_ID, SESSION_ID};
+use crate::route::{self, RouteKind, Target};
+use crate::state::{RequestCtx, Shared};
+
+/// What the request stage decided.
+pub enum Decision {
+    /// Proxy to `ctx.peer`.
+    Proxy,
+    /// The gateway answers by itself with this status and JSON body.
+    Answer(u16, serde_json::Value),
+}
+
+pub async fn admit(
+    shared: &Shared,
+    face: Protocol,
+    session: &Session,
+    ctx: &mut RequestCtx,
+) -> Result<Decision, GatewayError> {
+    if shared.is_draining() {
+        return Err(GatewayError::ShuttingDown);
+    }
+    let req = session.req_header();
+    let config = &shared.config;
+    let route = route::route(face, &req.method, req.uri.path(), config)?;
+    ctx.route = Some(route);
+    let principal = Principal::anonymous();
+
+    let target = match route.kind {
+        RouteKind::GatewayPing => {
+            return Ok(Decision::Answer(200, serde_json::json!({ "status": "Healthy" })));
+        }
+        RouteKind::StopSession => return stop_session(shared, session, ctx, route.runtime, &principal).await,
+        RouteKind::Proxy(t) => t,
+    };
+    ctx.target = Some(target);
+
+    if let Some(len) = declared_length(session) {
+        let limit = config.limits.max_payload_bytes;
+        if len > limit {
+            return Err(GatewayError::PayloadTooLarge { limit });
+        }
+    }
+
+    let (id, known) = session_id(shared, session, target)?;
+    ctx.session_id = Some(id.clone());
+    // A client-chosen id starts a session on first use; an MCP id must already be known.
+    let ticket = shared
+        .directory
+        .open(&id, route.runtime, &principal, !known)
+        .map_err(|e| match e {
+            OpenError::NotFound => GatewayError::SessionNotFound,
+            OpenError::Rejected(r) => GatewayError::Rejected(r),
+        })?;
+    let provider = &shared.providers[route.runtime];
+    let placed = ticket.backend(provider).await;
+    if ticket.created {
+        let result = if placed.is_ok() { "ok" } else { "error" };
+        metrics::counter!("sessiongate_placements_total", "provider" => provider.name(), "result" => result)
+            .increment(1);
+    }
+    let backend = match placed {
+        Ok(b) => b,
+        Err(e) => {
+            let error = match e {
+                TicketError::Ended => GatewayError::SessionEnding,
+                TicketError::Placement(PlacementError::PoolExhausted) => GatewayError::PoolExhausted,
+                TicketError::Placement(e) => {
+                    tracing::warn!(session = %id, error = %e, "backend placement failed");
+                    GatewayError::BackendStartFailed
+                }
+            };
+            // A session without a backend is no session: forget it so a retry starts afresh.
+            if ticket.session().backend().is_none() {
+                shared.directory.end(ticket.session()).await;
+            }
+            return Err(error);
+        }
+    };
+    ctx.peer = Some(backend.addr(target.protocol).ok_or(GatewayError::ProtocolNotServed)?);
+    ctx.ticket = Some(ticket);
+    Ok(Decision::Proxy)
+}
+
+/// The session id of a request, and whether it names a session that must already exist.
+///
+/// From the runtime session header; for WebSocket upgrades also a query parameter (browsers
+/// cannot set headers); on MCP from `Mcp-Session-Id`, which the gateway learned from the
+/// backend's `initialize` answer. With none of these, a new id is minted.
+fn session_id(shared: &Shared, session: &Session, target: Target) -> Result<(SessionId, bool), GatewayError> {
+    let req = session.req_header();
+    if let Some(v) = req.headers.get(SESSION_ID) {
+        return SessionId::parse(v.as_bytes())
+            .map(|id| (id, false))
+            .map_err(GatewayError::InvalidSessionId);
+    }
+    if target.websocket
+        && let Some(v) = query_param(req.uri.query().unwrap_or(""), SESSION_ID)
+    {
+        return SessionId::parse(v.as_bytes())
+            .map(|id| (id, false))
+            .map_err(GatewayError::InvalidSessionId);
+    }
+    if target.protocol == Protocol::Mcp
+        && let Some(v) = req.headers.get(MCP_SESSION_ID)
+    {
+        let mcp_id = v.to_str().map_err(|_| GatewayError::SessionNotFound)?;
+        return shared
+            .directory
+            .session_for_mcp_id(mcp_id)
+            .map(|id| (id, true))
+            .ok_or(GatewayError::SessionNotFound);
+    }
+    Ok((SessionId::mint(), false))
+}
+
+/// StopRuntimeSession: ends the named session now (in-flight streams included).
+async fn stop_session(
+    shared: &Shared,
+    session: &Session,
+    ctx: &mut RequestCtx,
+    runtime: usize,
+    principal: &Principal,
+) -> Result<Decision, GatewayError> {
+    let raw = session
+        .req_header()
+        .headers
+        .get(SESSION_ID)
+        .ok_or(GatewayError::MissingSessionId)?;
+    let id = SessionId::parse(raw.as_bytes()).map_err(GatewayError::InvalidSessionId)?;
+    ctx.session_id = Some(id.clone());
+    let found = shared
+        .directory
+        .get(id.as_str())
+        .filter(|s| s.runtime == runtime && s.principal == *principal)
+        .ok_or(GatewayError::SessionNotFound)?;
+    if shared.directory.end(&found).await {
+        metrics::counter!("sessiongate_sessions_ended_total", "reason" => "stopped").increment(1);
+    }
+    Ok(Decision::Answer(200, serde_json::json!({ "runtimeSessionId": id.as_str() })))
+}
+
+fn declared_length(session: &Session) -> Option<u64> {
+    session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The first value of `name` in a query string (names compared case-insensitively, values
+/// percent-decoded only as far as session ids need: they are visible ASCII already).
+fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        k.eq_ignore_ascii_case(name).then_some(v)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_param_is_case_insensitive_on_names() {
+        let q = "qualifier=DEFAULT&X-Amzn-Bedrock-AgentCore-Runtime-Session-Id=abc";
+        assert_eq!(query_param(q, SESSION_ID), Some("abc"));
+        assert_eq!(query_param(q, "missing"), None);
+    }
+}

@@ -1,0 +1,44 @@
+//! The response stage: what the backend's answer becomes for the client.
+
+use conf::Protocol;
+use pingora::prelude::*;
+use pingora::ErrorType;
+
+use crate::error::GatewayError;
+use crate::headers::{MCP_SESSION_ID, SESSION_ID};
+use crate::state::{RequestCtx, Shared};
+
+/// `upstream_response_filter`: a backend that answers with an error becomes a 424
+/// RuntimeClientError without its body (which may hold internal detail); an MCP backend's
+/// 4xx passes through, since MCP clients act on it (404: re-initialize; 405: no GET stream).
+/// An MCP `Mcp-Session-Id` is learned so later requests carrying only it find their session.
+pub fn from_backend(shared: &Shared, upstream: &ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    if upstream.status.is_informational() {
+        return Ok(());
+    }
+    let protocol = ctx.target.map_or(Protocol::Http, |t| t.protocol);
+    let status = upstream.status.as_u16();
+    let mcp_client_error = protocol == Protocol::Mcp && (400..500).contains(&status);
+    if status >= 400 && !mcp_client_error {
+        ctx.error = Some(GatewayError::BackendStatus(status));
+        return Error::e_explain(ErrorType::HTTPStatus(424), "backend answered with an error status");
+    }
+    if protocol == Protocol::Mcp
+        && let (Some(id), Some(ticket)) = (upstream.headers.get(MCP_SESSION_ID), &ctx.ticket)
+        && let Ok(id) = id.to_str()
+    {
+        shared.directory.learn_mcp_id(ticket.session(), id);
+    }
+    Ok(())
+}
+
+/// `response_filter`: the client always learns which session answered (also on a 101).
+pub fn to_client(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    if resp.status.is_informational() && resp.status != 101 {
+        return Ok(());
+    }
+    if let Some(id) = ctx.session_id() {
+        resp.insert_header(SESSION_ID, id)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,202 @@
+//! Routing by (listener, method, path): which runtime, and what the backend sees.
+//!
+//! | listener | request | route |
+//! |---|---|---|
+//! | HTTP | `POST /invocations`, `GET /ws` | the default runtime's `:8080`, same path |
+//! | HTTP, A2A | `GET /ping` | answered by the gateway (its own health) |
+//! | HTTP | `POST /runtimes/{id}/invocations` | runtime `{id}`: `/invocations`, `/mcp` or `/` by its protocol |
+//! | HTTP | `GET /runtimes/{id}/ws` | runtime `{id}`'s `/ws` |
+//! | HTTP | `GET /runtimes/{id}/invocations/.well-known/agent-card.json` | its A2A agent card |
+//! | HTTP | `POST /runtimes/{id}/stopruntimesession` | StopRuntimeSession, answered by the gateway |
+//! | MCP | `POST`/`GET`/`DELETE /mcp` | the default runtime's `:8000 /mcp` |
+//! | A2A | `POST /`, `GET /.well-known/agent-card.json` | the default runtime's `:9000`, same path |
+
+use conf::{Config, Protocol};
+use http::Method;
+
+use crate::error::GatewayError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// Index of the runtime in the config.
+    pub runtime: usize,
+    pub kind: RouteKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    /// Proxied to the session's backend.
+    Proxy(Target),
+    /// `GET /ping`: the gateway's own health.
+    GatewayPing,
+    /// StopRuntimeSession.
+    StopSession,
+}
+
+/// Where on the backend a proxied request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub protocol: Protocol,
+    /// The backend path when it differs from the client's (AWS-style paths); `None` keeps it.
+    pub path: Option<&'static str>,
+    /// Metrics label.
+    pub name: &'static str,
+    pub websocket: bool,
+}
+
+impl Route {
+    pub fn name(&self) -> &'static str {
+        match self.kind {
+            RouteKind::Proxy(t) => t.name,
+            RouteKind::GatewayPing => "ping",
+            RouteKind::StopSession => "stop_session",
+        }
+    }
+}
+
+const fn target(protocol: Protocol, name: &'static str) -> Target {
+    Target {
+        protocol,
+        path: None,
+        name,
+        websocket: false,
+    }
+}
+
+const WS: Target = Target {
+    websocket: true,
+    ..target(Protocol::Http, "ws")
+};
+
+pub fn route(listener: Protocol, method: &Method, path: &str, config: &Config) -> Result<Route, GatewayError> {
+    let default = config.default_runtime;
+    let at = |kind| Ok(Route { runtime: default, kind });
+    let proxy = |t| at(RouteKind::Proxy(t));
+    match (listener, method, path) {
+        (Protocol::Http, &Method::POST, "/invocations") => proxy(target(Protocol::Http, "invocations")),
+        (Protocol::Http, &Method::GET, "/ws") => proxy(WS),
+        (Protocol::Http | Protocol::A2a, &Method::GET, "/ping") => at(RouteKind::GatewayPing),
+        (Protocol::Http, _, p) if p.starts_with("/runtimes/") => aws_route(method, p, config),
+        (Protocol::Mcp, &Method::POST | &Method::GET | &Method::DELETE, "/mcp") => {
+            proxy(target(Protocol::Mcp, "mcp"))
+        }
+        (Protocol::A2a, &Method::POST, "/") => proxy(target(Protocol::A2a, "a2a")),
+        (Protocol::A2a, &Method::GET, "/.well-known/agent-card.json") => proxy(target(Protocol::A2a, "agent_card")),
+        _ => Err(GatewayError::NoRoute),
+    }
+}
+
+/// The AWS-compatible face: `/runtimes/{arn-or-name}/…`.
+fn aws_route(method: &Method, path: &str, config: &Config) -> Result<Route, GatewayError> {
+    let rest = &path["/runtimes/".len()..];
+    let (id, op) = rest.split_once('/').ok_or(GatewayError::NoRoute)?;
+    let kind = match (method, op) {
+        (&Method::POST, "invocations" | "invocations/") => None,
+        (&Method::GET, "ws") => Some(RouteKind::Proxy(WS)),
+        (&Method::GET, "invocations/.well-known/agent-card.json") => Some(RouteKind::Proxy(Target {
+            path: Some("/.well-known/agent-card.json"),
+            ..target(Protocol::A2a, "agent_card")
+        })),
+        (&Method::POST, "stopruntimesession") => Some(RouteKind::StopSession),
+        _ => return Err(GatewayError::NoRoute),
+    };
+    let runtime = config
+        .runtime_index(&runtime_name(id).ok_or(GatewayError::UnknownRuntime)?)
+        .ok_or(GatewayError::UnknownRuntime)?;
+    let kind = kind.unwrap_or_else(|| {
+        // InvokeAgentRuntime reaches whatever the runtime's protocol serves.
+        let protocol = config.runtimes[runtime].protocol;
+        RouteKind::Proxy(Target {
+            path: Some(match protocol {
+                Protocol::Http => "/invocations",
+                Protocol::Mcp => "/mcp",
+                Protocol::A2a => "/",
+            }),
+            ..target(protocol, "invocations")
+        })
+    });
+    Ok(Route { runtime, kind })
+}
+
+/// `{id}` is a runtime name or a URL-encoded ARN `arn:aws:bedrock-agentcore:REGION:ACCOUNT:runtime/NAME`.
+fn runtime_name(id: &str) -> Option<String> {
+    let decoded = percent_decode(id)?;
+    match decoded.strip_prefix("arn:") {
+        Some(arn) => {
+            let resource = arn.splitn(5, ':').nth(4)?;
+            resource.strip_prefix("runtime/").map(str::to_owned)
+        }
+        None => Some(decoded),
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        conf::parse(
+            r#"
+[[runtimes]]
+name = "default"
+[[runtimes]]
+name = "tools"
+protocol = "mcp"
+"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn container_paths_reach_the_default_runtime() {
+        let c = config();
+        let r = route(Protocol::Http, &Method::POST, "/invocations", &c).unwrap();
+        assert_eq!((r.runtime, r.name()), (0, "invocations"));
+        assert!(route(Protocol::Http, &Method::GET, "/invocations", &c).is_err());
+        assert_eq!(route(Protocol::Mcp, &Method::DELETE, "/mcp", &c).unwrap().name(), "mcp");
+        assert_eq!(
+            route(Protocol::A2a, &Method::GET, "/ping", &c).unwrap().kind,
+            RouteKind::GatewayPing
+        );
+        assert_eq!(route(Protocol::Mcp, &Method::POST, "/", &c), Err(GatewayError::NoRoute));
+    }
+
+    #[test]
+    fn aws_paths_pick_the_runtime_by_name_or_arn() {
+        let c = config();
+        let arn = "arn%3Aaws%3Abedrock-agentcore%3Aus-east-1%3A123456789012%3Aruntime%2Ftools";
+        let r = route(Protocol::Http, &Method::POST, &format!("/runtimes/{arn}/invocations"), &c).unwrap();
+        assert_eq!(r.runtime, 1);
+        let RouteKind::Proxy(t) = r.kind else { panic!() };
+        assert_eq!((t.protocol, t.path), (Protocol::Mcp, Some("/mcp")));
+        let r = route(Protocol::Http, &Method::GET, "/runtimes/default/ws", &c).unwrap();
+        assert!(matches!(r.kind, RouteKind::Proxy(t) if t.websocket));
+        assert_eq!(
+            route(Protocol::Http, &Method::POST, "/runtimes/nope/invocations", &c),
+            Err(GatewayError::UnknownRuntime)
+        );
+        assert_eq!(
+            route(Protocol::Http, &Method::POST, "/runtimes/default/stopruntimesession", &c)
+                .unwrap()
+                .kind,
+            RouteKind::StopSession
+        );
+    }
+}

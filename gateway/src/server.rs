@@ -1,0 +1,154 @@
+//! Assembles and runs the Pingora server: three protocol listeners sharing one [`Shared`], the
+//! admin listener, the lifecycle sweep, and a shutdown that drains before it stops backends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use conf::{Config, Protocol};
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::{BackgroundService, background_service};
+use pingora::services::listening::Service;
+use routing::lifecycle::{LifecyclePolicy, sweep};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::admin::AdminApp;
+use crate::proxy::Gateway;
+use crate::state::Shared;
+
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let metrics = crate::observe::install_recorder()?;
+    let self_exe = std::env::current_exe()?;
+    let listeners = config.listeners;
+    let server_conf = ServerConf {
+        threads: config.server.threads,
+        // Draining happens in `DrainThenStop` before Pingora is told to stop, so Pingora
+        // itself needs no grace period.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: config.server.upstream_keepalive_pool_size,
+        ..ServerConf::default()
+    };
+    let shared = Arc::new(Shared::new(config, &self_exe, metrics));
+
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), server_conf);
+    server.bootstrap();
+    for (face, addr) in [
+        (Protocol::Http, listeners.http),
+        (Protocol::Mcp, listeners.mcp),
+        (Protocol::A2a, listeners.a2a),
+    ] {
+        let gateway = Gateway {
+            shared: Arc::clone(&shared),
+            face,
+        };
+        let mut svc = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, face.as_str());
+        svc.add_tcp(&addr.to_string());
+        server.add_service(svc);
+    }
+    let mut admin = Service::new(
+        "admin".into(),
+        AdminApp {
+            shared: Arc::clone(&shared),
+        },
+    );
+    admin.add_tcp(&listeners.admin.to_string());
+    server.add_service(admin);
+    server.add_service(background_service(
+        "lifecycle",
+        Lifecycle {
+            shared: Arc::clone(&shared),
+        },
+    ));
+
+    tracing::info!(
+        http = %listeners.http, mcp = %listeners.mcp, a2a = %listeners.a2a, admin = %listeners.admin,
+        "sessiongate listening"
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainThenStop {
+            shared: Arc::clone(&shared),
+        }),
+    });
+
+    // Normally every backend is already stopped (and children die with their parent thread
+    // anyway, by PR_SET_PDEATHSIG); this catches whatever a fast exit left.
+    let leftover = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(shared.directory.end_all());
+    if leftover > 0 {
+        tracing::info!(leftover, "stopped the remaining backends");
+    }
+    Ok(())
+}
+
+/// The lifecycle sweep, every `sessions.sweep_interval`.
+struct Lifecycle {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for Lifecycle {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let config = &self.shared.config;
+        let policy = LifecyclePolicy::from(&config.sessions);
+        let mut tick = tokio::time::interval(config.sessions.sweep_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            for (session, reason) in sweep(&self.shared.directory, &policy).await {
+                tracing::info!(session = %session.id, reason = reason.as_str(), "session ended");
+                metrics::counter!("sessiongate_sessions_ended_total", "reason" => reason.as_str()).increment(1);
+            }
+            metrics::gauge!("sessiongate_active_sessions").set(self.shared.directory.len() as f64);
+            self.shared.metrics.run_upkeep();
+        }
+    }
+}
+
+/// SIGTERM and SIGINT: refuse new requests, let in-flight ones finish (up to
+/// `server.shutdown_timeout_secs`), stop every backend, then let Pingora exit.
+/// SIGQUIT keeps Pingora's meaning (graceful upgrade).
+struct DrainThenStop {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for DrainThenStop {
+    async fn recv(&self) -> ShutdownSignal {
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
+            tracing::error!("cannot install signal handlers; shutting down");
+            return ShutdownSignal::FastShutdown;
+        };
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
+        };
+        let shared = &self.shared;
+        let timeout = shared.config.server.shutdown_timeout;
+        tracing::info!(signal = name, ?timeout, inflight = shared.inflight(), "draining");
+        shared.draining.store(true, std::sync::atomic::Ordering::Release);
+        let drained = tokio::time::timeout(timeout, async {
+            while shared.inflight() > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(inflight = shared.inflight(), "drain timeout; stopping anyway");
+        }
+        let stopped = shared.directory.end_all().await;
+        tracing::info!(stopped, "backends stopped");
+        ShutdownSignal::GracefulTerminate
+    }
+}

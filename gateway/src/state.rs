@@ -1,0 +1,106 @@
+//! What every listener shares, and the per-request context.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use conf::Config;
+use metrics_exporter_prometheus::PrometheusHandle;
+use routing::{AdmissionLimits, BackendProvider, SessionDirectory, SessionId, Ticket};
+
+use crate::error::GatewayError;
+use crate::route::{Route, Target};
+
+/// The gateway's state, one per process, shared by every listener and the admin service.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub directory: SessionDirectory,
+    /// One provider per runtime, by runtime index.
+    pub providers: Vec<BackendProvider>,
+    /// Requests being handled now, sessions or not (drain waits for zero).
+    inflight: AtomicUsize,
+    /// Set on SIGTERM/SIGINT: new requests are refused while in-flight ones finish.
+    pub draining: AtomicBool,
+    pub metrics: PrometheusHandle,
+}
+
+impl Shared {
+    pub fn new(config: Config, self_exe: &Path, metrics: PrometheusHandle) -> Self {
+        let providers = config
+            .runtimes
+            .iter()
+            .map(|r| BackendProvider::new(&r.backend, self_exe))
+            .collect();
+        Self {
+            directory: SessionDirectory::new(AdmissionLimits::from(&config.limits)),
+            config: Arc::new(config),
+            providers,
+            inflight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn runtime_name(&self, index: usize) -> &str {
+        self.config.runtimes.get(index).map_or("?", |r| r.name.as_str())
+    }
+}
+
+/// One request's state, from `request_filter` to `logging` (Pingora's `CTX`).
+pub struct RequestCtx {
+    pub started: Instant,
+    pub route: Option<Route>,
+    pub target: Option<Target>,
+    pub session_id: Option<SessionId>,
+    pub request_id: String,
+    /// Holds the session in flight; dropped with the context, after `logging`.
+    pub ticket: Option<Ticket>,
+    pub peer: Option<SocketAddr>,
+    pub request_body_bytes: u64,
+    /// The failure the client is told about, when there is one.
+    pub error: Option<GatewayError>,
+    /// The backend failed under this request: the session is ended after it.
+    pub backend_failed: bool,
+    _inflight: InflightGuard,
+}
+
+impl RequestCtx {
+    pub fn new(shared: &Arc<Shared>) -> Self {
+        shared.inflight.fetch_add(1, Ordering::AcqRel);
+        Self {
+            started: Instant::now(),
+            route: None,
+            target: None,
+            session_id: None,
+            request_id: uuid::Uuid::new_v4().hyphenated().to_string(),
+            ticket: None,
+            peer: None,
+            request_body_bytes: 0,
+            error: None,
+            backend_failed: false,
+            _inflight: InflightGuard(Arc::clone(shared)),
+        }
+    }
+
+    pub fn session_id(&self) -> Option<&str> {
+        self.session_id.as_ref().map(SessionId::as_str)
+    }
+}
+
+struct InflightGuard(Arc<Shared>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
