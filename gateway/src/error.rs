@@ -38,6 +38,8 @@ pub enum GatewayError {
     BackendUnreachable,
     #[error("the backend answered {0}")]
     BackendStatus(u16),
+    #[error("MCP requires Accept: application/json, text/event-stream")]
+    NotAcceptable,
     #[error("the gateway is shutting down")]
     ShuttingDown,
     #[error("internal error")]
@@ -129,6 +131,13 @@ impl GatewayError {
                 format!("Received error ({code}) from runtime"),
                 None,
             ),
+            NotAcceptable => (
+                406,
+                "ValidationException",
+                "Accept Header Error - MCP protocol requires Accept header: application/json, text/event-stream"
+                    .into(),
+                None,
+            ),
             ShuttingDown => (503, "ServiceUnavailableException", "The gateway is shutting down".into(), Some(1)),
             Internal => (500, "InternalServerException", "Internal server error".into(), None),
         };
@@ -157,6 +166,7 @@ impl GatewayError {
             ProtocolNotServed => "protocol_not_served",
             BackendUnreachable => "backend_unreachable",
             BackendStatus(_) => "backend_status",
+            NotAcceptable => "not_acceptable",
             ShuttingDown => "shutting_down",
             Internal => "internal",
         }
@@ -167,6 +177,7 @@ impl GatewayError {
         let info = self.info();
         let (status, body) = match face {
             Protocol::Http => (info.status, json!({ "message": info.message })),
+            Protocol::Mcp if *self == GatewayError::NotAcceptable => (406, jsonrpc_error(-32011, &info.message)),
             Protocol::Mcp => mcp_error(&info),
             Protocol::A2a => a2a_error(&info),
         };

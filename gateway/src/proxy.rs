@@ -31,6 +31,9 @@ use crate::state::{RequestCtx, Shared};
 /// How long connecting to a backend may take before the request fails with 424.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a refused upload is drained so the client can read its 413.
+const LINGER: Duration = Duration::from_secs(2);
+
 /// One listener of the gateway: the shared state and the protocol face it serves.
 pub struct Gateway {
     pub shared: Arc<Shared>,
@@ -133,8 +136,14 @@ impl ProxyHttp for Gateway {
         };
         let mut code = 0;
         if let Some(error) = error {
-            if session.response_written().is_none() {
+            if session.response_written().is_none_or(|r| r.status.is_informational() && r.status != 101) {
                 code = respond_error(session, self.face, &error, ctx.session_id()).await;
+                if matches!(error, GatewayError::PayloadTooLarge { .. }) {
+                    // Like nginx's lingering close: read (and drop) what the client is still
+                    // sending for a moment, so closing does not reset the connection before
+                    // the client has read the 413.
+                    let _ = tokio::time::timeout(LINGER, session.drain_request_body()).await;
+                }
             }
             ctx.error = Some(error);
         }

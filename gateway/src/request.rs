@@ -44,6 +44,9 @@ pub async fn admit(
     };
     ctx.target = Some(target);
 
+    if target.protocol == Protocol::Mcp && req.method == http::Method::POST && !accepts_mcp(req) {
+        return Err(GatewayError::NotAcceptable);
+    }
     if let Some(len) = declared_length(session) {
         let limit = config.limits.max_payload_bytes;
         if len > limit {
@@ -147,6 +150,20 @@ async fn stop_session(
         metrics::counter!("sessiongate_sessions_ended_total", "reason" => "stopped").increment(1);
     }
     Ok(Decision::Answer(200, serde_json::json!({ "runtimeSessionId": id.as_str() })))
+}
+
+/// MCP's streamable HTTP needs a client that takes both JSON and SSE answers.
+fn accepts_mcp(req: &pingora::http::RequestHeader) -> bool {
+    let mut json = false;
+    let mut sse = false;
+    for value in req.headers.get_all(http::header::ACCEPT) {
+        for range in value.to_str().unwrap_or_default().split(',') {
+            let media = range.split(';').next().unwrap_or_default().trim();
+            json |= matches!(media, "application/json" | "application/*" | "*/*");
+            sse |= matches!(media, "text/event-stream" | "text/*" | "*/*");
+        }
+    }
+    json && sse
 }
 
 fn declared_length(session: &Session) -> Option<u64> {

@@ -1,0 +1,338 @@
+//! Helpers for the integration tests: the real `sessiongate` binary on OS-chosen loopback
+//! ports, real agents, and curl as the client.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SESSION_HEADER: &str = "X-Amzn-Bedrock-AgentCore-Runtime-Session-Id";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sessiongate")
+}
+
+/// A loopback port nobody listens on now (the OS picks it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A session id of the valid length, unique per call.
+pub fn session_id(tag: &str) -> String {
+    format!("{tag}-{}", uuid_like())
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{:032x}-{:08x}-{}", t, n, std::process::id())
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("sessiongate-test-{}", uuid_like()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::File::create(&p).unwrap().write_all(text.as_bytes()).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running gateway. Stopped with SIGTERM (then SIGKILL) when dropped.
+pub struct Gateway {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub mcp: SocketAddr,
+    pub a2a: SocketAddr,
+    pub admin: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Gateway {
+    /// Starts the gateway with `config` (TOML; listener addresses are chosen here) and waits
+    /// until its admin `/healthz` answers.
+    pub fn start(config: &str) -> Self {
+        let dir = TempDir::new();
+        let path = dir.write("sessiongate.toml", config);
+        let addr = || SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let (http, mcp, a2a, admin) = (addr(), addr(), addr(), addr());
+        let child = Command::new(bin())
+            .arg("--config")
+            .arg(&path)
+            .args(["--http", &http.to_string(), "--mcp", &mcp.to_string()])
+            .args(["--a2a", &a2a.to_string(), "--admin", &admin.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let gw = Gateway {
+            child,
+            http,
+            mcp,
+            a2a,
+            admin,
+            _dir: dir,
+        };
+        gw.wait_healthy();
+        gw
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if curl(&[&format!("http://{}/healthz", self.admin)]).status == 200 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the gateway did not become healthy");
+    }
+
+    pub fn url(&self, addr: SocketAddr, path: &str) -> String {
+        format!("http://{addr}{path}")
+    }
+
+    /// `POST /invocations` with `payload`, in session `sid` (none: let the gateway mint one).
+    pub fn invoke(&self, sid: Option<&str>, payload: &str) -> Response {
+        let url = self.url(self.http, "/invocations");
+        let header = sid.map(|s| format!("{SESSION_HEADER}: {s}"));
+        let mut args = vec!["-X", "POST", &url, "-H", "Content-Type: application/json", "-d", payload];
+        if let Some(h) = &header {
+            args.extend(["-H", h]);
+        }
+        curl(&args)
+    }
+
+    /// The admin API's view of live sessions.
+    pub fn sessions(&self) -> Vec<serde_json::Value> {
+        let r = curl(&[&format!("http://{}/sessions", self.admin)]);
+        assert_eq!(r.status, 200);
+        r.json()["sessions"].as_array().unwrap().clone()
+    }
+
+    /// The pid of the process backing session `sid`, if it is live.
+    pub fn backend_pid(&self, sid: &str) -> Option<u32> {
+        self.sessions().iter().find(|s| s["id"] == sid).and_then(|s| {
+            s["backend"]
+                .as_str()?
+                .strip_prefix("process ")?
+                .parse()
+                .ok()
+        })
+    }
+
+    pub fn metrics(&self) -> String {
+        curl(&[&format!("http://{}/metrics", self.admin)]).body_text()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` and waits (up to 20 s) for the gateway to exit.
+    pub fn stop_with(&mut self, signal: i32) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the gateway did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// True while a process with this pid exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Waits up to `timeout` for `cond`.
+pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One HTTP response as curl saw it.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Runs curl with `args` (plus `-s -i`) and parses the final response.
+pub fn curl(args: &[&str]) -> Response {
+    let out = Command::new("curl")
+        .args(["-s", "-i", "--max-time", "60"])
+        .args(args)
+        .output()
+        .unwrap();
+    parse_curl(&out)
+}
+
+/// Like [`curl`], with `stdin` piped in (for `--data-binary @-` / `-T -`).
+pub fn curl_with_stdin(args: &[&str], feed: impl FnOnce(&mut std::process::ChildStdin) + Send + 'static) -> Response {
+    let mut child = Command::new("curl")
+        .args(["-s", "-i", "--max-time", "120"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || feed(&mut stdin));
+    let out = child.wait_with_output().unwrap();
+    let _ = writer.join();
+    parse_curl(&out)
+}
+
+fn parse_curl(out: &Output) -> Response {
+    let mut rest: &[u8] = &out.stdout;
+    loop {
+        let Some(end) = find(rest, b"\r\n\r\n") else {
+            return Response {
+                status: 0,
+                headers: vec![],
+                body: rest.to_vec(),
+            };
+        };
+        let head = String::from_utf8_lossy(&rest[..end]).into_owned();
+        let body = &rest[end + 4..];
+        let mut lines = head.lines();
+        let status: u16 = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if (100..200).contains(&status) && status != 101 && body.starts_with(b"HTTP/") {
+            rest = body;
+            continue;
+        }
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        return Response {
+            status,
+            headers,
+            body: body.to_vec(),
+        };
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Starts `sessiongate agent` on fresh loopback ports (a "deployed runtime" for static pools)
+/// and waits until its `/ping` answers.
+pub struct Agent {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub mcp: SocketAddr,
+    pub a2a: SocketAddr,
+}
+
+impl Agent {
+    pub fn start() -> Self {
+        let addr = || SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let (http, mcp, a2a) = (addr(), addr(), addr());
+        let child = Command::new(bin())
+            .args(["agent", "--http", &http.to_string(), "--mcp", &mcp.to_string()])
+            .args(["--a2a", &a2a.to_string()])
+            .spawn()
+            .unwrap();
+        let agent = Agent { child, http, mcp, a2a };
+        assert!(
+            eventually(Duration::from_secs(10), || curl(&[&format!("http://{http}/ping")]).status == 200),
+            "agent did not start"
+        );
+        agent
+    }
+
+    pub fn toml_endpoint(&self) -> String {
+        format!(
+            r#"{{ http = "{}", mcp = "{}", a2a = "{}" }}"#,
+            self.http, self.mcp, self.a2a
+        )
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,538 @@
+//! Integration tests: the real gateway binary, real agent processes, curl and a real
+//! WebSocket client, all on loopback ports chosen by the OS.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const MCP_ACCEPT: &str = "Accept: application/json, text/event-stream";
+
+fn mcp_call(gw: &Gateway, headers: &[String], body: &str) -> Response {
+    let url = gw.url(gw.mcp, "/mcp");
+    let mut args = vec![
+        "-X",
+        "POST",
+        url.as_str(),
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        MCP_ACCEPT,
+        "-d",
+        body,
+    ];
+    for h in headers {
+        args.extend(["-H", h.as_str()]);
+    }
+    curl(&args)
+}
+
+const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"test","version":"1"}}}"#;
+const ECHO_CALL: &str =
+    r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}"#;
+
+fn a2a_send(gw: &Gateway, sid: &str, text: &str) -> Response {
+    let url = gw.url(gw.a2a, "/");
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":"r1","method":"message/send","params":{{"message":{{"role":"user","messageId":"m1","parts":[{{"kind":"text","text":"{text}"}}]}}}}}}"#
+    );
+    let h = format!("{SESSION_HEADER}: {sid}");
+    curl(&["-X", "POST", &url, "-H", &h, "-H", "Content-Type: application/json", "-d", &body])
+}
+
+#[test]
+fn sessions_are_sticky_across_all_three_ports_and_never_shared() {
+    let gw = Gateway::start("[limits]\nnew_sessions_per_second = 1000\n");
+    let sessions: Vec<String> = (0..10).map(|i| session_id(&format!("sticky{i}"))).collect();
+    let instances: Vec<(String, HashSet<String>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = sessions
+            .iter()
+            .map(|sid| {
+                let gw = &gw;
+                scope.spawn(move || {
+                    let mut seen = HashSet::new();
+                    for round in 0..3 {
+                        let r = gw.invoke(Some(sid), &format!(r#"{{"round":{round}}}"#));
+                        assert_eq!(r.status, 200, "{}", r.body_text());
+                        assert_eq!(r.header(SESSION_HEADER), Some(sid.as_str()));
+                        let v = r.json();
+                        assert_eq!(v["session_id"], sid.as_str(), "the backend saw the session id");
+                        assert_eq!(v["echo"]["round"], round);
+                        seen.insert(v["instance"].as_str().unwrap().to_owned());
+                    }
+                    // MCP with the runtime session header reaches the same backend.
+                    let h = vec![format!("{SESSION_HEADER}: {sid}")];
+                    let init = mcp_call(gw, &h, INITIALIZE);
+                    assert_eq!(init.status, 200, "{}", init.body_text());
+                    let mcp_id = init.header("mcp-session-id").unwrap().to_owned();
+                    let call = mcp_call(gw, &[h[0].clone(), format!("Mcp-Session-Id: {mcp_id}")], ECHO_CALL);
+                    let v = call.json();
+                    assert_eq!(v["result"]["content"][0]["text"], "hi");
+                    seen.insert(v["result"]["structuredContent"]["instance"].as_str().unwrap().to_owned());
+                    // A2A too.
+                    let r = a2a_send(gw, sid, "ping");
+                    assert_eq!(r.status, 200, "{}", r.body_text());
+                    let v = r.json();
+                    assert_eq!(v["result"]["parts"][0]["text"], "ping");
+                    seen.insert(v["result"]["metadata"]["instance"].as_str().unwrap().to_owned());
+                    (sid.clone(), seen)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut owner: HashMap<String, String> = HashMap::new();
+    for (sid, seen) in &instances {
+        assert_eq!(seen.len(), 1, "session {sid} reached several backends: {seen:?}");
+        let instance = seen.iter().next().unwrap();
+        if let Some(other) = owner.insert(instance.clone(), sid.clone()) {
+            panic!("sessions {other} and {sid} share backend {instance}");
+        }
+    }
+    assert_eq!(gw.sessions().len(), sessions.len());
+}
+
+#[test]
+fn a_request_without_a_session_id_gets_a_fresh_session_and_its_id() {
+    let gw = Gateway::start("");
+    let a = gw.invoke(None, "{}");
+    let b = gw.invoke(None, "{}");
+    let (sa, sb) = (a.header(SESSION_HEADER).unwrap(), b.header(SESSION_HEADER).unwrap());
+    assert!(sa.len() >= 33 && sa != sb);
+    assert_ne!(a.json()["instance"], b.json()["instance"]);
+    // The minted id works like any other.
+    assert_eq!(gw.invoke(Some(sa), "{}").json()["instance"], a.json()["instance"]);
+}
+
+#[test]
+fn mcp_requests_are_routed_by_the_learned_mcp_session_id() {
+    let gw = Gateway::start("");
+    let init = mcp_call(&gw, &[], INITIALIZE);
+    assert_eq!(init.status, 200);
+    let runtime_sid = init.header(SESSION_HEADER).unwrap().to_owned();
+    let mcp_id = init.header("mcp-session-id").unwrap().to_owned();
+    let call = mcp_call(&gw, &[format!("Mcp-Session-Id: {mcp_id}")], ECHO_CALL);
+    assert_eq!(call.status, 200);
+    assert_eq!(call.header(SESSION_HEADER), Some(runtime_sid.as_str()));
+    let v = call.json();
+    assert_eq!(v["result"]["structuredContent"]["session_id"], runtime_sid.as_str());
+    // The HTTP face of the same session is the same backend.
+    let http = gw.invoke(Some(&runtime_sid), "{}").json();
+    assert_eq!(http["instance"], v["result"]["structuredContent"]["instance"]);
+    // An MCP id the gateway never saw is a JSON-RPC "not found", with HTTP 200 as AgentCore does.
+    let stale = mcp_call(&gw, &["Mcp-Session-Id: 0123456789abcdef".to_owned()], ECHO_CALL);
+    assert_eq!(stale.status, 200);
+    assert_eq!(stale.json()["error"]["code"], -32004);
+    // Without the Accept the transport requires: 406 with JSON-RPC -32011, as AgentCore answers.
+    let url = gw.url(gw.mcp, "/mcp");
+    let r = curl(&["-X", "POST", &url, "-H", "Accept: application/json", "-d", INITIALIZE]);
+    assert_eq!(r.status, 406);
+    assert_eq!(r.json()["error"]["code"], -32011);
+}
+
+#[test]
+fn invalid_session_ids_are_refused_with_validation_exception() {
+    let gw = Gateway::start("");
+    let r = gw.invoke(Some("too-short"), "{}");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.header("x-amzn-ErrorType"), Some("ValidationException"));
+    assert!(r.json()["message"].as_str().unwrap().contains("at least 33"));
+    let long = "x".repeat(257);
+    assert_eq!(gw.invoke(Some(&long), "{}").status, 400);
+    assert!(gw.sessions().is_empty(), "a refused request creates no session");
+}
+
+#[test]
+fn unknown_paths_are_resource_not_found() {
+    let gw = Gateway::start("");
+    let r = curl(&[&gw.url(gw.http, "/nope")]);
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("x-amzn-ErrorType"), Some("ResourceNotFoundException"));
+    let r = curl(&["-X", "POST", &gw.url(gw.http, "/runtimes/missing/invocations"), "-d", "{}"]);
+    assert_eq!(r.status, 404);
+    let r = curl(&[&gw.url(gw.http, "/ping")]);
+    assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("Healthy")));
+}
+
+#[test]
+fn payload_cap_refuses_declared_and_chunked_bodies() {
+    let gw = Gateway::start("[limits]\nmax_payload_bytes = 1000000\n");
+    let sid = session_id("cap");
+    // Declared too large: refused before a byte is read, and no session is created for it.
+    let url = gw.url(gw.http, "/invocations");
+    let h = format!("{SESSION_HEADER}: {sid}");
+    let r = curl(&["-X", "POST", &url, "-H", &h, "-H", "Content-Length: 1000001", "-d", "x"]);
+    assert_eq!(r.status, 413);
+    assert_eq!(r.header("x-amzn-ErrorType"), Some("ValidationException"));
+    assert!(gw.sessions().is_empty());
+    // Chunked, crossing the cap mid-stream.
+    let r = curl_with_stdin(
+        &["-X", "POST", &url, "-H", &h, "-H", "Transfer-Encoding: chunked", "--data-binary", "@-"],
+        |stdin| {
+            use std::io::Write;
+            let chunk = vec![b'a'; 64 * 1024];
+            for _ in 0..20 {
+                if stdin.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        },
+    );
+    assert_eq!(r.status, 413, "{}", r.body_text());
+    // Under the cap, chunked, passes whole (a JSON document of 999 999 bytes).
+    let r = curl_with_stdin(
+        &["-X", "POST", &url, "-H", &h, "-H", "Transfer-Encoding: chunked", "--data-binary", "@-"],
+        |stdin| {
+            use std::io::Write;
+            let doc = format!(r#"{{"pad":"{}"}}"#, "a".repeat(999_989));
+            let _ = stdin.write_all(doc.as_bytes());
+        },
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["bytes"], 999_999);
+}
+
+#[test]
+fn a_large_upload_streams_through_whole() {
+    let gw = Gateway::start("");
+    let url = gw.url(gw.http, "/invocations");
+    const SIZE: usize = 64 * 1024 * 1024;
+    let r = curl_with_stdin(&["-X", "POST", &url, "--data-binary", "@-"], |stdin| {
+        use std::io::Write;
+        let chunk = vec![b'z'; 1024 * 1024];
+        for _ in 0..SIZE / chunk.len() {
+            stdin.write_all(&chunk).unwrap();
+        }
+    });
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(r.json()["bytes"], SIZE);
+}
+
+#[test]
+fn sse_events_arrive_as_they_are_produced() {
+    let gw = Gateway::start("");
+    let url = gw.url(gw.http, "/invocations");
+    let mut child = Command::new("curl")
+        .args(["-s", "-N", "-X", "POST", &url, "-d", r#"{"stream":4,"interval_ms":400}"#])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let mut arrivals = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(data) = line.strip_prefix("data: ") {
+            let v: Value = serde_json::from_str(data).unwrap();
+            assert_eq!(v["index"], arrivals.len());
+            arrivals.push(start.elapsed());
+        }
+    }
+    child.wait().unwrap();
+    assert_eq!(arrivals.len(), 4);
+    // The last event is produced ≥ 1.2 s after the first; the first must not wait for it.
+    assert!(
+        arrivals[3] - arrivals[0] >= Duration::from_millis(1000),
+        "events were buffered: {arrivals:?}"
+    );
+}
+
+#[test]
+fn websocket_echoes_through_the_gateway_on_the_sessions_backend() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+    let gw = Gateway::start("");
+    let sid = session_id("ws");
+    let instance = gw.invoke(Some(&sid), "{}").json()["instance"].clone();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut req = format!("ws://{}/ws", gw.http).into_client_request().unwrap();
+        req.headers_mut().insert(SESSION_HEADER, sid.parse().unwrap());
+        let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        assert_eq!(resp.headers()[SESSION_HEADER], sid.as_str());
+        for text in ["hello", "world"] {
+            ws.send(Message::text(text)).await.unwrap();
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
+        }
+        ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(vec![1u8, 2, 3]));
+        // The open socket counts as in flight.
+        let s = gw.sessions();
+        assert_eq!(s[0]["inflight"], 1);
+        ws.close(None).await.unwrap();
+    });
+    // Session id as a query parameter (browsers cannot set headers) reaches the same session.
+    rt.block_on(async {
+        let url = format!("ws://{}/ws?{SESSION_HEADER}={sid}", gw.http);
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        ws.send(Message::text("q")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("q"));
+    });
+    assert_eq!(gw.sessions().len(), 1);
+    assert_eq!(gw.invoke(Some(&sid), "{}").json()["instance"], instance);
+}
+
+#[test]
+fn active_session_limit_answers_402_with_retry_after() {
+    let gw = Gateway::start("[limits]\nmax_active_sessions = 2\n");
+    assert_eq!(gw.invoke(Some(&session_id("a")), "{}").status, 200);
+    assert_eq!(gw.invoke(Some(&session_id("b")), "{}").status, 200);
+    let r = gw.invoke(Some(&session_id("c")), "{}");
+    assert_eq!(r.status, 402);
+    assert_eq!(r.header("x-amzn-ErrorType"), Some("ServiceQuotaExceededException"));
+    assert!(r.header("retry-after").is_some());
+    let m = gw.metrics();
+    assert!(m.contains(r#"sessiongate_rejections_total{reason="active_sessions"} 1"#), "{m}");
+}
+
+#[test]
+fn per_principal_session_limit_answers_402() {
+    let gw = Gateway::start("[limits]\nmax_sessions_per_principal = 1\n");
+    let sid = session_id("p");
+    assert_eq!(gw.invoke(Some(&sid), "{}").status, 200);
+    let r = gw.invoke(Some(&session_id("q")), "{}");
+    assert_eq!(r.status, 402);
+    // The existing session still works.
+    assert_eq!(gw.invoke(Some(&sid), "{}").status, 200);
+}
+
+#[test]
+fn new_session_rate_answers_429_with_retry_after() {
+    let gw = Gateway::start("[limits]\nnew_sessions_per_second = 1\n");
+    assert_eq!(gw.invoke(Some(&session_id("r1")), "{}").status, 200);
+    let r = gw.invoke(Some(&session_id("r2")), "{}");
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("x-amzn-ErrorType"), Some("ThrottlingException"));
+    assert_eq!(r.header("retry-after"), Some("1"));
+}
+
+#[test]
+fn in_flight_limit_per_session_answers_429() {
+    let gw = Gateway::start("[limits]\nmax_inflight_per_session = 1\n");
+    let sid = session_id("busy");
+    assert_eq!(gw.invoke(Some(&sid), "{}").status, 200);
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| gw.invoke(Some(&sid), r#"{"sleep_ms":1500}"#));
+        assert!(eventually(Duration::from_secs(5), || gw.sessions()[0]["inflight"] == 1));
+        let r = gw.invoke(Some(&sid), "{}");
+        assert_eq!(r.status, 429);
+        assert_eq!(r.header("x-amzn-ErrorType"), Some("ThrottlingException"));
+        assert_eq!(slow.join().unwrap().status, 200);
+    });
+    assert_eq!(gw.invoke(Some(&sid), "{}").status, 200);
+}
+
+#[test]
+fn backend_errors_become_424_without_the_backends_body() {
+    let gw = Gateway::start("");
+    let r = gw.invoke(Some(&session_id("err")), r#"{"status":500}"#);
+    assert_eq!(r.status, 424);
+    assert_eq!(r.header("x-amzn-ErrorType"), Some("RuntimeClientError"));
+    let text = r.body_text();
+    assert!(!text.contains("requested"), "backend detail leaked: {text}");
+    assert_eq!(r.json()["message"], "Received error (500) from runtime");
+}
+
+#[test]
+fn a_dead_backend_is_replaced_by_a_fresh_one_for_the_next_request() {
+    let gw = Gateway::start("[sessions]\nsweep_interval_ms = 100\n");
+    let sid = session_id("dies");
+    let first = gw.invoke(Some(&sid), "{}").json()["instance"].clone();
+    let pid = gw.backend_pid(&sid).unwrap();
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    // Whether the sweep or a failing request notices first, the session is gone soon and the
+    // next request gets a new backend under the same id.
+    let mut next = None;
+    assert!(eventually(Duration::from_secs(10), || {
+        let r = gw.invoke(Some(&sid), "{}");
+        if r.status == 200 {
+            next = Some(r.json()["instance"].clone());
+            true
+        } else {
+            assert_eq!(r.status, 424, "{}", r.body_text());
+            false
+        }
+    }));
+    assert_ne!(next.unwrap(), first);
+}
+
+#[test]
+fn idle_sessions_end_and_their_process_stops() {
+    let gw = Gateway::start("[sessions]\nidle_timeout_secs = 1\nsweep_interval_ms = 100\n");
+    let sid = session_id("idle");
+    let first = gw.invoke(Some(&sid), "{}").json()["instance"].clone();
+    let pid = gw.backend_pid(&sid).unwrap();
+    assert!(alive(pid));
+    assert!(eventually(Duration::from_secs(10), || gw.sessions().is_empty()));
+    assert!(eventually(Duration::from_secs(5), || !alive(pid)), "backend {pid} outlived its session");
+    let m = gw.metrics();
+    assert!(m.contains(r#"sessiongate_sessions_ended_total{reason="idle"} 1"#), "{m}");
+    // The same id later starts a fresh session.
+    let again = gw.invoke(Some(&sid), "{}");
+    assert_eq!(again.status, 200);
+    assert_ne!(again.json()["instance"], first);
+}
+
+#[test]
+fn a_backend_reporting_healthy_busy_keeps_its_session_alive() {
+    let gw = Gateway::start("[sessions]\nidle_timeout_secs = 1\nsweep_interval_ms = 100\n");
+    let sid = session_id("bg");
+    assert_eq!(gw.invoke(Some(&sid), r#"{"background_ms":3000}"#).status, 200);
+    std::thread::sleep(Duration::from_millis(2200));
+    assert_eq!(gw.sessions().len(), 1, "ended while the backend was HealthyBusy");
+    assert!(eventually(Duration::from_secs(10), || gw.sessions().is_empty()));
+}
+
+#[test]
+fn max_lifetime_ends_even_a_busy_session() {
+    let gw = Gateway::start("[sessions]\nidle_timeout_secs = 1\nmax_lifetime_secs = 2\nsweep_interval_ms = 100\n");
+    let sid = session_id("old");
+    assert_eq!(gw.invoke(Some(&sid), r#"{"background_ms":60000}"#).status, 200);
+    assert!(eventually(Duration::from_secs(10), || gw.sessions().is_empty()));
+    assert!(gw.metrics().contains(r#"reason="max_lifetime""#));
+}
+
+#[test]
+fn admin_and_stop_runtime_session_end_sessions() {
+    let gw = Gateway::start("");
+    let (a, b) = (session_id("del"), session_id("stop"));
+    gw.invoke(Some(&a), "{}");
+    gw.invoke(Some(&b), "{}");
+    let pid_a = gw.backend_pid(&a).unwrap();
+    let r = curl(&["-X", "DELETE", &format!("http://{}/sessions/{a}", gw.admin)]);
+    assert_eq!(r.status, 200);
+    assert!(!alive(pid_a) || eventually(Duration::from_secs(5), || !alive(pid_a)));
+    let r = curl(&["-X", "DELETE", &format!("http://{}/sessions/{a}", gw.admin)]);
+    assert_eq!(r.status, 404);
+    // StopRuntimeSession on the AWS face.
+    let url = gw.url(gw.http, "/runtimes/default/stopruntimesession");
+    let h = format!("{SESSION_HEADER}: {b}");
+    let r = curl(&["-X", "POST", &url, "-H", &h, "-d", "{}"]);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let r = curl(&["-X", "POST", &url, "-H", &h, "-d", "{}"]);
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("x-amzn-ErrorType"), Some("ResourceNotFoundException"));
+    assert!(gw.sessions().is_empty());
+}
+
+#[test]
+fn aws_invocation_path_reaches_the_runtime() {
+    let gw = Gateway::start("");
+    let sid = session_id("aws");
+    let url = gw.url(
+        gw.http,
+        "/runtimes/arn%3Aaws%3Abedrock-agentcore%3Aus-east-1%3A123456789012%3Aruntime%2Fdefault/invocations?qualifier=DEFAULT",
+    );
+    let h = format!("{SESSION_HEADER}: {sid}");
+    let r = curl(&["-X", "POST", &url, "-H", &h, "-d", r#"{"prompt":"x"}"#]);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(r.json()["echo"]["prompt"], "x");
+    assert_eq!(r.json()["instance"], gw.invoke(Some(&sid), "{}").json()["instance"]);
+}
+
+#[test]
+fn static_pool_gives_each_session_its_own_endpoint() {
+    let agents = [Agent::start(), Agent::start()];
+    let config = format!(
+        "[[runtimes]]\nname = \"pool\"\n[runtimes.backend]\nprovider = \"static\"\nendpoints = [{}, {}]\n",
+        agents[0].toml_endpoint(),
+        agents[1].toml_endpoint()
+    );
+    let gw = Gateway::start(&config);
+    let (a, b) = (session_id("s1"), session_id("s2"));
+    let ia = gw.invoke(Some(&a), "{}").json()["instance"].clone();
+    let ib = gw.invoke(Some(&b), "{}").json()["instance"].clone();
+    assert_ne!(ia, ib);
+    assert_eq!(gw.invoke(Some(&a), "{}").json()["instance"], ia);
+    assert_eq!(a2a_send(&gw, &b, "x").json()["result"]["metadata"]["instance"], ib);
+    // Both endpoints are taken: a third session waits for capacity.
+    let r = gw.invoke(Some(&session_id("s3")), "{}");
+    assert_eq!(r.status, 402, "{}", r.body_text());
+    assert_eq!(r.header("x-amzn-ErrorType"), Some("ServiceQuotaExceededException"));
+    // Ending a session frees its endpoint.
+    curl(&["-X", "DELETE", &format!("http://{}/sessions/{a}", gw.admin)]);
+    assert_eq!(gw.invoke(Some(&session_id("s4")), "{}").json()["instance"], ia);
+    // Deployed runtimes are not the gateway's to stop.
+    for agent in &agents {
+        assert!(alive(agent.child.id()));
+    }
+}
+
+#[test]
+fn shutdown_stops_every_spawned_backend() {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let mut gw = Gateway::start("");
+        let pids: Vec<u32> = (0..3)
+            .map(|i| {
+                let sid = session_id(&format!("down{i}"));
+                assert_eq!(gw.invoke(Some(&sid), "{}").status, 200);
+                gw.backend_pid(&sid).unwrap()
+            })
+            .collect();
+        let status = gw.stop_with(signal);
+        assert!(status.success(), "exit {status:?} on signal {signal}");
+        for pid in pids {
+            assert!(!alive(pid), "backend {pid} survived signal {signal}");
+        }
+    }
+}
+
+#[test]
+fn shutdown_lets_an_in_flight_request_finish() {
+    let mut gw = Gateway::start("");
+    let sid = session_id("drain");
+    assert_eq!(gw.invoke(Some(&sid), "{}").status, 200);
+    let pid = gw.pid();
+    std::thread::scope(|s| {
+        let gw_ref = &gw;
+        let slow = s.spawn(move || gw_ref.invoke(Some(&sid), r#"{"sleep_ms":1000}"#));
+        std::thread::sleep(Duration::from_millis(300));
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let r = slow.join().unwrap();
+        assert_eq!(r.status, 200, "the in-flight request was cut: {}", r.body_text());
+    });
+    assert!(gw.stop_with(libc::SIGTERM).success());
+}
+
+#[test]
+fn broken_config_is_refused_with_its_key_path() {
+    let dir = TempDir::new();
+    let bad = dir.write(
+        "bad.toml",
+        "[sessions]\nidle_timeout_secs = 0\n[[runtimes]]\nname = \"x\"\n[runtimes.backend]\nprovider = \"vm\"\n",
+    );
+    let out = Command::new(bin()).arg("check-config").arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sessions.idle_timeout_secs"), "{err}");
+    assert!(err.contains("runtimes[0].backend.provider"), "{err}");
+
+    let typo = dir.write("typo.toml", "[limits]\nmax_payload = 5\n");
+    let out = Command::new(bin()).arg("check-config").arg(&typo).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("limits.max_payload (line 2)"), "{err}");
+
+    // The gateway refuses to start on it, with the same report.
+    let port = free_port().to_string();
+    let out = Command::new(bin())
+        .arg("--config")
+        .arg(&bad)
+        .args(["--admin", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("runtimes[0].backend.provider"));
+
+    let good = dir.write("good.toml", "[limits]\nmax_payload_bytes = 5\n");
+    let out = Command::new(bin()).arg("check-config").arg(&good).output().unwrap();
+    assert!(out.status.success());
+}
