@@ -60,8 +60,9 @@ impl ConfigErrors {
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigErrors::one(".", None, format!("cannot read {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors::one(".", None, format!("cannot read {}: {e}", path.display()))
+    })?;
     parse(&text)
 }
 
@@ -90,9 +91,8 @@ impl Config {
     /// that spawns `sessiongate agent` per session.
     pub fn embedded_default() -> Config {
         // The defaults are valid by construction; `validate` has a unit test that proves it.
-        Config::try_from(file::FileConfig::default()).unwrap_or_else(|e| {
-            unreachable!("the embedded default config is invalid: {e}")
-        })
+        Config::try_from(file::FileConfig::default())
+            .unwrap_or_else(|e| unreachable!("the embedded default config is invalid: {e}"))
     }
 }
 

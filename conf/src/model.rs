@@ -142,7 +142,9 @@ pub struct ProcessSpec {
 
 /// The arguments that run the built-in reference agent on the chosen addresses.
 pub fn default_agent_args() -> Vec<String> {
-    ["agent", "--http", "{http}", "--mcp", "{mcp}", "--a2a", "{a2a}"]
-        .map(String::from)
-        .to_vec()
+    [
+        "agent", "--http", "{http}", "--mcp", "{mcp}", "--a2a", "{a2a}",
+    ]
+    .map(String::from)
+    .to_vec()
 }

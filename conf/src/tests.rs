@@ -28,7 +28,11 @@ fn unknown_key_is_reported_with_its_path_and_line() {
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert_eq!(errs[0].path, "sessions.idle_timeout");
     assert_eq!(errs[0].line, Some(5));
-    assert!(errs[0].message.contains("unknown field"), "{}", errs[0].message);
+    assert!(
+        errs[0].message.contains("unknown field"),
+        "{}",
+        errs[0].message
+    );
 }
 
 #[test]
@@ -112,4 +116,20 @@ fn idle_longer_than_lifetime_is_refused() {
         .unwrap_err()
         .0;
     assert_eq!(errs[0].path, "sessions.idle_timeout_secs");
+}
+
+#[test]
+fn the_documented_example_is_the_embedded_default() {
+    let documented = parse(include_str!("../examples/sessiongate.toml")).unwrap();
+    assert_eq!(format!("{documented:?}"), format!("{:?}", Config::embedded_default()));
+}
+
+#[test]
+fn every_example_config_is_valid() {
+    for text in [
+        include_str!("../examples/static-pool.toml"),
+        include_str!("../examples/custom-agent.toml"),
+    ] {
+        parse(text).unwrap();
+    }
 }

@@ -71,24 +71,59 @@ impl TryFrom<FileConfig> for Config {
 
         let s = &f.server;
         errs.range("server.threads", s.threads as u64, 1, 64);
-        errs.range("server.shutdown_timeout_secs", s.shutdown_timeout_secs, 0, 3_600);
+        errs.range(
+            "server.shutdown_timeout_secs",
+            s.shutdown_timeout_secs,
+            0,
+            3_600,
+        );
         errs.range("server.grace_period_secs", s.grace_period_secs, 0, 3_600);
 
         let lim = &f.limits;
-        errs.range("limits.max_payload_bytes", lim.max_payload_bytes, 1, 1 << 40);
-        errs.range("limits.max_active_sessions", lim.max_active_sessions as u64, 1, 10_000_000);
+        errs.range(
+            "limits.max_payload_bytes",
+            lim.max_payload_bytes,
+            1,
+            1 << 40,
+        );
+        errs.range(
+            "limits.max_active_sessions",
+            lim.max_active_sessions as u64,
+            1,
+            10_000_000,
+        );
         errs.range(
             "limits.max_sessions_per_principal",
             lim.max_sessions_per_principal as u64,
             1,
             10_000_000,
         );
-        errs.range("limits.max_inflight_per_session", lim.max_inflight_per_session.into(), 1, 100_000);
-        errs.range("limits.new_sessions_per_second", lim.new_sessions_per_second.into(), 1, 1_000_000);
+        errs.range(
+            "limits.max_inflight_per_session",
+            lim.max_inflight_per_session.into(),
+            1,
+            100_000,
+        );
+        errs.range(
+            "limits.new_sessions_per_second",
+            lim.new_sessions_per_second.into(),
+            1,
+            1_000_000,
+        );
 
         let ses = &f.sessions;
-        errs.range("sessions.idle_timeout_secs", ses.idle_timeout_secs, 1, MAX_LIFECYCLE_SECS);
-        errs.range("sessions.max_lifetime_secs", ses.max_lifetime_secs, 1, MAX_LIFECYCLE_SECS);
+        errs.range(
+            "sessions.idle_timeout_secs",
+            ses.idle_timeout_secs,
+            1,
+            MAX_LIFECYCLE_SECS,
+        );
+        errs.range(
+            "sessions.max_lifetime_secs",
+            ses.max_lifetime_secs,
+            1,
+            MAX_LIFECYCLE_SECS,
+        );
         if ses.idle_timeout_secs > ses.max_lifetime_secs {
             errs.push(
                 "sessions.idle_timeout_secs",
@@ -98,7 +133,12 @@ impl TryFrom<FileConfig> for Config {
                 ),
             );
         }
-        errs.range("sessions.sweep_interval_ms", ses.sweep_interval_ms, 10, 60_000);
+        errs.range(
+            "sessions.sweep_interval_ms",
+            ses.sweep_interval_ms,
+            10,
+            60_000,
+        );
 
         if f.runtimes.is_empty() {
             errs.push("runtimes", "at least one runtime is needed");
@@ -111,7 +151,10 @@ impl TryFrom<FileConfig> for Config {
             .map(|(i, r)| {
                 let path = format!("runtimes[{i}]");
                 if !names.insert(r.name.as_str()) {
-                    errs.push(format!("{path}.name"), format!("`{}` is declared twice", r.name));
+                    errs.push(
+                        format!("{path}.name"),
+                        format!("`{}` is declared twice", r.name),
+                    );
                 }
                 runtime(&mut errs, &path, r)
             })
@@ -119,10 +162,14 @@ impl TryFrom<FileConfig> for Config {
 
         let default_runtime = match &f.default_runtime {
             None => 0,
-            Some(name) => f.runtimes.iter().position(|r| &r.name == name).unwrap_or_else(|| {
-                errs.push("default_runtime", format!("no runtime is named `{name}`"));
-                0
-            }),
+            Some(name) => f
+                .runtimes
+                .iter()
+                .position(|r| &r.name == name)
+                .unwrap_or_else(|| {
+                    errs.push("default_runtime", format!("no runtime is named `{name}`"));
+                    0
+                }),
         };
 
         if !errs.0.is_empty() {
@@ -132,7 +179,12 @@ impl TryFrom<FileConfig> for Config {
             unreachable!("an unparsable listener address was reported as an error")
         };
         Ok(Config {
-            listeners: Listeners { http, mcp, a2a, admin },
+            listeners: Listeners {
+                http,
+                mcp,
+                a2a,
+                admin,
+            },
             server: Server {
                 threads: s.threads,
                 grace_period: Duration::from_secs(s.grace_period_secs),
@@ -235,13 +287,24 @@ fn backend(errs: &mut Errors, path: &str, b: &FileBackend) -> Option<BackendSpec
         "static" => {
             foreign(&process_keys, "static");
             let per = b.sessions_per_endpoint.unwrap_or(1);
-            errs.range(&format!("{path}.sessions_per_endpoint"), per.into(), 1, 1_000_000);
+            errs.range(
+                &format!("{path}.sessions_per_endpoint"),
+                per.into(),
+                1,
+                1_000_000,
+            );
             let Some(list) = &b.endpoints else {
-                errs.push(format!("{path}.endpoints"), "a static pool needs at least one endpoint");
+                errs.push(
+                    format!("{path}.endpoints"),
+                    "a static pool needs at least one endpoint",
+                );
                 return None;
             };
             if list.is_empty() {
-                errs.push(format!("{path}.endpoints"), "a static pool needs at least one endpoint");
+                errs.push(
+                    format!("{path}.endpoints"),
+                    "a static pool needs at least one endpoint",
+                );
             }
             let mut seen = HashSet::new();
             let endpoints: Vec<Option<Endpoint>> = list

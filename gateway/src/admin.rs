@@ -38,10 +38,16 @@ impl ServeHttp for AdminApp {
             ),
             (&Method::GET, "/metrics") => {
                 let body = self.shared.metrics.render();
-                response(StatusCode::OK, "text/plain; version=0.0.4", body.into_bytes())
+                response(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    body.into_bytes(),
+                )
             }
             (&Method::GET, "/sessions") => json_response(StatusCode::OK, self.sessions()),
-            (&Method::DELETE, p) if p.starts_with("/sessions/") => self.end_session(&p["/sessions/".len()..]).await,
+            (&Method::DELETE, p) if p.starts_with("/sessions/") => {
+                self.end_session(&p["/sessions/".len()..]).await
+            }
             _ => json_response(StatusCode::NOT_FOUND, json!({ "message": "not found" })),
         }
     }
@@ -83,10 +89,14 @@ impl AdminApp {
 
     async fn end_session(&self, id: &str) -> Response<Vec<u8>> {
         let Some(session) = self.shared.directory.get(id) else {
-            return json_response(StatusCode::NOT_FOUND, json!({ "message": "Session not found" }));
+            return json_response(
+                StatusCode::NOT_FOUND,
+                json!({ "message": "Session not found" }),
+            );
         };
         if self.shared.directory.end(&session).await {
-            metrics::counter!("sessiongate_sessions_ended_total", "reason" => "stopped").increment(1);
+            metrics::counter!("sessiongate_sessions_ended_total", "reason" => "stopped")
+                .increment(1);
         }
         json_response(StatusCode::OK, json!({ "ended": id }))
     }
@@ -103,6 +113,7 @@ fn response(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<V
         r.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }
     let len = r.body().len();
-    r.headers_mut().insert(http::header::CONTENT_LENGTH, len.into());
+    r.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, len.into());
     r
 }

@@ -173,11 +173,17 @@ impl GatewayError {
     }
 
     /// The response a client of `face` gets: header and body.
-    pub fn render(&self, face: Protocol, session_id: Option<&str>) -> pingora::Result<(ResponseHeader, Bytes)> {
+    pub fn render(
+        &self,
+        face: Protocol,
+        session_id: Option<&str>,
+    ) -> pingora::Result<(ResponseHeader, Bytes)> {
         let info = self.info();
         let (status, body) = match face {
             Protocol::Http => (info.status, json!({ "message": info.message })),
-            Protocol::Mcp if *self == GatewayError::NotAcceptable => (406, jsonrpc_error(-32011, &info.message)),
+            Protocol::Mcp if *self == GatewayError::NotAcceptable => {
+                (406, jsonrpc_error(-32011, &info.message))
+            }
             Protocol::Mcp => mcp_error(&info),
             Protocol::A2a => a2a_error(&info),
         };
@@ -215,7 +221,11 @@ fn mcp_error(info: &ErrorInfo) -> (u16, serde_json::Value) {
         "RuntimeClientError" => -32010,
         _ => -32603,
     };
-    let status = if matches!(info.status, 401 | 403 | 406) { info.status } else { 200 };
+    let status = if matches!(info.status, 401 | 403 | 406) {
+        info.status
+    } else {
+        200
+    };
     (status, jsonrpc_error(code, &info.message))
 }
 
@@ -248,7 +258,9 @@ mod tests {
 
     #[test]
     fn http_face_is_aws_rest_json() {
-        let (h, b) = GatewayError::PayloadTooLarge { limit: 10 }.render(Protocol::Http, Some("s")).unwrap();
+        let (h, b) = GatewayError::PayloadTooLarge { limit: 10 }
+            .render(Protocol::Http, Some("s"))
+            .unwrap();
         assert_eq!(h.status.as_u16(), 413);
         assert_eq!(h.headers["x-amzn-errortype"], "ValidationException");
         assert_eq!(h.headers[crate::headers::SESSION_ID], "s");
@@ -258,10 +270,14 @@ mod tests {
 
     #[test]
     fn quota_and_throttle_carry_retry_after() {
-        let (h, _) = GatewayError::Rejected(Rejection::ActiveSessions).render(Protocol::Http, None).unwrap();
+        let (h, _) = GatewayError::Rejected(Rejection::ActiveSessions)
+            .render(Protocol::Http, None)
+            .unwrap();
         assert_eq!(h.status.as_u16(), 402);
         assert!(h.headers.contains_key("retry-after"));
-        let (h, _) = GatewayError::Rejected(Rejection::SessionInflight).render(Protocol::Http, None).unwrap();
+        let (h, _) = GatewayError::Rejected(Rejection::SessionInflight)
+            .render(Protocol::Http, None)
+            .unwrap();
         assert_eq!(h.status.as_u16(), 429);
         assert_eq!(h.headers["retry-after"], "1");
     }
@@ -271,7 +287,10 @@ mod tests {
         let (status, v) = body(Protocol::Mcp, &GatewayError::BackendStatus(500));
         assert_eq!(status, 200);
         assert_eq!(v["error"]["code"], -32010);
-        let (status, v) = body(Protocol::Mcp, &GatewayError::Rejected(Rejection::ActiveSessions));
+        let (status, v) = body(
+            Protocol::Mcp,
+            &GatewayError::Rejected(Rejection::ActiveSessions),
+        );
         assert_eq!(status, 200);
         assert_eq!(v["error"]["code"], -32003);
     }

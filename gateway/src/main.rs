@@ -25,7 +25,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sessiongate", version, about = "A self-hostable front door for AI-agent runtimes")]
+#[command(
+    name = "sessiongate",
+    version,
+    about = "A self-hostable front door for AI-agent runtimes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

@@ -18,8 +18,8 @@ use crate::state::{RequestCtx, Shared};
 
 /// Latency buckets, in seconds: 100 µs to 60 s.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-    60.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 60.0,
 ];
 
 /// Installs the process-wide Prometheus recorder.
@@ -38,7 +38,8 @@ pub fn record(shared: &Shared, face: Protocol, session: &Session, ctx: &RequestC
         .increment(1);
     metrics::histogram!("sessiongate_request_duration_seconds", "listener" => listener, "route" => route)
         .record(elapsed.as_secs_f64());
-    metrics::counter!("sessiongate_request_bytes_total", "listener" => listener).increment(ctx.request_body_bytes);
+    metrics::counter!("sessiongate_request_bytes_total", "listener" => listener)
+        .increment(ctx.request_body_bytes);
     metrics::counter!("sessiongate_response_bytes_total", "listener" => listener)
         .increment(session.body_bytes_sent() as u64);
     metrics::gauge!("sessiongate_active_sessions").set(shared.directory.len() as f64);

@@ -63,7 +63,11 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let addr = ctx
             .peer
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no backend was chosen"))?;
@@ -81,7 +85,11 @@ impl ProxyHttp for Gateway {
         if let Some(path) = ctx.target.and_then(|t| t.path) {
             upstream.set_uri(http::Uri::from_static(path));
         }
-        headers::to_backend(upstream, ctx.session_id().unwrap_or_default(), &ctx.request_id);
+        headers::to_backend(
+            upstream,
+            ctx.session_id().unwrap_or_default(),
+            &ctx.request_id,
+        );
         Ok(())
     }
 
@@ -97,7 +105,10 @@ impl ProxyHttp for Gateway {
             let limit = self.shared.config.limits.max_payload_bytes;
             if ctx.request_body_bytes > limit {
                 ctx.error = Some(GatewayError::PayloadTooLarge { limit });
-                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the payload cap");
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over the payload cap",
+                );
             }
         }
         Ok(())
@@ -121,7 +132,12 @@ impl ProxyHttp for Gateway {
         response::to_client(upstream, ctx)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let error = match &ctx.error {
             Some(known) => Some(known.clone()),
             None => match e.esource() {
@@ -136,7 +152,10 @@ impl ProxyHttp for Gateway {
         };
         let mut code = 0;
         if let Some(error) = error {
-            if session.response_written().is_none_or(|r| r.status.is_informational() && r.status != 101) {
+            if session
+                .response_written()
+                .is_none_or(|r| r.status.is_informational() && r.status != 101)
+            {
                 code = respond_error(session, self.face, &error, ctx.session_id()).await;
                 if matches!(error, GatewayError::PayloadTooLarge { .. }) {
                     // Like nginx's lingering close: read (and drop) what the client is still
@@ -163,7 +182,8 @@ impl ProxyHttp for Gateway {
             let shared = Arc::clone(&self.shared);
             tokio::spawn(async move {
                 if shared.directory.end(&s).await {
-                    metrics::counter!("sessiongate_sessions_ended_total", "reason" => "unhealthy").increment(1);
+                    metrics::counter!("sessiongate_sessions_ended_total", "reason" => "unhealthy")
+                        .increment(1);
                 }
             });
         }
@@ -176,7 +196,12 @@ impl ProxyHttp for Gateway {
 }
 
 /// Writes an error for `face`; returns the status written (0 if the client is gone).
-async fn respond_error(session: &mut Session, face: Protocol, e: &GatewayError, session_id: Option<&str>) -> u16 {
+async fn respond_error(
+    session: &mut Session,
+    face: Protocol,
+    e: &GatewayError,
+    session_id: Option<&str>,
+) -> u16 {
     let Ok((header, body)) = e.render(face, session_id) else {
         return 0;
     };

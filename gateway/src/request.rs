@@ -37,9 +37,14 @@ pub async fn admit(
 
     let target = match route.kind {
         RouteKind::GatewayPing => {
-            return Ok(Decision::Answer(200, serde_json::json!({ "status": "Healthy" })));
+            return Ok(Decision::Answer(
+                200,
+                serde_json::json!({ "status": "Healthy" }),
+            ));
         }
-        RouteKind::StopSession => return stop_session(shared, session, ctx, route.runtime, &principal).await,
+        RouteKind::StopSession => {
+            return stop_session(shared, session, ctx, route.runtime, &principal).await;
+        }
         RouteKind::Proxy(t) => t,
     };
     ctx.target = Some(target);
@@ -54,7 +59,7 @@ pub async fn admit(
         }
     }
 
-    let (id, known) = session_id(shared, session, target)?;
+    let (id, known) = session_id(shared, session, target, route.runtime, &principal)?;
     ctx.session_id = Some(id.clone());
     // A client-chosen id starts a session on first use; an MCP id must already be known.
     let ticket = shared
@@ -76,7 +81,9 @@ pub async fn admit(
         Err(e) => {
             let error = match e {
                 TicketError::Ended => GatewayError::SessionEnding,
-                TicketError::Placement(PlacementError::PoolExhausted) => GatewayError::PoolExhausted,
+                TicketError::Placement(PlacementError::PoolExhausted) => {
+                    GatewayError::PoolExhausted
+                }
                 TicketError::Placement(e) => {
                     tracing::warn!(session = %id, error = %e, "backend placement failed");
                     GatewayError::BackendStartFailed
@@ -89,7 +96,11 @@ pub async fn admit(
             return Err(error);
         }
     };
-    ctx.peer = Some(backend.addr(target.protocol).ok_or(GatewayError::ProtocolNotServed)?);
+    ctx.peer = Some(
+        backend
+            .addr(target.protocol)
+            .ok_or(GatewayError::ProtocolNotServed)?,
+    );
     ctx.ticket = Some(ticket);
     Ok(Decision::Proxy)
 }
@@ -98,8 +109,17 @@ pub async fn admit(
 ///
 /// From the runtime session header; for WebSocket upgrades also a query parameter (browsers
 /// cannot set headers); on MCP from `Mcp-Session-Id`, which the gateway learned from the
-/// backend's `initialize` answer. With none of these, a new id is minted.
-fn session_id(shared: &Shared, session: &Session, target: Target) -> Result<(SessionId, bool), GatewayError> {
+/// backend's `initialize` answer. An MCP request with neither (a `server/discover` probe, the
+/// sessionless 2026 era, or the `initialize` that starts a handshake) goes to the caller's
+/// implicit MCP session for the runtime, so probes and stateless calls neither spawn a backend
+/// each nor share one between principals. Anything else without an id gets a new one.
+fn session_id(
+    shared: &Shared,
+    session: &Session,
+    target: Target,
+    runtime: usize,
+    principal: &Principal,
+) -> Result<(SessionId, bool), GatewayError> {
     let req = session.req_header();
     if let Some(v) = req.headers.get(SESSION_ID) {
         return SessionId::parse(v.as_bytes())
@@ -123,7 +143,21 @@ fn session_id(shared: &Shared, session: &Session, target: Target) -> Result<(Ses
             .map(|id| (id, true))
             .ok_or(GatewayError::SessionNotFound);
     }
+    if target.protocol == Protocol::Mcp {
+        return Ok((implicit_mcp_session(shared.runtime_name(runtime), principal), false));
+    }
     Ok((SessionId::mint(), false))
+}
+
+/// The id of a principal's implicit MCP session on a runtime: stable, and distinct per
+/// (runtime, principal). Ownership checks still apply, so guessing it gains nothing.
+fn implicit_mcp_session(runtime: &str, principal: &Principal) -> SessionId {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same id for the same caller in every gateway process.
+    let mut h = std::hash::DefaultHasher::new();
+    (runtime, principal.as_str()).hash(&mut h);
+    let id = format!("mcp-implicit-{runtime}-{:016x}-{}", h.finish(), principal.as_str().len());
+    SessionId::parse(id.as_bytes()).unwrap_or_else(|_| SessionId::mint())
 }
 
 /// StopRuntimeSession: ends the named session now (in-flight streams included).
@@ -149,7 +183,10 @@ async fn stop_session(
     if shared.directory.end(&found).await {
         metrics::counter!("sessiongate_sessions_ended_total", "reason" => "stopped").increment(1);
     }
-    Ok(Decision::Answer(200, serde_json::json!({ "runtimeSessionId": id.as_str() })))
+    Ok(Decision::Answer(
+        200,
+        serde_json::json!({ "runtimeSessionId": id.as_str() }),
+    ))
 }
 
 /// MCP's streamable HTTP needs a client that takes both JSON and SSE answers.

@@ -1,8 +1,8 @@
 //! The response stage: what the backend's answer becomes for the client.
 
 use conf::Protocol;
-use pingora::prelude::*;
 use pingora::ErrorType;
+use pingora::prelude::*;
 
 use crate::error::GatewayError;
 use crate::headers::{MCP_SESSION_ID, SESSION_ID};
@@ -12,7 +12,11 @@ use crate::state::{RequestCtx, Shared};
 /// RuntimeClientError without its body (which may hold internal detail); an MCP backend's
 /// 4xx passes through, since MCP clients act on it (404: re-initialize; 405: no GET stream).
 /// An MCP `Mcp-Session-Id` is learned so later requests carrying only it find their session.
-pub fn from_backend(shared: &Shared, upstream: &ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+pub fn from_backend(
+    shared: &Shared,
+    upstream: &ResponseHeader,
+    ctx: &mut RequestCtx,
+) -> Result<()> {
     if upstream.status.is_informational() {
         return Ok(());
     }
@@ -21,7 +25,10 @@ pub fn from_backend(shared: &Shared, upstream: &ResponseHeader, ctx: &mut Reques
     let mcp_client_error = protocol == Protocol::Mcp && (400..500).contains(&status);
     if status >= 400 && !mcp_client_error {
         ctx.error = Some(GatewayError::BackendStatus(status));
-        return Error::e_explain(ErrorType::HTTPStatus(424), "backend answered with an error status");
+        return Error::e_explain(
+            ErrorType::HTTPStatus(424),
+            "backend answered with an error status",
+        );
     }
     if protocol == Protocol::Mcp
         && let (Some(id), Some(ticket)) = (upstream.headers.get(MCP_SESSION_ID), &ctx.ticket)

@@ -68,12 +68,24 @@ const WS: Target = Target {
     ..target(Protocol::Http, "ws")
 };
 
-pub fn route(listener: Protocol, method: &Method, path: &str, config: &Config) -> Result<Route, GatewayError> {
+pub fn route(
+    listener: Protocol,
+    method: &Method,
+    path: &str,
+    config: &Config,
+) -> Result<Route, GatewayError> {
     let default = config.default_runtime;
-    let at = |kind| Ok(Route { runtime: default, kind });
+    let at = |kind| {
+        Ok(Route {
+            runtime: default,
+            kind,
+        })
+    };
     let proxy = |t| at(RouteKind::Proxy(t));
     match (listener, method, path) {
-        (Protocol::Http, &Method::POST, "/invocations") => proxy(target(Protocol::Http, "invocations")),
+        (Protocol::Http, &Method::POST, "/invocations") => {
+            proxy(target(Protocol::Http, "invocations"))
+        }
         (Protocol::Http, &Method::GET, "/ws") => proxy(WS),
         (Protocol::Http | Protocol::A2a, &Method::GET, "/ping") => at(RouteKind::GatewayPing),
         (Protocol::Http, _, p) if p.starts_with("/runtimes/") => aws_route(method, p, config),
@@ -81,7 +93,9 @@ pub fn route(listener: Protocol, method: &Method, path: &str, config: &Config) -
             proxy(target(Protocol::Mcp, "mcp"))
         }
         (Protocol::A2a, &Method::POST, "/") => proxy(target(Protocol::A2a, "a2a")),
-        (Protocol::A2a, &Method::GET, "/.well-known/agent-card.json") => proxy(target(Protocol::A2a, "agent_card")),
+        (Protocol::A2a, &Method::GET, "/.well-known/agent-card.json") => {
+            proxy(target(Protocol::A2a, "agent_card"))
+        }
         _ => Err(GatewayError::NoRoute),
     }
 }
@@ -93,10 +107,12 @@ fn aws_route(method: &Method, path: &str, config: &Config) -> Result<Route, Gate
     let kind = match (method, op) {
         (&Method::POST, "invocations" | "invocations/") => None,
         (&Method::GET, "ws") => Some(RouteKind::Proxy(WS)),
-        (&Method::GET, "invocations/.well-known/agent-card.json") => Some(RouteKind::Proxy(Target {
-            path: Some("/.well-known/agent-card.json"),
-            ..target(Protocol::A2a, "agent_card")
-        })),
+        (&Method::GET, "invocations/.well-known/agent-card.json") => {
+            Some(RouteKind::Proxy(Target {
+                path: Some("/.well-known/agent-card.json"),
+                ..target(Protocol::A2a, "agent_card")
+            }))
+        }
         (&Method::POST, "stopruntimesession") => Some(RouteKind::StopSession),
         _ => return Err(GatewayError::NoRoute),
     };
@@ -170,32 +186,60 @@ protocol = "mcp"
         let r = route(Protocol::Http, &Method::POST, "/invocations", &c).unwrap();
         assert_eq!((r.runtime, r.name()), (0, "invocations"));
         assert!(route(Protocol::Http, &Method::GET, "/invocations", &c).is_err());
-        assert_eq!(route(Protocol::Mcp, &Method::DELETE, "/mcp", &c).unwrap().name(), "mcp");
         assert_eq!(
-            route(Protocol::A2a, &Method::GET, "/ping", &c).unwrap().kind,
+            route(Protocol::Mcp, &Method::DELETE, "/mcp", &c)
+                .unwrap()
+                .name(),
+            "mcp"
+        );
+        assert_eq!(
+            route(Protocol::A2a, &Method::GET, "/ping", &c)
+                .unwrap()
+                .kind,
             RouteKind::GatewayPing
         );
-        assert_eq!(route(Protocol::Mcp, &Method::POST, "/", &c), Err(GatewayError::NoRoute));
+        assert_eq!(
+            route(Protocol::Mcp, &Method::POST, "/", &c),
+            Err(GatewayError::NoRoute)
+        );
     }
 
     #[test]
     fn aws_paths_pick_the_runtime_by_name_or_arn() {
         let c = config();
         let arn = "arn%3Aaws%3Abedrock-agentcore%3Aus-east-1%3A123456789012%3Aruntime%2Ftools";
-        let r = route(Protocol::Http, &Method::POST, &format!("/runtimes/{arn}/invocations"), &c).unwrap();
+        let r = route(
+            Protocol::Http,
+            &Method::POST,
+            &format!("/runtimes/{arn}/invocations"),
+            &c,
+        )
+        .unwrap();
         assert_eq!(r.runtime, 1);
-        let RouteKind::Proxy(t) = r.kind else { panic!() };
+        let RouteKind::Proxy(t) = r.kind else {
+            panic!()
+        };
         assert_eq!((t.protocol, t.path), (Protocol::Mcp, Some("/mcp")));
         let r = route(Protocol::Http, &Method::GET, "/runtimes/default/ws", &c).unwrap();
         assert!(matches!(r.kind, RouteKind::Proxy(t) if t.websocket));
         assert_eq!(
-            route(Protocol::Http, &Method::POST, "/runtimes/nope/invocations", &c),
+            route(
+                Protocol::Http,
+                &Method::POST,
+                "/runtimes/nope/invocations",
+                &c
+            ),
             Err(GatewayError::UnknownRuntime)
         );
         assert_eq!(
-            route(Protocol::Http, &Method::POST, "/runtimes/default/stopruntimesession", &c)
-                .unwrap()
-                .kind,
+            route(
+                Protocol::Http,
+                &Method::POST,
+                "/runtimes/default/stopruntimesession",
+                &c
+            )
+            .unwrap()
+            .kind,
             RouteKind::StopSession
         );
     }

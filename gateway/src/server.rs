@@ -43,7 +43,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             shared: Arc::clone(&shared),
             face,
         };
-        let mut svc = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, face.as_str());
+        let mut svc = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            gateway,
+            face.as_str(),
+        );
         svc.add_tcp(&addr.to_string());
         server.add_service(svc);
     }
@@ -103,7 +107,8 @@ impl BackgroundService for Lifecycle {
             }
             for (session, reason) in sweep(&self.shared.directory, &policy).await {
                 tracing::info!(session = %session.id, reason = reason.as_str(), "session ended");
-                metrics::counter!("sessiongate_sessions_ended_total", "reason" => reason.as_str()).increment(1);
+                metrics::counter!("sessiongate_sessions_ended_total", "reason" => reason.as_str())
+                    .increment(1);
             }
             metrics::gauge!("sessiongate_active_sessions").set(self.shared.directory.len() as f64);
             self.shared.metrics.run_upkeep();
@@ -136,8 +141,15 @@ impl ShutdownSignalWatch for DrainThenStop {
         };
         let shared = &self.shared;
         let timeout = shared.config.server.shutdown_timeout;
-        tracing::info!(signal = name, ?timeout, inflight = shared.inflight(), "draining");
-        shared.draining.store(true, std::sync::atomic::Ordering::Release);
+        tracing::info!(
+            signal = name,
+            ?timeout,
+            inflight = shared.inflight(),
+            "draining"
+        );
+        shared
+            .draining
+            .store(true, std::sync::atomic::Ordering::Release);
         let drained = tokio::time::timeout(timeout, async {
             while shared.inflight() > 0 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -145,7 +157,10 @@ impl ShutdownSignalWatch for DrainThenStop {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(inflight = shared.inflight(), "drain timeout; stopping anyway");
+            tracing::warn!(
+                inflight = shared.inflight(),
+                "drain timeout; stopping anyway"
+            );
         }
         let stopped = shared.directory.end_all().await;
         tracing::info!(stopped, "backends stopped");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use conf::Config;
+use conf::{BackendSpec, Config};
 use metrics_exporter_prometheus::PrometheusHandle;
 use routing::{AdmissionLimits, BackendProvider, SessionDirectory, SessionId, Ticket};
 
@@ -28,10 +28,21 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: Config, self_exe: &Path, metrics: PrometheusHandle) -> Self {
+        let runtime_url = public_a2a_url(&config);
         let providers = config
             .runtimes
             .iter()
-            .map(|r| BackendProvider::new(&r.backend, self_exe))
+            .map(|r| {
+                let mut spec = r.backend.clone();
+                if let BackendSpec::Process(p) = &mut spec {
+                    // As AgentCore does: the agent learns the URL clients reach it at (A2A
+                    // agent cards advertise it), unless the runtime sets its own.
+                    p.env
+                        .entry("AGENTCORE_RUNTIME_URL".into())
+                        .or_insert_with(|| runtime_url.clone());
+                }
+                BackendProvider::new(&spec, self_exe)
+            })
             .collect();
         Self {
             directory: SessionDirectory::new(AdmissionLimits::from(&config.limits)),
@@ -52,8 +63,20 @@ impl Shared {
     }
 
     pub fn runtime_name(&self, index: usize) -> &str {
-        self.config.runtimes.get(index).map_or("?", |r| r.name.as_str())
+        self.config
+            .runtimes
+            .get(index)
+            .map_or("?", |r| r.name.as_str())
     }
+}
+
+/// `http://<A2A listener>/`, with a wildcard listen address shown as loopback.
+fn public_a2a_url(config: &Config) -> String {
+    let mut addr = config.listeners.a2a;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("http://{addr}/")
 }
 
 /// One request's state, from `request_filter` to `logging` (Pingora's `CTX`).

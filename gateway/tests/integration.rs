@@ -35,8 +35,7 @@ fn mcp_call(gw: &Gateway, headers: &[String], body: &str) -> Response {
 }
 
 const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"test","version":"1"}}}"#;
-const ECHO_CALL: &str =
-    r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}"#;
+const ECHO_CALL: &str = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}"#;
 
 fn a2a_send(gw: &Gateway, sid: &str, text: &str) -> Response {
     let url = gw.url(gw.a2a, "/");
@@ -44,7 +43,17 @@ fn a2a_send(gw: &Gateway, sid: &str, text: &str) -> Response {
         r#"{{"jsonrpc":"2.0","id":"r1","method":"message/send","params":{{"message":{{"role":"user","messageId":"m1","parts":[{{"kind":"text","text":"{text}"}}]}}}}}}"#
     );
     let h = format!("{SESSION_HEADER}: {sid}");
-    curl(&["-X", "POST", &url, "-H", &h, "-H", "Content-Type: application/json", "-d", &body])
+    curl(&[
+        "-X",
+        "POST",
+        &url,
+        "-H",
+        &h,
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &body,
+    ])
 }
 
 #[test]
@@ -63,7 +72,11 @@ fn sessions_are_sticky_across_all_three_ports_and_never_shared() {
                         assert_eq!(r.status, 200, "{}", r.body_text());
                         assert_eq!(r.header(SESSION_HEADER), Some(sid.as_str()));
                         let v = r.json();
-                        assert_eq!(v["session_id"], sid.as_str(), "the backend saw the session id");
+                        assert_eq!(
+                            v["session_id"],
+                            sid.as_str(),
+                            "the backend saw the session id"
+                        );
                         assert_eq!(v["echo"]["round"], round);
                         seen.insert(v["instance"].as_str().unwrap().to_owned());
                     }
@@ -72,16 +85,30 @@ fn sessions_are_sticky_across_all_three_ports_and_never_shared() {
                     let init = mcp_call(gw, &h, INITIALIZE);
                     assert_eq!(init.status, 200, "{}", init.body_text());
                     let mcp_id = init.header("mcp-session-id").unwrap().to_owned();
-                    let call = mcp_call(gw, &[h[0].clone(), format!("Mcp-Session-Id: {mcp_id}")], ECHO_CALL);
+                    let call = mcp_call(
+                        gw,
+                        &[h[0].clone(), format!("Mcp-Session-Id: {mcp_id}")],
+                        ECHO_CALL,
+                    );
                     let v = call.json();
                     assert_eq!(v["result"]["content"][0]["text"], "hi");
-                    seen.insert(v["result"]["structuredContent"]["instance"].as_str().unwrap().to_owned());
+                    seen.insert(
+                        v["result"]["structuredContent"]["instance"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned(),
+                    );
                     // A2A too.
                     let r = a2a_send(gw, sid, "ping");
                     assert_eq!(r.status, 200, "{}", r.body_text());
                     let v = r.json();
                     assert_eq!(v["result"]["parts"][0]["text"], "ping");
-                    seen.insert(v["result"]["metadata"]["instance"].as_str().unwrap().to_owned());
+                    seen.insert(
+                        v["result"]["metadata"]["instance"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned(),
+                    );
                     (sid.clone(), seen)
                 })
             })
@@ -90,7 +117,11 @@ fn sessions_are_sticky_across_all_three_ports_and_never_shared() {
     });
     let mut owner: HashMap<String, String> = HashMap::new();
     for (sid, seen) in &instances {
-        assert_eq!(seen.len(), 1, "session {sid} reached several backends: {seen:?}");
+        assert_eq!(
+            seen.len(),
+            1,
+            "session {sid} reached several backends: {seen:?}"
+        );
         let instance = seen.iter().next().unwrap();
         if let Some(other) = owner.insert(instance.clone(), sid.clone()) {
             panic!("sessions {other} and {sid} share backend {instance}");
@@ -104,11 +135,17 @@ fn a_request_without_a_session_id_gets_a_fresh_session_and_its_id() {
     let gw = Gateway::start("");
     let a = gw.invoke(None, "{}");
     let b = gw.invoke(None, "{}");
-    let (sa, sb) = (a.header(SESSION_HEADER).unwrap(), b.header(SESSION_HEADER).unwrap());
+    let (sa, sb) = (
+        a.header(SESSION_HEADER).unwrap(),
+        b.header(SESSION_HEADER).unwrap(),
+    );
     assert!(sa.len() >= 33 && sa != sb);
     assert_ne!(a.json()["instance"], b.json()["instance"]);
     // The minted id works like any other.
-    assert_eq!(gw.invoke(Some(sa), "{}").json()["instance"], a.json()["instance"]);
+    assert_eq!(
+        gw.invoke(Some(sa), "{}").json()["instance"],
+        a.json()["instance"]
+    );
 }
 
 #[test]
@@ -122,17 +159,35 @@ fn mcp_requests_are_routed_by_the_learned_mcp_session_id() {
     assert_eq!(call.status, 200);
     assert_eq!(call.header(SESSION_HEADER), Some(runtime_sid.as_str()));
     let v = call.json();
-    assert_eq!(v["result"]["structuredContent"]["session_id"], runtime_sid.as_str());
+    assert_eq!(
+        v["result"]["structuredContent"]["session_id"],
+        runtime_sid.as_str()
+    );
     // The HTTP face of the same session is the same backend.
     let http = gw.invoke(Some(&runtime_sid), "{}").json();
-    assert_eq!(http["instance"], v["result"]["structuredContent"]["instance"]);
+    assert_eq!(
+        http["instance"],
+        v["result"]["structuredContent"]["instance"]
+    );
     // An MCP id the gateway never saw is a JSON-RPC "not found", with HTTP 200 as AgentCore does.
-    let stale = mcp_call(&gw, &["Mcp-Session-Id: 0123456789abcdef".to_owned()], ECHO_CALL);
+    let stale = mcp_call(
+        &gw,
+        &["Mcp-Session-Id: 0123456789abcdef".to_owned()],
+        ECHO_CALL,
+    );
     assert_eq!(stale.status, 200);
     assert_eq!(stale.json()["error"]["code"], -32004);
     // Without the Accept the transport requires: 406 with JSON-RPC -32011, as AgentCore answers.
     let url = gw.url(gw.mcp, "/mcp");
-    let r = curl(&["-X", "POST", &url, "-H", "Accept: application/json", "-d", INITIALIZE]);
+    let r = curl(&[
+        "-X",
+        "POST",
+        &url,
+        "-H",
+        "Accept: application/json",
+        "-d",
+        INITIALIZE,
+    ]);
     assert_eq!(r.status, 406);
     assert_eq!(r.json()["error"]["code"], -32011);
 }
@@ -143,10 +198,18 @@ fn invalid_session_ids_are_refused_with_validation_exception() {
     let r = gw.invoke(Some("too-short"), "{}");
     assert_eq!(r.status, 400);
     assert_eq!(r.header("x-amzn-ErrorType"), Some("ValidationException"));
-    assert!(r.json()["message"].as_str().unwrap().contains("at least 33"));
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("at least 33")
+    );
     let long = "x".repeat(257);
     assert_eq!(gw.invoke(Some(&long), "{}").status, 400);
-    assert!(gw.sessions().is_empty(), "a refused request creates no session");
+    assert!(
+        gw.sessions().is_empty(),
+        "a refused request creates no session"
+    );
 }
 
 #[test]
@@ -154,11 +217,23 @@ fn unknown_paths_are_resource_not_found() {
     let gw = Gateway::start("");
     let r = curl(&[&gw.url(gw.http, "/nope")]);
     assert_eq!(r.status, 404);
-    assert_eq!(r.header("x-amzn-ErrorType"), Some("ResourceNotFoundException"));
-    let r = curl(&["-X", "POST", &gw.url(gw.http, "/runtimes/missing/invocations"), "-d", "{}"]);
+    assert_eq!(
+        r.header("x-amzn-ErrorType"),
+        Some("ResourceNotFoundException")
+    );
+    let r = curl(&[
+        "-X",
+        "POST",
+        &gw.url(gw.http, "/runtimes/missing/invocations"),
+        "-d",
+        "{}",
+    ]);
     assert_eq!(r.status, 404);
     let r = curl(&[&gw.url(gw.http, "/ping")]);
-    assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("Healthy")));
+    assert_eq!(
+        (r.status, r.json()["status"].as_str()),
+        (200, Some("Healthy"))
+    );
 }
 
 #[test]
@@ -168,13 +243,33 @@ fn payload_cap_refuses_declared_and_chunked_bodies() {
     // Declared too large: refused before a byte is read, and no session is created for it.
     let url = gw.url(gw.http, "/invocations");
     let h = format!("{SESSION_HEADER}: {sid}");
-    let r = curl(&["-X", "POST", &url, "-H", &h, "-H", "Content-Length: 1000001", "-d", "x"]);
+    let r = curl(&[
+        "-X",
+        "POST",
+        &url,
+        "-H",
+        &h,
+        "-H",
+        "Content-Length: 1000001",
+        "-d",
+        "x",
+    ]);
     assert_eq!(r.status, 413);
     assert_eq!(r.header("x-amzn-ErrorType"), Some("ValidationException"));
     assert!(gw.sessions().is_empty());
     // Chunked, crossing the cap mid-stream.
     let r = curl_with_stdin(
-        &["-X", "POST", &url, "-H", &h, "-H", "Transfer-Encoding: chunked", "--data-binary", "@-"],
+        &[
+            "-X",
+            "POST",
+            &url,
+            "-H",
+            &h,
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            "@-",
+        ],
         |stdin| {
             use std::io::Write;
             let chunk = vec![b'a'; 64 * 1024];
@@ -188,7 +283,17 @@ fn payload_cap_refuses_declared_and_chunked_bodies() {
     assert_eq!(r.status, 413, "{}", r.body_text());
     // Under the cap, chunked, passes whole (a JSON document of 999 999 bytes).
     let r = curl_with_stdin(
-        &["-X", "POST", &url, "-H", &h, "-H", "Transfer-Encoding: chunked", "--data-binary", "@-"],
+        &[
+            "-X",
+            "POST",
+            &url,
+            "-H",
+            &h,
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            "@-",
+        ],
         |stdin| {
             use std::io::Write;
             let doc = format!(r#"{{"pad":"{}"}}"#, "a".repeat(999_989));
@@ -220,7 +325,15 @@ fn sse_events_arrive_as_they_are_produced() {
     let gw = Gateway::start("");
     let url = gw.url(gw.http, "/invocations");
     let mut child = Command::new("curl")
-        .args(["-s", "-N", "-X", "POST", &url, "-d", r#"{"stream":4,"interval_ms":400}"#])
+        .args([
+            "-s",
+            "-N",
+            "-X",
+            "POST",
+            &url,
+            "-d",
+            r#"{"stream":4,"interval_ms":400}"#,
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -251,10 +364,16 @@ fn websocket_echoes_through_the_gateway_on_the_sessions_backend() {
     let gw = Gateway::start("");
     let sid = session_id("ws");
     let instance = gw.invoke(Some(&sid), "{}").json()["instance"].clone();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
-        let mut req = format!("ws://{}/ws", gw.http).into_client_request().unwrap();
-        req.headers_mut().insert(SESSION_HEADER, sid.parse().unwrap());
+        let mut req = format!("ws://{}/ws", gw.http)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert(SESSION_HEADER, sid.parse().unwrap());
         let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
         assert_eq!(resp.status(), 101);
         assert_eq!(resp.headers()[SESSION_HEADER], sid.as_str());
@@ -263,7 +382,10 @@ fn websocket_echoes_through_the_gateway_on_the_sessions_backend() {
             assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
         }
         ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
-        assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(vec![1u8, 2, 3]));
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::binary(vec![1u8, 2, 3])
+        );
         // The open socket counts as in flight.
         let s = gw.sessions();
         assert_eq!(s[0]["inflight"], 1);
@@ -287,10 +409,16 @@ fn active_session_limit_answers_402_with_retry_after() {
     assert_eq!(gw.invoke(Some(&session_id("b")), "{}").status, 200);
     let r = gw.invoke(Some(&session_id("c")), "{}");
     assert_eq!(r.status, 402);
-    assert_eq!(r.header("x-amzn-ErrorType"), Some("ServiceQuotaExceededException"));
+    assert_eq!(
+        r.header("x-amzn-ErrorType"),
+        Some("ServiceQuotaExceededException")
+    );
     assert!(r.header("retry-after").is_some());
     let m = gw.metrics();
-    assert!(m.contains(r#"sessiongate_rejections_total{reason="active_sessions"} 1"#), "{m}");
+    assert!(
+        m.contains(r#"sessiongate_rejections_total{reason="active_sessions"} 1"#),
+        "{m}"
+    );
 }
 
 #[test]
@@ -321,7 +449,10 @@ fn in_flight_limit_per_session_answers_429() {
     assert_eq!(gw.invoke(Some(&sid), "{}").status, 200);
     std::thread::scope(|s| {
         let slow = s.spawn(|| gw.invoke(Some(&sid), r#"{"sleep_ms":1500}"#));
-        assert!(eventually(Duration::from_secs(5), || gw.sessions()[0]["inflight"] == 1));
+        assert!(eventually(
+            Duration::from_secs(5),
+            || gw.sessions()[0]["inflight"] == 1
+        ));
         let r = gw.invoke(Some(&sid), "{}");
         assert_eq!(r.status, 429);
         assert_eq!(r.header("x-amzn-ErrorType"), Some("ThrottlingException"));
@@ -371,10 +502,18 @@ fn idle_sessions_end_and_their_process_stops() {
     let first = gw.invoke(Some(&sid), "{}").json()["instance"].clone();
     let pid = gw.backend_pid(&sid).unwrap();
     assert!(alive(pid));
-    assert!(eventually(Duration::from_secs(10), || gw.sessions().is_empty()));
-    assert!(eventually(Duration::from_secs(5), || !alive(pid)), "backend {pid} outlived its session");
+    assert!(eventually(Duration::from_secs(10), || gw
+        .sessions()
+        .is_empty()));
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(pid)),
+        "backend {pid} outlived its session"
+    );
     let m = gw.metrics();
-    assert!(m.contains(r#"sessiongate_sessions_ended_total{reason="idle"} 1"#), "{m}");
+    assert!(
+        m.contains(r#"sessiongate_sessions_ended_total{reason="idle"} 1"#),
+        "{m}"
+    );
     // The same id later starts a fresh session.
     let again = gw.invoke(Some(&sid), "{}");
     assert_eq!(again.status, 200);
@@ -385,18 +524,34 @@ fn idle_sessions_end_and_their_process_stops() {
 fn a_backend_reporting_healthy_busy_keeps_its_session_alive() {
     let gw = Gateway::start("[sessions]\nidle_timeout_secs = 1\nsweep_interval_ms = 100\n");
     let sid = session_id("bg");
-    assert_eq!(gw.invoke(Some(&sid), r#"{"background_ms":3000}"#).status, 200);
+    assert_eq!(
+        gw.invoke(Some(&sid), r#"{"background_ms":3000}"#).status,
+        200
+    );
     std::thread::sleep(Duration::from_millis(2200));
-    assert_eq!(gw.sessions().len(), 1, "ended while the backend was HealthyBusy");
-    assert!(eventually(Duration::from_secs(10), || gw.sessions().is_empty()));
+    assert_eq!(
+        gw.sessions().len(),
+        1,
+        "ended while the backend was HealthyBusy"
+    );
+    assert!(eventually(Duration::from_secs(10), || gw
+        .sessions()
+        .is_empty()));
 }
 
 #[test]
 fn max_lifetime_ends_even_a_busy_session() {
-    let gw = Gateway::start("[sessions]\nidle_timeout_secs = 1\nmax_lifetime_secs = 2\nsweep_interval_ms = 100\n");
+    let gw = Gateway::start(
+        "[sessions]\nidle_timeout_secs = 1\nmax_lifetime_secs = 2\nsweep_interval_ms = 100\n",
+    );
     let sid = session_id("old");
-    assert_eq!(gw.invoke(Some(&sid), r#"{"background_ms":60000}"#).status, 200);
-    assert!(eventually(Duration::from_secs(10), || gw.sessions().is_empty()));
+    assert_eq!(
+        gw.invoke(Some(&sid), r#"{"background_ms":60000}"#).status,
+        200
+    );
+    assert!(eventually(Duration::from_secs(10), || gw
+        .sessions()
+        .is_empty()));
     assert!(gw.metrics().contains(r#"reason="max_lifetime""#));
 }
 
@@ -419,7 +574,10 @@ fn admin_and_stop_runtime_session_end_sessions() {
     assert_eq!(r.status, 200, "{}", r.body_text());
     let r = curl(&["-X", "POST", &url, "-H", &h, "-d", "{}"]);
     assert_eq!(r.status, 404);
-    assert_eq!(r.header("x-amzn-ErrorType"), Some("ResourceNotFoundException"));
+    assert_eq!(
+        r.header("x-amzn-ErrorType"),
+        Some("ResourceNotFoundException")
+    );
     assert!(gw.sessions().is_empty());
 }
 
@@ -435,7 +593,10 @@ fn aws_invocation_path_reaches_the_runtime() {
     let r = curl(&["-X", "POST", &url, "-H", &h, "-d", r#"{"prompt":"x"}"#]);
     assert_eq!(r.status, 200, "{}", r.body_text());
     assert_eq!(r.json()["echo"]["prompt"], "x");
-    assert_eq!(r.json()["instance"], gw.invoke(Some(&sid), "{}").json()["instance"]);
+    assert_eq!(
+        r.json()["instance"],
+        gw.invoke(Some(&sid), "{}").json()["instance"]
+    );
 }
 
 #[test]
@@ -452,14 +613,23 @@ fn static_pool_gives_each_session_its_own_endpoint() {
     let ib = gw.invoke(Some(&b), "{}").json()["instance"].clone();
     assert_ne!(ia, ib);
     assert_eq!(gw.invoke(Some(&a), "{}").json()["instance"], ia);
-    assert_eq!(a2a_send(&gw, &b, "x").json()["result"]["metadata"]["instance"], ib);
+    assert_eq!(
+        a2a_send(&gw, &b, "x").json()["result"]["metadata"]["instance"],
+        ib
+    );
     // Both endpoints are taken: a third session waits for capacity.
     let r = gw.invoke(Some(&session_id("s3")), "{}");
     assert_eq!(r.status, 402, "{}", r.body_text());
-    assert_eq!(r.header("x-amzn-ErrorType"), Some("ServiceQuotaExceededException"));
+    assert_eq!(
+        r.header("x-amzn-ErrorType"),
+        Some("ServiceQuotaExceededException")
+    );
     // Ending a session frees its endpoint.
     curl(&["-X", "DELETE", &format!("http://{}/sessions/{a}", gw.admin)]);
-    assert_eq!(gw.invoke(Some(&session_id("s4")), "{}").json()["instance"], ia);
+    assert_eq!(
+        gw.invoke(Some(&session_id("s4")), "{}").json()["instance"],
+        ia
+    );
     // Deployed runtimes are not the gateway's to stop.
     for agent in &agents {
         assert!(alive(agent.child.id()));
@@ -497,7 +667,12 @@ fn shutdown_lets_an_in_flight_request_finish() {
         std::thread::sleep(Duration::from_millis(300));
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
         let r = slow.join().unwrap();
-        assert_eq!(r.status, 200, "the in-flight request was cut: {}", r.body_text());
+        assert_eq!(
+            r.status,
+            200,
+            "the in-flight request was cut: {}",
+            r.body_text()
+        );
     });
     assert!(gw.stop_with(libc::SIGTERM).success());
 }
@@ -509,14 +684,22 @@ fn broken_config_is_refused_with_its_key_path() {
         "bad.toml",
         "[sessions]\nidle_timeout_secs = 0\n[[runtimes]]\nname = \"x\"\n[runtimes.backend]\nprovider = \"vm\"\n",
     );
-    let out = Command::new(bin()).arg("check-config").arg(&bad).output().unwrap();
+    let out = Command::new(bin())
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("sessions.idle_timeout_secs"), "{err}");
     assert!(err.contains("runtimes[0].backend.provider"), "{err}");
 
     let typo = dir.write("typo.toml", "[limits]\nmax_payload = 5\n");
-    let out = Command::new(bin()).arg("check-config").arg(&typo).output().unwrap();
+    let out = Command::new(bin())
+        .arg("check-config")
+        .arg(&typo)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("limits.max_payload (line 2)"), "{err}");
@@ -533,6 +716,10 @@ fn broken_config_is_refused_with_its_key_path() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("runtimes[0].backend.provider"));
 
     let good = dir.write("good.toml", "[limits]\nmax_payload_bytes = 5\n");
-    let out = Command::new(bin()).arg("check-config").arg(&good).output().unwrap();
+    let out = Command::new(bin())
+        .arg("check-config")
+        .arg(&good)
+        .output()
+        .unwrap();
     assert!(out.status.success());
 }

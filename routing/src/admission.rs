@@ -1,8 +1,8 @@
 //! Admission limits: how many sessions may exist, per principal and in all, and how fast new
 //! ones may start. (In-flight requests per session are counted on the session itself.)
 
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use auth::Principal;
@@ -77,7 +77,10 @@ impl Admission {
 
     /// Admits one new session for `principal`, or says which limit stops it. The returned
     /// reservation gives the counts back when dropped, with the session that owns it.
-    pub fn admit_session(self: &Arc<Self>, principal: &Principal) -> Result<Reservation, Rejection> {
+    pub fn admit_session(
+        self: &Arc<Self>,
+        principal: &Principal,
+    ) -> Result<Reservation, Rejection> {
         let l = &self.limits;
         self.active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -97,7 +100,9 @@ impl Admission {
         }
         reservation.principal = Some(principal.clone());
         // The rate is taken last so that a session refused for another reason spends no token.
-        self.rate.take().map_err(|retry_after| Rejection::SessionRate { retry_after })?;
+        self.rate
+            .take()
+            .map_err(|retry_after| Rejection::SessionRate { retry_after })?;
         Ok(reservation)
     }
 }
@@ -185,7 +190,10 @@ mod tests {
         let a = Arc::new(Admission::new(limits(10, 1, 1000)));
         let (p, q) = (Principal::new("p"), Principal::new("q"));
         let _r = a.admit_session(&p).unwrap();
-        assert_eq!(a.admit_session(&p).unwrap_err(), Rejection::PrincipalSessions);
+        assert_eq!(
+            a.admit_session(&p).unwrap_err(),
+            Rejection::PrincipalSessions
+        );
         assert_eq!(a.active(), 1, "a refused session gives its count back");
         assert!(a.admit_session(&q).is_ok());
     }

@@ -259,7 +259,9 @@ impl SessionDirectory {
         if session.is_ended() {
             return;
         }
-        let Ok(mut ids) = session.mcp_ids.lock() else { return };
+        let Ok(mut ids) = session.mcp_ids.lock() else {
+            return;
+        };
         if ids.iter().any(|i| &**i == mcp_id) {
             return;
         }
@@ -277,13 +279,17 @@ impl SessionDirectory {
 
     /// Every live session.
     pub fn snapshot(&self) -> Vec<Arc<Session>> {
-        self.sessions.iter().map(|e| Arc::clone(e.value())).collect()
+        self.sessions
+            .iter()
+            .map(|e| Arc::clone(e.value()))
+            .collect()
     }
 
     /// Ends a session now, in-flight requests or not, and releases its backend.
     /// Returns false if it had already ended.
     pub async fn end(&self, session: &Arc<Session>) -> bool {
-        self.sessions.remove_if(&session.id, |_, s| Arc::ptr_eq(s, session));
+        self.sessions
+            .remove_if(&session.id, |_, s| Arc::ptr_eq(s, session));
         self.release(session).await
     }
 

@@ -32,7 +32,10 @@ impl From<&conf::Sessions> for LifecyclePolicy {
 }
 
 /// One pass over the directory. Returns the sessions it ended, with why.
-pub async fn sweep(dir: &SessionDirectory, policy: &LifecyclePolicy) -> Vec<(Arc<Session>, EndReason)> {
+pub async fn sweep(
+    dir: &SessionDirectory,
+    policy: &LifecyclePolicy,
+) -> Vec<(Arc<Session>, EndReason)> {
     let mut ended = Vec::new();
     for session in dir.snapshot() {
         if let Some(reason) = check(dir, &session, policy).await {
@@ -42,7 +45,11 @@ pub async fn sweep(dir: &SessionDirectory, policy: &LifecyclePolicy) -> Vec<(Arc
     ended
 }
 
-async fn check(dir: &SessionDirectory, s: &Arc<Session>, policy: &LifecyclePolicy) -> Option<EndReason> {
+async fn check(
+    dir: &SessionDirectory,
+    s: &Arc<Session>,
+    policy: &LifecyclePolicy,
+) -> Option<EndReason> {
     let now = now_ms();
     let backend = s.backend()?; // still being placed: the placement deadline governs it
     if backend.has_exited() {
@@ -64,11 +71,15 @@ async fn check(dir: &SessionDirectory, s: &Arc<Session>, policy: &LifecyclePolic
             if let Some(t) = h.time_of_last_update {
                 s.touch_at_unix_secs(t);
             }
-            dir.end_if_idle(s, policy.idle_timeout).await.then_some(EndReason::Idle)
+            dir.end_if_idle(s, policy.idle_timeout)
+                .await
+                .then_some(EndReason::Idle)
         }
         Err(e) => {
             tracing::info!(session = %s.id, error = %e, "backend failed its health probe");
-            dir.end_if_idle(s, policy.idle_timeout).await.then_some(EndReason::Unhealthy)
+            dir.end_if_idle(s, policy.idle_timeout)
+                .await
+                .then_some(EndReason::Unhealthy)
         }
     }
 }

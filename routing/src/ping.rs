@@ -99,7 +99,8 @@ mod tests {
                 time_of_last_update: Some(1_700_000_000)
             }
         );
-        let h = parse_health(br#"{"status":"Healthy","time_of_last_update":"2026-01-01T00:00:00Z"}"#);
+        let h =
+            parse_health(br#"{"status":"Healthy","time_of_last_update":"2026-01-01T00:00:00Z"}"#);
         assert_eq!(
             h,
             Health {

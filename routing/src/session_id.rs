@@ -74,10 +74,16 @@ mod tests {
 
     #[test]
     fn bounds_are_inclusive() {
-        assert_eq!(SessionId::parse(&[b'a'; 32]), Err(SessionIdError::TooShort(32)));
+        assert_eq!(
+            SessionId::parse(&[b'a'; 32]),
+            Err(SessionIdError::TooShort(32))
+        );
         assert!(SessionId::parse(&[b'a'; 33]).is_ok());
         assert!(SessionId::parse(&[b'~'; 256]).is_ok());
-        assert_eq!(SessionId::parse(&[b'a'; 257]), Err(SessionIdError::TooLong(257)));
+        assert_eq!(
+            SessionId::parse(&[b'a'; 257]),
+            Err(SessionIdError::TooLong(257))
+        );
     }
 
     #[test]

@@ -50,7 +50,11 @@ async fn invocations(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: 
     let mut chunks = body.into_data_stream();
     while let Some(chunk) = chunks.next().await {
         let Ok(chunk) = chunk else {
-            return (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": "body read failed" }))).into_response();
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({ "error": "body read failed" })),
+            )
+                .into_response();
         };
         total += chunk.len();
         if kept.len() + chunk.len() <= ECHO_LIMIT {
@@ -90,7 +94,11 @@ async fn invocations(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: 
         });
     }
     if let Some(status) = number("status").and_then(|s| StatusCode::from_u16(s as u16).ok()) {
-        return (status, axum::Json(json!({ "error": "status requested by the payload", "seen": seen }))).into_response();
+        return (
+            status,
+            axum::Json(json!({ "error": "status requested by the payload", "seen": seen })),
+        )
+            .into_response();
     }
     if let Some(events) = number("stream") {
         let interval = Duration::from_millis(number("interval_ms").unwrap_or(100));

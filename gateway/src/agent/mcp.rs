@@ -28,14 +28,23 @@ pub fn router(agent: Arc<Agent>) -> Router {
 
 async fn no_stream() -> Response {
     // No server-initiated stream: the transport says 405 for that.
-    (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "POST, DELETE")]).into_response()
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, "POST, DELETE")],
+    )
+        .into_response()
 }
 
 async fn end_session(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> Response {
     let removed = session_header(&headers)
         .and_then(|id| agent.mcp_sessions.lock().ok().map(|mut s| s.remove(id)))
         .unwrap_or(false);
-    if removed { StatusCode::OK } else { StatusCode::NOT_FOUND }.into_response()
+    if removed {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    }
+    .into_response()
 }
 
 fn session_header(headers: &HeaderMap) -> Option<&str> {
@@ -49,7 +58,11 @@ fn accepts_both(headers: &HeaderMap) -> bool {
         .filter_map(|v| v.to_str().ok())
         .collect::<Vec<_>>()
         .join(",");
-    let has = |t: &str| accept.split(',').any(|a| a.trim().starts_with(t) || a.trim().starts_with("*/*"));
+    let has = |t: &str| {
+        accept
+            .split(',')
+            .any(|a| a.trim().starts_with(t) || a.trim().starts_with("*/*"))
+    };
     has("application/json") && has("text/event-stream")
 }
 
@@ -71,9 +84,18 @@ async fn handle(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bytes
 
     if method != Some("initialize")
         && let Some(s) = &session
-        && !agent.mcp_sessions.lock().map(|set| set.contains(s)).unwrap_or(false)
+        && !agent
+            .mcp_sessions
+            .lock()
+            .map(|set| set.contains(s))
+            .unwrap_or(false)
     {
-        return rpc_error(StatusCode::NOT_FOUND, id.unwrap_or(Value::Null), -32001, "Session not found");
+        return rpc_error(
+            StatusCode::NOT_FOUND,
+            id.unwrap_or(Value::Null),
+            -32001,
+            "Session not found",
+        );
     }
     // Notifications and responses from the client get 202 and no body.
     let (Some(id), Some(method)) = (id, method) else {
@@ -88,7 +110,10 @@ async fn handle(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bytes
 
     match method {
         "initialize" => {
-            let asked = params.get("protocolVersion").and_then(Value::as_str).unwrap_or_default();
+            let asked = params
+                .get("protocolVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             let version = SUPPORTED_VERSIONS
                 .iter()
                 .find(|v| **v == asked)
@@ -162,7 +187,9 @@ fn rpc_result(id: Value, result: Value) -> Response {
 fn rpc_error(status: StatusCode, id: Value, code: i64, message: &str) -> Response {
     (
         status,
-        axum::Json(json!({ "jsonrpc": "2.0", "id": id, "error": { "code": code, "message": message } })),
+        axum::Json(
+            json!({ "jsonrpc": "2.0", "id": id, "error": { "code": code, "message": message } }),
+        ),
     )
         .into_response()
 }

@@ -95,7 +95,8 @@ pub fn run(addrs: AgentAddrs) -> anyhow::Result<()> {
 async fn serve(addrs: AgentAddrs) -> anyhow::Result<()> {
     let agent = Arc::new(Agent {
         instance: uuid::Uuid::new_v4().simple().to_string(),
-        a2a_url: std::env::var("AGENTCORE_RUNTIME_URL").unwrap_or_else(|_| format!("http://{}/", addrs.a2a)),
+        a2a_url: std::env::var("AGENTCORE_RUNTIME_URL")
+            .unwrap_or_else(|_| format!("http://{}/", addrs.a2a)),
         busy: AtomicUsize::new(0),
         status_changed: Mutex::new(unix_now()),
         mcp_sessions: Mutex::new(HashSet::new()),
@@ -114,7 +115,9 @@ async fn serve(addrs: AgentAddrs) -> anyhow::Result<()> {
         TcpListener::bind(addrs.a2a)
     )?;
     let serve = |listener: TcpListener, app: Router| async move {
-        axum::serve(listener, app).with_graceful_shutdown(stop_signal()).await
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop_signal())
+            .await
     };
     tokio::try_join!(serve(h, http), serve(m, mcp), serve(a, a2a))?;
     Ok(())
@@ -122,7 +125,10 @@ async fn serve(addrs: AgentAddrs) -> anyhow::Result<()> {
 
 async fn stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

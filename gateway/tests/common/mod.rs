@@ -17,7 +17,11 @@ pub fn bin() -> &'static str {
 
 /// A loopback port nobody listens on now (the OS picks it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A session id of the valid length, unique per call.
@@ -48,7 +52,10 @@ impl TempDir {
 
     pub fn write(&self, name: &str, text: &str) -> PathBuf {
         let p = self.0.join(name);
-        std::fs::File::create(&p).unwrap().write_all(text.as_bytes()).unwrap();
+        std::fs::File::create(&p)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
         p
     }
 }
@@ -117,7 +124,15 @@ impl Gateway {
     pub fn invoke(&self, sid: Option<&str>, payload: &str) -> Response {
         let url = self.url(self.http, "/invocations");
         let header = sid.map(|s| format!("{SESSION_HEADER}: {s}"));
-        let mut args = vec!["-X", "POST", &url, "-H", "Content-Type: application/json", "-d", payload];
+        let mut args = vec![
+            "-X",
+            "POST",
+            &url,
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            payload,
+        ];
         if let Some(h) = &header {
             args.extend(["-H", h]);
         }
@@ -133,13 +148,16 @@ impl Gateway {
 
     /// The pid of the process backing session `sid`, if it is live.
     pub fn backend_pid(&self, sid: &str) -> Option<u32> {
-        self.sessions().iter().find(|s| s["id"] == sid).and_then(|s| {
-            s["backend"]
-                .as_str()?
-                .strip_prefix("process ")?
-                .parse()
-                .ok()
-        })
+        self.sessions()
+            .iter()
+            .find(|s| s["id"] == sid)
+            .and_then(|s| {
+                s["backend"]
+                    .as_str()?
+                    .strip_prefix("process ")?
+                    .parse()
+                    .ok()
+            })
     }
 
     pub fn metrics(&self) -> String {
@@ -243,7 +261,10 @@ pub fn curl(args: &[&str]) -> Response {
 }
 
 /// Like [`curl`], with `stdin` piped in (for `--data-binary @-` / `-T -`).
-pub fn curl_with_stdin(args: &[&str], feed: impl FnOnce(&mut std::process::ChildStdin) + Send + 'static) -> Response {
+pub fn curl_with_stdin(
+    args: &[&str],
+    feed: impl FnOnce(&mut std::process::ChildStdin) + Send + 'static,
+) -> Response {
     let mut child = Command::new("curl")
         .args(["-s", "-i", "--max-time", "120"])
         .args(args)
@@ -310,13 +331,28 @@ impl Agent {
         let addr = || SocketAddr::from(([127, 0, 0, 1], free_port()));
         let (http, mcp, a2a) = (addr(), addr(), addr());
         let child = Command::new(bin())
-            .args(["agent", "--http", &http.to_string(), "--mcp", &mcp.to_string()])
+            .args([
+                "agent",
+                "--http",
+                &http.to_string(),
+                "--mcp",
+                &mcp.to_string(),
+            ])
             .args(["--a2a", &a2a.to_string()])
             .spawn()
             .unwrap();
-        let agent = Agent { child, http, mcp, a2a };
+        let agent = Agent {
+            child,
+            http,
+            mcp,
+            a2a,
+        };
         assert!(
-            eventually(Duration::from_secs(10), || curl(&[&format!("http://{http}/ping")]).status == 200),
+            eventually(Duration::from_secs(10), || curl(&[&format!(
+                "http://{http}/ping"
+            )])
+            .status
+                == 200),
             "agent did not start"
         );
         agent

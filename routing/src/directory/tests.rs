@@ -51,9 +51,18 @@ async fn other_principal_or_runtime_sees_not_found() {
     let alice = Principal::new("alice");
     let _t = dir.open(&id(1), 0, &alice, true).unwrap();
     let bob = Principal::new("bob");
-    assert_eq!(dir.open(&id(1), 0, &bob, true).unwrap_err(), OpenError::NotFound);
-    assert_eq!(dir.open(&id(1), 1, &alice, true).unwrap_err(), OpenError::NotFound);
-    assert_eq!(dir.open(&id(2), 0, &alice, false).unwrap_err(), OpenError::NotFound);
+    assert_eq!(
+        dir.open(&id(1), 0, &bob, true).unwrap_err(),
+        OpenError::NotFound
+    );
+    assert_eq!(
+        dir.open(&id(1), 1, &alice, true).unwrap_err(),
+        OpenError::NotFound
+    );
+    assert_eq!(
+        dir.open(&id(2), 0, &alice, false).unwrap_err(),
+        OpenError::NotFound
+    );
 }
 
 #[tokio::test]
@@ -83,7 +92,11 @@ async fn idle_end_never_takes_a_session_with_a_request_in_flight() {
     assert!(dir.end_if_idle(&s, Duration::ZERO).await);
     assert!(s.is_ended());
     assert!(dir.is_empty());
-    assert_eq!(dir.admission().active(), 1, "the dropped handle still holds the session");
+    assert_eq!(
+        dir.admission().active(),
+        1,
+        "the dropped handle still holds the session"
+    );
     drop(s);
     assert_eq!(dir.admission().active(), 0);
     // The slot came back and the same id starts afresh.
@@ -100,7 +113,10 @@ async fn ended_session_refuses_its_waiting_requests() {
     let t = dir.open(&id(1), 0, &anon, true).unwrap();
     assert!(dir.end(t.session()).await);
     assert!(!dir.end(t.session()).await, "ending is idempotent");
-    assert!(matches!(t.backend(&provider).await, Err(TicketError::Ended)));
+    assert!(matches!(
+        t.backend(&provider).await,
+        Err(TicketError::Ended)
+    ));
 }
 
 #[tokio::test]
@@ -131,6 +147,8 @@ async fn concurrent_first_requests_share_one_placement() {
     }
     let addrs: std::collections::HashSet<_> = tasks.join_all().await.into_iter().collect();
     assert_eq!(addrs.len(), 1);
-    let BackendProvider::Static(p) = &*provider else { unreachable!() };
+    let BackendProvider::Static(p) = &*provider else {
+        unreachable!()
+    };
     assert_eq!(p.occupancy().iter().sum::<u32>(), 1);
 }

@@ -104,7 +104,11 @@ fn reserve_endpoint() -> std::io::Result<Endpoint> {
     })
 }
 
-async fn wait_ready(child: &mut Child, http: SocketAddr, timeout: Duration) -> Result<(), PlacementError> {
+async fn wait_ready(
+    child: &mut Child,
+    http: SocketAddr,
+    timeout: Duration,
+) -> Result<(), PlacementError> {
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(2);
     loop {
@@ -152,7 +156,10 @@ impl ProcessLease {
         let Some(mut child) = child else { return };
         if let Ok(None) = child.try_wait() {
             signal_group(self.pid, libc::SIGTERM);
-            if tokio::time::timeout(self.stop_timeout, child.wait()).await.is_err() {
+            if tokio::time::timeout(self.stop_timeout, child.wait())
+                .await
+                .is_err()
+            {
                 signal_group(self.pid, libc::SIGKILL);
                 let _ = child.wait().await;
             }
@@ -173,7 +180,9 @@ impl Drop for ProcessLease {
 }
 
 fn signal_group(pid: u32, signal: libc::c_int) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else { return };
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
     if pid > 0 {
         // SAFETY: kill(2) with a negative pid signals that process group; no memory involved.
         unsafe {

@@ -61,7 +61,11 @@ impl StaticProvider {
 
     /// Sessions placed on each endpoint now (for tests and the admin API).
     pub fn occupancy(&self) -> Vec<u32> {
-        self.pool.used.iter().map(|u| u.load(Ordering::Acquire)).collect()
+        self.pool
+            .used
+            .iter()
+            .map(|u| u.load(Ordering::Acquire))
+            .collect()
     }
 }
 
@@ -110,7 +114,11 @@ mod tests {
         let a = p.place().unwrap();
         let b = p.place().unwrap();
         let c = p.place().unwrap();
-        let mut ports = vec![a.endpoint.http.port(), b.endpoint.http.port(), c.endpoint.http.port()];
+        let mut ports = vec![
+            a.endpoint.http.port(),
+            b.endpoint.http.port(),
+            c.endpoint.http.port(),
+        ];
         ports.sort();
         assert_eq!(ports, [10_000, 10_001, 10_002]);
         assert!(matches!(p.place(), Err(PlacementError::PoolExhausted)));

@@ -1,0 +1,75 @@
+"""Fixtures for the Python tests: the real sessiongate binary on OS-chosen loopback ports."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SESSION_HEADER = "X-Amzn-Bedrock-AgentCore-Runtime-Session-Id"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def binary() -> str:
+    if os.environ.get("SESSIONGATE_BIN"):
+        return os.environ["SESSIONGATE_BIN"]
+    target = os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))
+    return str(Path(target) / "release" / "sessiongate")
+
+
+def http_json(url: str, method: str = "GET"):
+    req = urllib.request.Request(url, method=method)
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.status, json.loads(r.read() or b"null")
+
+
+class Gateway:
+    def __init__(self, workdir: Path, config: str = ""):
+        path = workdir / "sessiongate.toml"
+        path.write_text(config)
+        self.http, self.mcp, self.a2a, self.admin = (f"127.0.0.1:{free_port()}" for _ in range(4))
+        self.proc = subprocess.Popen(
+            [binary(), "--config", str(path), "--http", self.http, "--mcp", self.mcp,
+             "--a2a", self.a2a, "--admin", self.admin],
+            env={**os.environ, "RUST_LOG": "warn"},
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if http_json(f"http://{self.admin}/healthz")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("the gateway did not become healthy")
+
+    def sessions(self) -> list:
+        return http_json(f"http://{self.admin}/sessions")[1]["sessions"]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    gw = Gateway(tmp_path)
+    yield gw
+    gw.stop()
