@@ -121,7 +121,10 @@ fn idle_longer_than_lifetime_is_refused() {
 #[test]
 fn the_documented_example_is_the_embedded_default() {
     let documented = parse(include_str!("../examples/sessiongate.toml")).unwrap();
-    assert_eq!(format!("{documented:?}"), format!("{:?}", Config::embedded_default()));
+    assert_eq!(
+        format!("{documented:?}"),
+        format!("{:?}", Config::embedded_default())
+    );
 }
 
 #[test]

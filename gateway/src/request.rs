@@ -144,7 +144,10 @@ fn session_id(
             .ok_or(GatewayError::SessionNotFound);
     }
     if target.protocol == Protocol::Mcp {
-        return Ok((implicit_mcp_session(shared.runtime_name(runtime), principal), false));
+        return Ok((
+            implicit_mcp_session(shared.runtime_name(runtime), principal),
+            false,
+        ));
     }
     Ok((SessionId::mint(), false))
 }
@@ -156,7 +159,11 @@ fn implicit_mcp_session(runtime: &str, principal: &Principal) -> SessionId {
     // SipHash with fixed keys: the same id for the same caller in every gateway process.
     let mut h = std::hash::DefaultHasher::new();
     (runtime, principal.as_str()).hash(&mut h);
-    let id = format!("mcp-implicit-{runtime}-{:016x}-{}", h.finish(), principal.as_str().len());
+    let id = format!(
+        "mcp-implicit-{runtime}-{:016x}-{}",
+        h.finish(),
+        principal.as_str().len()
+    );
     SessionId::parse(id.as_bytes()).unwrap_or_else(|_| SessionId::mint())
 }
 

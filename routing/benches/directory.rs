@@ -40,7 +40,9 @@ fn pool(endpoints: u16, per: u32) -> BackendProvider {
 }
 
 fn benches(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let anon = Principal::anonymous();
 
     // A directory holding LIVE_SESSIONS placed sessions.

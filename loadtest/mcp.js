@@ -1,0 +1,30 @@
+// MCP over streamable HTTP: initialize once per VU, then tools/call in a loop.
+import http from 'k6/http';
+import { check } from 'k6';
+
+export const options = {
+  vus: Number(__ENV.VUS || 16),
+  duration: __ENV.DURATION || '10s',
+  summaryTrendStats: ['avg', 'med', 'p(90)', 'p(99)', 'max'],
+  thresholds: { checks: ['rate>0.999'] },
+};
+
+const target = __ENV.TARGET || 'http://127.0.0.1:8000';
+const base = { 'Content-Type': 'application/json', Accept: 'application/json, text/event-stream' };
+let mcpSession = null;
+
+export default function () {
+  const headers = { ...base, 'X-Amzn-Bedrock-AgentCore-Runtime-Session-Id': `k6-mcp-${__VU}-0123456789abcdef0123456789abcdef` };
+  if (mcpSession === null) {
+    const init = http.post(`${target}/mcp`, JSON.stringify({
+      jsonrpc: '2.0', id: 1, method: 'initialize',
+      params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'k6', version: '1' } },
+    }), { headers });
+    check(init, { 'initialize 200': (x) => x.status === 200 });
+    mcpSession = init.headers['Mcp-Session-Id'];
+  }
+  const call = http.post(`${target}/mcp`, JSON.stringify({
+    jsonrpc: '2.0', id: 2, method: 'tools/call', params: { name: 'echo', arguments: { text: 'hi' } },
+  }), { headers: { ...headers, 'Mcp-Session-Id': mcpSession } });
+  check(call, { 'echo': (x) => x.status === 200 && x.json().result.content[0].text === 'hi' });
+}
