@@ -31,6 +31,7 @@ fi
 work=$(mktemp -d)
 pids=()
 cleanup() {
+  [ -n "${KEEP:-}" ] && cp -r "$work" /tmp/loadtest-last
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
   wait 2>/dev/null || true

@@ -402,6 +402,53 @@ fn websocket_echoes_through_the_gateway_on_the_sessions_backend() {
     assert_eq!(gw.invoke(Some(&sid), "{}").json()["instance"], instance);
 }
 
+/// Many short WebSocket connections, each writing the moment it is open: none may be torn down
+/// after its 101 (cloudflare/pingora#946, patched in vendor/pingora-proxy).
+#[test]
+fn websocket_tunnels_survive_a_fast_first_frame() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+    let gw = Gateway::start("[limits]\nmax_inflight_per_session = 64\n");
+    let sid = session_id("wsfast");
+    assert_eq!(gw.invoke(Some(&sid), "{}").status, 200);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let failures: usize = rt.block_on(async {
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let (addr, sid) = (gw.http, sid.clone());
+                tokio::spawn(async move {
+                    let mut failed = 0;
+                    for i in 0..100 {
+                        let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+                        req.headers_mut()
+                            .insert(SESSION_HEADER, sid.parse().unwrap());
+                        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+                        let text = format!("m{i}");
+                        let echoed = ws.send(Message::text(text.clone())).await.is_ok()
+                            && matches!(ws.next().await, Some(Ok(m)) if m == Message::text(text));
+                        failed += usize::from(!echoed);
+                        let _ = ws.close(None).await;
+                    }
+                    failed
+                })
+            })
+            .collect();
+        let mut failed = 0;
+        for t in tasks {
+            failed += t.await.unwrap();
+        }
+        failed
+    });
+    assert_eq!(
+        failures, 0,
+        "{failures} of 400 WebSocket tunnels were torn down after 101"
+    );
+}
+
 #[test]
 fn active_session_limit_answers_402_with_retry_after() {
     let gw = Gateway::start("[limits]\nmax_active_sessions = 2\n");
