@@ -39,9 +39,9 @@ pub fn to_backend(req: &mut RequestHeader, session_id: &str, request_id: &str) {
 
 /// A fresh W3C trace context: version 00, random trace and span ids, sampled.
 fn new_traceparent() -> String {
-    let trace = uuid::Uuid::new_v4().simple().to_string();
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    format!("00-{trace}-{span}-01")
+    let trace = uuid::Uuid::new_v4().simple();
+    let span = uuid::Uuid::new_v4().as_u64_pair().1;
+    format!("00-{trace}-{span:016x}-01")
 }
 
 #[cfg(test)]
