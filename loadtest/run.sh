@@ -7,6 +7,7 @@
 #
 #   loadtest/run.sh                     # DURATION=10s VUS=32 by default
 #   DURATION=30s VUS=64 loadtest/run.sh
+#   KEEP=1 loadtest/run.sh              # keep k6 summaries and logs in /tmp/loadtest-last
 #
 # Bounded: every k6 run stops after DURATION; every process started here is stopped on exit.
 set -euo pipefail
@@ -114,22 +115,44 @@ run_k6() { # name script target [extra -e args]
     || { echo "k6 $name failed:"; tail -20 "$work/$name.log"; return 1; }
 }
 
-echo "== small invocations, $VUS VUs, $DURATION each (the same backend)"
-run_k6 direct invoke.js "http://127.0.0.1:$AH"
-run_k6 gateway invoke.js "http://127.0.0.1:$GH"
-run_k6 nginx invoke.js "http://127.0.0.1:$NP"
-read -r d_rps d_p50 d_p99 < <(summary "$work/direct.json")
-printf '| path | req/s | p50 ms | p99 ms | req/s vs direct | added p50 | added p99 |\n|---|---|---|---|---|---|---|\n'
-for name in direct gateway nginx; do
-  read -r rps p50 p99 < <(summary "$work/$name.json")
-  python3 - "$name" "$rps" "$p50" "$p99" "$d_rps" "$d_p50" "$d_p99" <<'PY'
-import sys
-n, rps, p50, p99, drps, dp50, dp99 = sys.argv[1], *map(float, sys.argv[2:])
-print(f"| {n} | {rps:.0f} | {p50:.3f} | {p99:.3f} | {rps/drps:.2f} | {(p50-dp50)*1000:+.0f} µs | {(p99-dp99)*1000:+.0f} µs |")
-PY
-done
+hz=$(getconf CLK_TCK)
+cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
+nginx_pids() { pgrep -P "$(cat "$work/nginx.pid")" | tr '\n' ' '; }
 
-echo
+table() { # label vus: runs invoke.js against the three paths, prints one table
+  local label=$1 vus=$2
+  echo "== $label: small invocations, $vus VUs, $DURATION each (the same backend)"
+  local name target pids c0 c1
+  for name in direct gateway nginx; do
+    case $name in
+      direct) target="http://127.0.0.1:$AH"; pids="" ;;
+      gateway) target="http://127.0.0.1:$GH"; pids="$gw_pid" ;;
+      nginx) target="http://127.0.0.1:$NP"; pids="$(nginx_pids)" ;;
+    esac
+    c0=$(cpu_ticks $pids)
+    run_k6 "$name-$vus" invoke.js "$target" -e VUS="$vus"
+    c1=$(cpu_ticks $pids)
+    echo "$(( (c1 - c0) ))" > "$work/$name-$vus.cpu"
+  done
+  read -r d_rps d_p50 d_p99 < <(summary "$work/direct-$vus.json")
+  printf '| path | req/s | p50 ms | p99 ms | req/s vs direct | added p50 | added p99 | proxy CPU µs/req |\n|---|---|---|---|---|---|---|---|\n'
+  for name in direct gateway nginx; do
+    read -r rps p50 p99 < <(summary "$work/$name-$vus.json")
+    python3 - "$name" "$rps" "$p50" "$p99" "$d_rps" "$d_p50" "$d_p99" "$(cat "$work/$name-$vus.cpu")" "$hz" \
+      "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["metrics"]["http_reqs"]["count"])' "$work/$name-$vus.json")" <<'PY'
+import sys
+n = sys.argv[1]
+rps, p50, p99, drps, dp50, dp99, ticks, hz, count = map(float, sys.argv[2:])
+cpu = "—" if n == "direct" else f"{ticks / hz / count * 1e6:.0f}"
+print(f"| {n} | {rps:.0f} | {p50:.3f} | {p99:.3f} | {rps/drps:.2f} | {(p50-dp50)*1000:+.0f} µs | {(p99-dp99)*1000:+.0f} µs | {cpu} |")
+PY
+  done
+  echo
+}
+
+table "one connection" 1
+table "concurrent" "$VUS"
+
 echo "== through the gateway: SSE, WebSocket, MCP, session churn"
 run_k6 sse sse.js "http://127.0.0.1:$GH" -e VUS=16
 run_k6 ws ws.js "http://127.0.0.1:$GH" -e VUS=16
