@@ -63,8 +63,6 @@ impl Default for FileListeners {
 pub struct FileServer {
     /// Worker threads per listener. Default 2.
     pub threads: usize,
-    /// On SIGTERM, seconds to keep accepting before draining. Default 0.
-    pub grace_period_secs: u64,
     /// On SIGTERM, seconds in-flight requests get to finish. Default 10.
     pub shutdown_timeout_secs: u64,
     /// Idle connections kept open to each backend. Default 256.
@@ -75,7 +73,6 @@ impl Default for FileServer {
     fn default() -> Self {
         Self {
             threads: 2,
-            grace_period_secs: 0,
             shutdown_timeout_secs: 10,
             upstream_keepalive_pool_size: 256,
         }
@@ -90,7 +87,7 @@ pub struct FileLimits {
     pub max_payload_bytes: u64,
     /// Sessions alive at once, all principals together. Default 1 000.
     pub max_active_sessions: usize,
-    /// Sessions alive at once for one principal. Default 100.
+    /// Sessions alive at once for one principal. Default 1 000.
     pub max_sessions_per_principal: usize,
     /// Requests in flight at once in one session (an open WebSocket counts). Default 32.
     pub max_inflight_per_session: u32,
@@ -103,7 +100,7 @@ impl Default for FileLimits {
         Self {
             max_payload_bytes: 100_000_000,
             max_active_sessions: 1_000,
-            max_sessions_per_principal: 100,
+            max_sessions_per_principal: 1_000,
             max_inflight_per_session: 32,
             new_sessions_per_second: 25,
         }

@@ -36,7 +36,6 @@ pub struct Listeners {
 #[derive(Debug, Clone)]
 pub struct Server {
     pub threads: usize,
-    pub grace_period: Duration,
     pub shutdown_timeout: Duration,
     pub upstream_keepalive_pool_size: usize,
 }

@@ -77,7 +77,6 @@ impl TryFrom<FileConfig> for Config {
             0,
             3_600,
         );
-        errs.range("server.grace_period_secs", s.grace_period_secs, 0, 3_600);
 
         let lim = &f.limits;
         errs.range(
@@ -187,7 +186,6 @@ impl TryFrom<FileConfig> for Config {
             },
             server: Server {
                 threads: s.threads,
-                grace_period: Duration::from_secs(s.grace_period_secs),
                 shutdown_timeout: Duration::from_secs(s.shutdown_timeout_secs),
                 upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
             },

@@ -543,6 +543,50 @@ fn a_dead_backend_is_replaced_by_a_fresh_one_for_the_next_request() {
 }
 
 #[test]
+fn a_backend_dying_mid_stream_ends_the_stream_and_the_session() {
+    // A slow sweep, so that it is the failed stream that ends the session.
+    let gw = Gateway::start("[sessions]\nsweep_interval_ms = 60000\n");
+    let sid = session_id("midstream");
+    let first = gw.invoke(Some(&sid), "{}").json()["instance"].clone();
+    let pid = gw.backend_pid(&sid).unwrap();
+    let url = gw.url(gw.http, "/invocations");
+    let h = format!("{SESSION_HEADER}: {sid}");
+    let mut child = Command::new("curl")
+        .args(["-s", "-N", "--max-time", "30", "-X", "POST", &url, "-H", &h])
+        .args(["-d", r#"{"stream":100,"interval_ms":100}"#])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let started = Instant::now();
+    let mut events = 0;
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("data: ") {
+            events += 1;
+            if events == 2 {
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                break;
+            }
+        }
+    }
+    let rest = lines
+        .filter(|l| l.as_ref().is_ok_and(|l| l.starts_with("data: ")))
+        .count();
+    child.wait().unwrap();
+    assert!(rest < 98, "the stream went on after its backend died");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the stream hung after its backend died"
+    );
+    assert!(eventually(Duration::from_secs(5), || gw
+        .sessions()
+        .is_empty()));
+    let next = gw.invoke(Some(&sid), "{}");
+    assert_eq!(next.status, 200);
+    assert_ne!(next.json()["instance"], first);
+}
+
+#[test]
 fn idle_sessions_end_and_their_process_stops() {
     let gw = Gateway::start("[sessions]\nidle_timeout_secs = 1\nsweep_interval_ms = 100\n");
     let sid = session_id("idle");
