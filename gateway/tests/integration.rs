@@ -236,6 +236,24 @@ fn unknown_paths_are_resource_not_found() {
     );
 }
 
+/// `POST url` with a chunked body that `feed` writes, in the session of header `h`.
+fn post_chunked(
+    url: &str,
+    h: &str,
+    feed: impl FnOnce(&mut std::process::ChildStdin) + Send + 'static,
+) -> Response {
+    let args = [
+        "-X",
+        "POST",
+        url,
+        "-H",
+        h,
+        "-H",
+        "Transfer-Encoding: chunked",
+    ];
+    curl_with_stdin(&[&args[..], &["--data-binary", "@-"]].concat(), feed)
+}
+
 #[test]
 fn payload_cap_refuses_declared_and_chunked_bodies() {
     let gw = Gateway::start("[limits]\nmax_payload_bytes = 1000000\n");
@@ -258,48 +276,22 @@ fn payload_cap_refuses_declared_and_chunked_bodies() {
     assert_eq!(r.header("x-amzn-ErrorType"), Some("ValidationException"));
     assert!(gw.sessions().is_empty());
     // Chunked, crossing the cap mid-stream.
-    let r = curl_with_stdin(
-        &[
-            "-X",
-            "POST",
-            &url,
-            "-H",
-            &h,
-            "-H",
-            "Transfer-Encoding: chunked",
-            "--data-binary",
-            "@-",
-        ],
-        |stdin| {
-            use std::io::Write;
-            let chunk = vec![b'a'; 64 * 1024];
-            for _ in 0..20 {
-                if stdin.write_all(&chunk).is_err() {
-                    break;
-                }
+    let r = post_chunked(&url, &h, |stdin| {
+        use std::io::Write;
+        let chunk = vec![b'a'; 64 * 1024];
+        for _ in 0..20 {
+            if stdin.write_all(&chunk).is_err() {
+                break;
             }
-        },
-    );
+        }
+    });
     assert_eq!(r.status, 413, "{}", r.body_text());
     // Under the cap, chunked, passes whole (a JSON document of 999 999 bytes).
-    let r = curl_with_stdin(
-        &[
-            "-X",
-            "POST",
-            &url,
-            "-H",
-            &h,
-            "-H",
-            "Transfer-Encoding: chunked",
-            "--data-binary",
-            "@-",
-        ],
-        |stdin| {
-            use std::io::Write;
-            let doc = format!(r#"{{"pad":"{}"}}"#, "a".repeat(999_989));
-            let _ = stdin.write_all(doc.as_bytes());
-        },
-    );
+    let r = post_chunked(&url, &h, |stdin| {
+        use std::io::Write;
+        let doc = format!(r#"{{"pad":"{}"}}"#, "a".repeat(999_989));
+        let _ = stdin.write_all(doc.as_bytes());
+    });
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["bytes"], 999_999);
 }
