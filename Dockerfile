@@ -22,7 +22,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 1000 --no-create-home --shell /usr/sbin/nologin sessiongate
 COPY --from=build /usr/local/bin/sessiongate /usr/local/bin/sessiongate
-COPY conf/examples/sessiongate.toml /etc/sessiongate/sessiongate.toml
+COPY conf/sessiongate.toml /etc/sessiongate/sessiongate.toml
 USER 1000
 EXPOSE 8080 8000 9000 9090
 # The admin listener binds loopback by default; publish it only with --admin 0.0.0.0:9090.

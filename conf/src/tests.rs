@@ -120,7 +120,7 @@ fn idle_longer_than_lifetime_is_refused() {
 
 #[test]
 fn the_documented_example_is_the_embedded_default() {
-    let documented = parse(include_str!("../examples/sessiongate.toml")).unwrap();
+    let documented = parse(include_str!("../sessiongate.toml")).unwrap();
     assert_eq!(
         format!("{documented:?}"),
         format!("{:?}", Config::embedded_default())
@@ -130,8 +130,8 @@ fn the_documented_example_is_the_embedded_default() {
 #[test]
 fn every_example_config_is_valid() {
     for text in [
-        include_str!("../examples/static-pool.toml"),
-        include_str!("../examples/custom-agent.toml"),
+        include_str!("../static-pool.toml"),
+        include_str!("../custom-agent.toml"),
     ] {
         parse(text).unwrap();
     }
