@@ -138,7 +138,105 @@ pub struct FileRuntime {
     /// What `/runtimes/{name}/invocations` reaches: `http` (`/invocations`), `mcp` (`/mcp`) or
     /// `a2a` (`/`). Default `http`.
     pub protocol: String,
+    /// Extra request headers passed to the backend (at most 20; values up to 4 KB). The contract's
+    /// own headers always pass. `Authorization` may be listed only on a `jwt` runtime.
+    pub request_header_allowlist: Vec<String>,
+    pub auth: FileAuth,
     pub backend: FileBackend,
+}
+
+/// Inbound authentication of a runtime: one mode, as in AgentCore.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileAuth {
+    /// `none`, `jwt` or `sigv4`. Default `none`.
+    pub mode: String,
+
+    /// jwt: the identity provider's `…/.well-known/openid-configuration`.
+    pub discovery_url: Option<String>,
+    /// jwt: accepted `client_id` claims (Cognito access tokens carry no `aud`).
+    pub allowed_clients: Option<Vec<String>>,
+    /// jwt: accepted `aud` values.
+    pub allowed_audiences: Option<Vec<String>>,
+    /// jwt: at least one of these must be in the token's `scope`.
+    pub allowed_scopes: Option<Vec<String>>,
+    /// jwt: custom claims the token must carry.
+    pub required_claims: Option<Vec<FileClaim>>,
+    /// jwt: clock leeway for `exp`/`nbf`, seconds. Default 60.
+    pub leeway_secs: Option<u64>,
+    /// jwt: how often the signing keys are fetched again, seconds. Default 300.
+    pub jwks_refresh_secs: Option<u64>,
+    /// jwt: least time between two fetches caused by unknown `kid`s, seconds. Default 10.
+    pub jwks_min_refetch_secs: Option<u64>,
+
+    /// sigv4: the regions requests may be signed for. Default `["us-east-1"]`.
+    pub regions: Option<Vec<String>>,
+    /// sigv4: the credentials file (relative paths are relative to this config file).
+    pub credentials_file: Option<String>,
+    /// sigv4: how far `X-Amz-Date` may be from now, seconds. Default 300.
+    pub max_clock_skew_secs: Option<u64>,
+    /// sigv4: request bodies are held in memory up to this size while their hash is checked, then
+    /// in a temporary file. Default 1 048 576.
+    pub body_memory_bytes: Option<u64>,
+}
+
+impl Default for FileAuth {
+    fn default() -> Self {
+        Self {
+            mode: "none".into(),
+            discovery_url: None,
+            allowed_clients: None,
+            allowed_audiences: None,
+            allowed_scopes: None,
+            required_claims: None,
+            leeway_secs: None,
+            jwks_refresh_secs: None,
+            jwks_min_refetch_secs: None,
+            regions: None,
+            credentials_file: None,
+            max_clock_skew_secs: None,
+            body_memory_bytes: None,
+        }
+    }
+}
+
+/// A custom claim a JWT must carry, with exactly one way to match it (AgentCore's
+/// `customClaims`): `equals` a string, `contains` a string (the claim is a list), or
+/// `contains_any` of a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileClaim {
+    pub name: String,
+    pub equals: Option<String>,
+    pub contains: Option<String>,
+    pub contains_any: Option<Vec<String>>,
+}
+
+/// The SigV4 credentials file: `[[credentials]]` tables.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCredentials {
+    #[serde(default)]
+    pub credentials: Vec<FileCredential>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCredential {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+    /// The principal requests signed with this key act as.
+    pub principal: String,
+}
+
+impl std::fmt::Debug for FileCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileCredential")
+            .field("access_key_id", &self.access_key_id)
+            .field("principal", &self.principal)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for FileRuntime {
@@ -146,6 +244,8 @@ impl Default for FileRuntime {
         Self {
             name: "default".into(),
             protocol: "http".into(),
+            request_header_allowlist: Vec::new(),
+            auth: FileAuth::default(),
             backend: FileBackend::default(),
         }
     }

@@ -74,6 +74,11 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
 
 /// Parses config text into the file model: TOML syntax and types only.
 pub fn parse_file(text: &str) -> Result<file::FileConfig, ConfigErrors> {
+    parse_toml(text)
+}
+
+/// Parses TOML text into any serde model, errors with key path and line.
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigErrors> {
     let line_of = |span: Option<std::ops::Range<usize>>| {
         span.map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
     };

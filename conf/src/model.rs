@@ -8,6 +8,9 @@ use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Things worth a warning that do not stop the config from running (e.g. a runtime without
+    /// authentication on a non-loopback listener).
+    pub warnings: Vec<String>,
     pub listeners: Listeners,
     pub server: Server,
     pub limits: Limits,
@@ -82,7 +85,88 @@ pub struct Runtime {
     pub name: String,
     /// What `/runtimes/{name}/invocations` reaches on the backend.
     pub protocol: Protocol,
+    /// Lower-case header names passed to the backend beyond the contract's own.
+    pub request_header_allowlist: Vec<String>,
+    pub auth: InboundAuth,
     pub backend: BackendSpec,
+}
+
+/// Most allow-listed headers per runtime, and the longest value passed (AgentCore's limits).
+pub const MAX_ALLOWLISTED_HEADERS: usize = 20;
+pub const MAX_ALLOWLISTED_VALUE_BYTES: usize = 4096;
+
+/// How a runtime authenticates its callers.
+#[derive(Debug, Clone)]
+pub enum InboundAuth {
+    /// Everyone is `anonymous`.
+    None,
+    Jwt(JwtAuth),
+    SigV4(SigV4Auth),
+}
+
+impl InboundAuth {
+    pub const fn mode(&self) -> &'static str {
+        match self {
+            InboundAuth::None => "none",
+            InboundAuth::Jwt(_) => "jwt",
+            InboundAuth::SigV4(_) => "sigv4",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtAuth {
+    pub discovery_url: String,
+    pub allowed_clients: Vec<String>,
+    pub allowed_audiences: Vec<String>,
+    pub allowed_scopes: Vec<String>,
+    pub required_claims: Vec<ClaimRule>,
+    pub leeway: Duration,
+    pub refresh_interval: Duration,
+    pub min_refetch_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRule {
+    pub name: String,
+    pub matches: ClaimMatch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimMatch {
+    /// The claim is this string.
+    Equals(String),
+    /// The claim is a list holding this string.
+    Contains(String),
+    /// The claim is a list holding at least one of these.
+    ContainsAny(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+pub struct SigV4Auth {
+    pub regions: Vec<String>,
+    pub credentials_file: PathBuf,
+    pub credentials: Vec<Credential>,
+    pub max_clock_skew: Duration,
+    pub body_memory_bytes: usize,
+}
+
+/// One SigV4 access key. `Debug` never shows the secrets.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+    pub principal: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("access_key_id", &self.access_key_id)
+            .field("principal", &self.principal)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -2,9 +2,12 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
-use crate::file::{FileBackend, FileConfig, FileEndpoint, FileRuntime};
+use crate::file::{
+    FileAuth, FileBackend, FileClaim, FileConfig, FileCredentials, FileEndpoint, FileRuntime,
+};
 use crate::model::*;
 use crate::{ConfigError, ConfigErrors};
 
@@ -13,7 +16,7 @@ const MAX_LIFECYCLE_SECS: u64 = 28_800;
 
 /// Accumulates errors while the valid parts are still converted.
 #[derive(Default)]
-struct Errors(Vec<ConfigError>);
+pub(crate) struct Errors(pub(crate) Vec<ConfigError>);
 
 impl Errors {
     fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
@@ -45,169 +48,196 @@ impl Errors {
 impl TryFrom<FileConfig> for Config {
     type Error = ConfigErrors;
 
+    /// Validates with relative paths taken from the working directory.
     fn try_from(f: FileConfig) -> Result<Self, ConfigErrors> {
-        let mut errs = Errors::default();
-
-        let l = &f.listeners;
-        let listeners = [
-            ("listeners.http", &l.http),
-            ("listeners.mcp", &l.mcp),
-            ("listeners.a2a", &l.a2a),
-            ("listeners.admin", &l.admin),
-        ]
-        .map(|(path, v)| errs.addr(path, v));
-        let mut seen = HashSet::new();
-        for (name, addr) in ["http", "mcp", "a2a", "admin"].iter().zip(&listeners) {
-            if let Some(a) = addr
-                && a.port() != 0
-                && !seen.insert(*a)
-            {
-                errs.push(
-                    format!("listeners.{name}"),
-                    format!("{a} is already used by another listener"),
-                );
-            }
-        }
-
-        let s = &f.server;
-        errs.range("server.threads", s.threads as u64, 1, 64);
-        errs.range(
-            "server.shutdown_timeout_secs",
-            s.shutdown_timeout_secs,
-            0,
-            3_600,
-        );
-
-        let lim = &f.limits;
-        errs.range(
-            "limits.max_payload_bytes",
-            lim.max_payload_bytes,
-            1,
-            1 << 40,
-        );
-        errs.range(
-            "limits.max_active_sessions",
-            lim.max_active_sessions as u64,
-            1,
-            10_000_000,
-        );
-        errs.range(
-            "limits.max_sessions_per_principal",
-            lim.max_sessions_per_principal as u64,
-            1,
-            10_000_000,
-        );
-        errs.range(
-            "limits.max_inflight_per_session",
-            lim.max_inflight_per_session.into(),
-            1,
-            100_000,
-        );
-        errs.range(
-            "limits.new_sessions_per_second",
-            lim.new_sessions_per_second.into(),
-            1,
-            1_000_000,
-        );
-
-        let ses = &f.sessions;
-        errs.range(
-            "sessions.idle_timeout_secs",
-            ses.idle_timeout_secs,
-            1,
-            MAX_LIFECYCLE_SECS,
-        );
-        errs.range(
-            "sessions.max_lifetime_secs",
-            ses.max_lifetime_secs,
-            1,
-            MAX_LIFECYCLE_SECS,
-        );
-        if ses.idle_timeout_secs > ses.max_lifetime_secs {
-            errs.push(
-                "sessions.idle_timeout_secs",
-                format!(
-                    "{} is longer than sessions.max_lifetime_secs ({})",
-                    ses.idle_timeout_secs, ses.max_lifetime_secs
-                ),
-            );
-        }
-        errs.range(
-            "sessions.sweep_interval_ms",
-            ses.sweep_interval_ms,
-            10,
-            60_000,
-        );
-
-        if f.runtimes.is_empty() {
-            errs.push("runtimes", "at least one runtime is needed");
-        }
-        let mut names = HashSet::new();
-        let runtimes: Vec<Option<Runtime>> = f
-            .runtimes
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let path = format!("runtimes[{i}]");
-                if !names.insert(r.name.as_str()) {
-                    errs.push(
-                        format!("{path}.name"),
-                        format!("`{}` is declared twice", r.name),
-                    );
-                }
-                runtime(&mut errs, &path, r)
-            })
-            .collect();
-
-        let default_runtime = match &f.default_runtime {
-            None => 0,
-            Some(name) => f
-                .runtimes
-                .iter()
-                .position(|r| &r.name == name)
-                .unwrap_or_else(|| {
-                    errs.push("default_runtime", format!("no runtime is named `{name}`"));
-                    0
-                }),
-        };
-
-        if !errs.0.is_empty() {
-            return Err(ConfigErrors(errs.0));
-        }
-        let [Some(http), Some(mcp), Some(a2a), Some(admin)] = listeners else {
-            unreachable!("an unparsable listener address was reported as an error")
-        };
-        Ok(Config {
-            listeners: Listeners {
-                http,
-                mcp,
-                a2a,
-                admin,
-            },
-            server: Server {
-                threads: s.threads,
-                shutdown_timeout: Duration::from_secs(s.shutdown_timeout_secs),
-                upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
-            },
-            limits: Limits {
-                max_payload_bytes: lim.max_payload_bytes,
-                max_active_sessions: lim.max_active_sessions,
-                max_sessions_per_principal: lim.max_sessions_per_principal,
-                max_inflight_per_session: lim.max_inflight_per_session,
-                new_sessions_per_second: lim.new_sessions_per_second,
-            },
-            sessions: Sessions {
-                idle_timeout: Duration::from_secs(ses.idle_timeout_secs),
-                max_lifetime: Duration::from_secs(ses.max_lifetime_secs),
-                sweep_interval: Duration::from_millis(ses.sweep_interval_ms),
-            },
-            runtimes: runtimes.into_iter().flatten().collect(),
-            default_runtime,
-        })
+        validate(f, Path::new("."))
     }
 }
 
-fn runtime(errs: &mut Errors, path: &str, r: &FileRuntime) -> Option<Runtime> {
+/// Validates `f`; relative paths in it (credentials files) are resolved against `base`, the
+/// directory of the config file.
+pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigErrors> {
+    let mut errs = Errors::default();
+
+    let l = &f.listeners;
+    let listeners = [
+        ("listeners.http", &l.http),
+        ("listeners.mcp", &l.mcp),
+        ("listeners.a2a", &l.a2a),
+        ("listeners.admin", &l.admin),
+    ]
+    .map(|(path, v)| errs.addr(path, v));
+    let mut seen = HashSet::new();
+    for (name, addr) in ["http", "mcp", "a2a", "admin"].iter().zip(&listeners) {
+        if let Some(a) = addr
+            && a.port() != 0
+            && !seen.insert(*a)
+        {
+            errs.push(
+                format!("listeners.{name}"),
+                format!("{a} is already used by another listener"),
+            );
+        }
+    }
+
+    let s = &f.server;
+    errs.range("server.threads", s.threads as u64, 1, 64);
+    errs.range(
+        "server.shutdown_timeout_secs",
+        s.shutdown_timeout_secs,
+        0,
+        3_600,
+    );
+
+    let lim = &f.limits;
+    errs.range(
+        "limits.max_payload_bytes",
+        lim.max_payload_bytes,
+        1,
+        1 << 40,
+    );
+    errs.range(
+        "limits.max_active_sessions",
+        lim.max_active_sessions as u64,
+        1,
+        10_000_000,
+    );
+    errs.range(
+        "limits.max_sessions_per_principal",
+        lim.max_sessions_per_principal as u64,
+        1,
+        10_000_000,
+    );
+    errs.range(
+        "limits.max_inflight_per_session",
+        lim.max_inflight_per_session.into(),
+        1,
+        100_000,
+    );
+    errs.range(
+        "limits.new_sessions_per_second",
+        lim.new_sessions_per_second.into(),
+        1,
+        1_000_000,
+    );
+
+    let ses = &f.sessions;
+    errs.range(
+        "sessions.idle_timeout_secs",
+        ses.idle_timeout_secs,
+        1,
+        MAX_LIFECYCLE_SECS,
+    );
+    errs.range(
+        "sessions.max_lifetime_secs",
+        ses.max_lifetime_secs,
+        1,
+        MAX_LIFECYCLE_SECS,
+    );
+    if ses.idle_timeout_secs > ses.max_lifetime_secs {
+        errs.push(
+            "sessions.idle_timeout_secs",
+            format!(
+                "{} is longer than sessions.max_lifetime_secs ({})",
+                ses.idle_timeout_secs, ses.max_lifetime_secs
+            ),
+        );
+    }
+    errs.range(
+        "sessions.sweep_interval_ms",
+        ses.sweep_interval_ms,
+        10,
+        60_000,
+    );
+
+    if f.runtimes.is_empty() {
+        errs.push("runtimes", "at least one runtime is needed");
+    }
+    let mut names = HashSet::new();
+    let runtimes: Vec<Option<Runtime>> = f
+        .runtimes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let path = format!("runtimes[{i}]");
+            if !names.insert(r.name.as_str()) {
+                errs.push(
+                    format!("{path}.name"),
+                    format!("`{}` is declared twice", r.name),
+                );
+            }
+            runtime(&mut errs, &path, r, base)
+        })
+        .collect();
+
+    let default_runtime = match &f.default_runtime {
+        None => 0,
+        Some(name) => f
+            .runtimes
+            .iter()
+            .position(|r| &r.name == name)
+            .unwrap_or_else(|| {
+                errs.push("default_runtime", format!("no runtime is named `{name}`"));
+                0
+            }),
+    };
+
+    if !errs.0.is_empty() {
+        return Err(ConfigErrors(errs.0));
+    }
+    let [Some(http), Some(mcp), Some(a2a), Some(admin)] = listeners else {
+        unreachable!("an unparsable listener address was reported as an error")
+    };
+    let runtimes: Vec<Runtime> = runtimes.into_iter().flatten().collect();
+    let mut warnings = Vec::new();
+    let public: Vec<String> = [("http", http), ("mcp", mcp), ("a2a", a2a)]
+        .iter()
+        .filter(|(_, a)| !a.ip().is_loopback())
+        .map(|(n, a)| format!("listeners.{n} ({a})"))
+        .collect();
+    if !public.is_empty() {
+        for (i, r) in runtimes.iter().enumerate() {
+            if matches!(r.auth, InboundAuth::None) {
+                warnings.push(format!(
+                        "runtimes[{i}] (`{}`) has auth mode `none` and is served on {}: anyone who reaches \
+                         them can start sessions",
+                        r.name,
+                        public.join(", ")
+                    ));
+            }
+        }
+    }
+    Ok(Config {
+        warnings,
+        listeners: Listeners {
+            http,
+            mcp,
+            a2a,
+            admin,
+        },
+        server: Server {
+            threads: s.threads,
+            shutdown_timeout: Duration::from_secs(s.shutdown_timeout_secs),
+            upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        },
+        limits: Limits {
+            max_payload_bytes: lim.max_payload_bytes,
+            max_active_sessions: lim.max_active_sessions,
+            max_sessions_per_principal: lim.max_sessions_per_principal,
+            max_inflight_per_session: lim.max_inflight_per_session,
+            new_sessions_per_second: lim.new_sessions_per_second,
+        },
+        sessions: Sessions {
+            idle_timeout: Duration::from_secs(ses.idle_timeout_secs),
+            max_lifetime: Duration::from_secs(ses.max_lifetime_secs),
+            sweep_interval: Duration::from_millis(ses.sweep_interval_ms),
+        },
+        runtimes,
+        default_runtime,
+    })
+}
+
+fn runtime(errs: &mut Errors, path: &str, r: &FileRuntime, base: &Path) -> Option<Runtime> {
     if !valid_runtime_name(&r.name) {
         errs.push(
             format!("{path}.name"),
@@ -227,11 +257,316 @@ fn runtime(errs: &mut Errors, path: &str, r: &FileRuntime) -> Option<Runtime> {
         }
     };
     let backend = backend(errs, &format!("{path}.backend"), &r.backend);
+    let auth = auth(errs, &format!("{path}.auth"), &r.auth, base);
+    let allowlist = allowlist(
+        errs,
+        &format!("{path}.request_header_allowlist"),
+        &r.request_header_allowlist,
+    );
+    if allowlist.iter().any(|h| h == "authorization") && !matches!(auth, Some(InboundAuth::Jwt(_)))
+    {
+        errs.push(
+            format!("{path}.request_header_allowlist"),
+            "`Authorization` may be passed on only by a runtime with auth mode `jwt`",
+        );
+    }
     Some(Runtime {
         name: r.name.clone(),
         protocol: protocol?,
+        request_header_allowlist: allowlist,
+        auth: auth?,
         backend: backend?,
     })
+}
+
+/// Header names a runtime passes on: AgentCore's rules for `requestHeaderAllowlist`.
+fn allowlist(errs: &mut Errors, path: &str, names: &[String]) -> Vec<String> {
+    if names.len() > MAX_ALLOWLISTED_HEADERS {
+        errs.push(
+            path,
+            format!(
+                "at most {MAX_ALLOWLISTED_HEADERS} headers, got {}",
+                names.len()
+            ),
+        );
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let lower = name.to_ascii_lowercase();
+        let well_formed = name.len() <= 256
+            && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !well_formed {
+            errs.push(
+                p,
+                format!("`{name}` is not a header name ([A-Za-z][A-Za-z0-9_-]{{0,255}})"),
+            );
+        } else if lower.starts_with("x-amz-")
+            || (lower.starts_with("x-amzn-")
+                && !lower.starts_with("x-amzn-bedrock-agentcore-runtime-custom-"))
+        {
+            errs.push(
+                p,
+                format!("`{name}`: x-amz-* and x-amzn-* headers are reserved"),
+            );
+        } else if RESTRICTED_HEADERS.contains(&lower.as_str()) {
+            errs.push(
+                p,
+                format!("`{name}` is managed by the gateway and cannot be allow-listed"),
+            );
+        } else if !seen.insert(lower.clone()) {
+            errs.push(p, format!("`{name}` is listed twice"));
+        } else {
+            out.push(lower);
+        }
+    }
+    out
+}
+
+/// Headers the transport owns: passing a client's value through would break framing or let a
+/// caller speak for the gateway.
+const RESTRICTED_HEADERS: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "expect",
+    "forwarded",
+    "via",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "www-authenticate",
+    "cookie",
+    "set-cookie",
+];
+
+fn auth(errs: &mut Errors, path: &str, a: &FileAuth, base: &Path) -> Option<InboundAuth> {
+    let jwt_keys = [
+        ("discovery_url", a.discovery_url.is_some()),
+        ("allowed_clients", a.allowed_clients.is_some()),
+        ("allowed_audiences", a.allowed_audiences.is_some()),
+        ("allowed_scopes", a.allowed_scopes.is_some()),
+        ("required_claims", a.required_claims.is_some()),
+        ("leeway_secs", a.leeway_secs.is_some()),
+        ("jwks_refresh_secs", a.jwks_refresh_secs.is_some()),
+        ("jwks_min_refetch_secs", a.jwks_min_refetch_secs.is_some()),
+    ];
+    let sigv4_keys = [
+        ("regions", a.regions.is_some()),
+        ("credentials_file", a.credentials_file.is_some()),
+        ("max_clock_skew_secs", a.max_clock_skew_secs.is_some()),
+        ("body_memory_bytes", a.body_memory_bytes.is_some()),
+    ];
+    let mut foreign = |keys: &[(&str, bool)], mode: &str| {
+        for (key, set) in keys {
+            if *set {
+                errs.push(
+                    format!("{path}.{key}"),
+                    format!("does not apply to auth mode `{mode}`"),
+                );
+            }
+        }
+    };
+    match a.mode.as_str() {
+        "none" => {
+            foreign(&jwt_keys, "none");
+            foreign(&sigv4_keys, "none");
+            Some(InboundAuth::None)
+        }
+        "jwt" => {
+            foreign(&sigv4_keys, "jwt");
+            jwt(errs, path, a).map(InboundAuth::Jwt)
+        }
+        "sigv4" => {
+            foreign(&jwt_keys, "sigv4");
+            sigv4(errs, path, a, base).map(InboundAuth::SigV4)
+        }
+        other => {
+            errs.push(
+                format!("{path}.mode"),
+                format!("`{other}` is not one of none, jwt, sigv4"),
+            );
+            None
+        }
+    }
+}
+
+fn jwt(errs: &mut Errors, path: &str, a: &FileAuth) -> Option<JwtAuth> {
+    let url = match &a.discovery_url {
+        None => {
+            errs.push(
+                format!("{path}.discovery_url"),
+                "auth mode `jwt` needs a discovery_url",
+            );
+            None
+        }
+        Some(u) if !(u.starts_with("https://") || u.starts_with("http://")) => {
+            errs.push(
+                format!("{path}.discovery_url"),
+                format!("`{u}` is not an http(s) URL"),
+            );
+            None
+        }
+        Some(u) if !u.ends_with("/.well-known/openid-configuration") => {
+            errs.push(
+                format!("{path}.discovery_url"),
+                format!("`{u}` must end with /.well-known/openid-configuration"),
+            );
+            None
+        }
+        Some(u) => Some(u.clone()),
+    };
+    let leeway = a.leeway_secs.unwrap_or(60);
+    errs.range(&format!("{path}.leeway_secs"), leeway, 0, 600);
+    let refresh = a.jwks_refresh_secs.unwrap_or(300);
+    errs.range(&format!("{path}.jwks_refresh_secs"), refresh, 1, 86_400);
+    let refetch = a.jwks_min_refetch_secs.unwrap_or(10);
+    errs.range(&format!("{path}.jwks_min_refetch_secs"), refetch, 0, 3_600);
+    let rules = a
+        .required_claims
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, c)| claim_rule(errs, &format!("{path}.required_claims[{i}]"), c))
+        .collect();
+    Some(JwtAuth {
+        discovery_url: url?,
+        allowed_clients: a.allowed_clients.clone().unwrap_or_default(),
+        allowed_audiences: a.allowed_audiences.clone().unwrap_or_default(),
+        allowed_scopes: a.allowed_scopes.clone().unwrap_or_default(),
+        required_claims: rules,
+        leeway: Duration::from_secs(leeway),
+        refresh_interval: Duration::from_secs(refresh),
+        min_refetch_interval: Duration::from_secs(refetch),
+    })
+}
+
+fn claim_rule(errs: &mut Errors, path: &str, c: &FileClaim) -> Option<ClaimRule> {
+    let matches = match (&c.equals, &c.contains, &c.contains_any) {
+        (Some(v), None, None) => ClaimMatch::Equals(v.clone()),
+        (None, Some(v), None) => ClaimMatch::Contains(v.clone()),
+        (None, None, Some(v)) if !v.is_empty() => ClaimMatch::ContainsAny(v.clone()),
+        _ => {
+            errs.push(
+                path,
+                "needs exactly one of equals, contains, contains_any (non-empty)",
+            );
+            return None;
+        }
+    };
+    if c.name.is_empty() {
+        errs.push(format!("{path}.name"), "must not be empty");
+        return None;
+    }
+    Some(ClaimRule {
+        name: c.name.clone(),
+        matches,
+    })
+}
+
+fn sigv4(errs: &mut Errors, path: &str, a: &FileAuth, base: &Path) -> Option<SigV4Auth> {
+    let regions = a
+        .regions
+        .clone()
+        .unwrap_or_else(|| vec!["us-east-1".into()]);
+    if regions.is_empty() {
+        errs.push(format!("{path}.regions"), "at least one region is needed");
+    }
+    let skew = a.max_clock_skew_secs.unwrap_or(300);
+    errs.range(&format!("{path}.max_clock_skew_secs"), skew, 1, 3_600);
+    let memory = a.body_memory_bytes.unwrap_or(1 << 20);
+    errs.range(&format!("{path}.body_memory_bytes"), memory, 0, 1 << 30);
+    let Some(file) = &a.credentials_file else {
+        errs.push(
+            format!("{path}.credentials_file"),
+            "auth mode `sigv4` needs a credentials_file",
+        );
+        return None;
+    };
+    let file = base.join(file);
+    let credentials = load_credentials(errs, &format!("{path}.credentials_file"), &file)?;
+    Some(SigV4Auth {
+        regions,
+        credentials_file: file,
+        credentials,
+        max_clock_skew: Duration::from_secs(skew),
+        body_memory_bytes: usize::try_from(memory).unwrap_or(usize::MAX),
+    })
+}
+
+/// Reads a credentials file; its errors are reported under `path` (the key that names it).
+pub(crate) fn load_credentials(
+    errs: &mut Errors,
+    path: &str,
+    file: &Path,
+) -> Option<Vec<Credential>> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            errs.push(path, format!("cannot read {}: {e}", file.display()));
+            return None;
+        }
+    };
+    let parsed: FileCredentials = match crate::parse_toml(&text) {
+        Ok(p) => p,
+        Err(e) => {
+            for inner in e.0 {
+                errs.push(path, format!("{}: {}", file.display(), inner));
+            }
+            return None;
+        }
+    };
+    if parsed.credentials.is_empty() {
+        errs.push(path, format!("{} holds no [[credentials]]", file.display()));
+    }
+    let mut ids = HashSet::new();
+    for (i, c) in parsed.credentials.iter().enumerate() {
+        let p = format!("{path} → credentials[{i}]");
+        if c.access_key_id.len() < 16
+            || !c.access_key_id.chars().all(|ch| ch.is_ascii_alphanumeric())
+        {
+            errs.push(
+                p.clone(),
+                "access_key_id must be 16 or more letters and digits",
+            );
+        }
+        if c.secret_access_key.len() < 16 {
+            errs.push(p.clone(), "secret_access_key is too short");
+        }
+        if c.principal.is_empty() {
+            errs.push(p.clone(), "principal must not be empty");
+        }
+        if !ids.insert(c.access_key_id.as_str()) {
+            errs.push(
+                p,
+                format!("access_key_id {} appears twice", c.access_key_id),
+            );
+        }
+    }
+    Some(
+        parsed
+            .credentials
+            .into_iter()
+            .map(|c| Credential {
+                access_key_id: c.access_key_id,
+                secret_access_key: c.secret_access_key,
+                session_token: c.session_token,
+                principal: c.principal,
+            })
+            .collect(),
+    )
 }
 
 fn valid_runtime_name(name: &str) -> bool {
