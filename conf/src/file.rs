@@ -93,6 +93,8 @@ pub struct FileLimits {
     pub max_inflight_per_session: u32,
     /// New sessions started per second, all principals together. Default 25.
     pub new_sessions_per_second: u32,
+    /// Requests per second one principal may make (burst: one second's worth). Default 1 000.
+    pub requests_per_second_per_principal: u32,
 }
 
 impl Default for FileLimits {
@@ -103,6 +105,7 @@ impl Default for FileLimits {
             max_sessions_per_principal: 1_000,
             max_inflight_per_session: 32,
             new_sessions_per_second: 25,
+            requests_per_second_per_principal: 1_000,
         }
     }
 }

@@ -8,9 +8,6 @@ use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Things worth a warning that do not stop the config from running (e.g. a runtime without
-    /// authentication on a non-loopback listener).
-    pub warnings: Vec<String>,
     pub listeners: Listeners,
     pub server: Server,
     pub limits: Limits,
@@ -22,6 +19,33 @@ pub struct Config {
 }
 
 impl Config {
+    /// What is worth a warning without stopping the config from running: a runtime without
+    /// authentication served on a non-loopback listener.
+    pub fn warnings(&self) -> Vec<String> {
+        let l = &self.listeners;
+        let public: Vec<String> = [("http", l.http), ("mcp", l.mcp), ("a2a", l.a2a)]
+            .iter()
+            .filter(|(_, a)| !a.ip().is_loopback())
+            .map(|(n, a)| format!("listeners.{n} ({a})"))
+            .collect();
+        if public.is_empty() {
+            return Vec::new();
+        }
+        self.runtimes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r.auth, InboundAuth::None))
+            .map(|(i, r)| {
+                format!(
+                    "runtimes[{i}] (`{}`) has auth mode `none` and is served on {}: anyone who \
+                     reaches them can start sessions",
+                    r.name,
+                    public.join(", ")
+                )
+            })
+            .collect()
+    }
+
     /// The runtime called `name`, if any.
     pub fn runtime_index(&self, name: &str) -> Option<usize> {
         self.runtimes.iter().position(|r| r.name == name)
@@ -50,6 +74,7 @@ pub struct Limits {
     pub max_sessions_per_principal: usize,
     pub max_inflight_per_session: u32,
     pub new_sessions_per_second: u32,
+    pub requests_per_second_per_principal: u32,
 }
 
 #[derive(Debug, Clone)]

@@ -120,6 +120,12 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
         1,
         1_000_000,
     );
+    errs.range(
+        "limits.requests_per_second_per_principal",
+        lim.requests_per_second_per_principal.into(),
+        1,
+        10_000_000,
+    );
 
     let ses = &f.sessions;
     errs.range(
@@ -189,26 +195,7 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
         unreachable!("an unparsable listener address was reported as an error")
     };
     let runtimes: Vec<Runtime> = runtimes.into_iter().flatten().collect();
-    let mut warnings = Vec::new();
-    let public: Vec<String> = [("http", http), ("mcp", mcp), ("a2a", a2a)]
-        .iter()
-        .filter(|(_, a)| !a.ip().is_loopback())
-        .map(|(n, a)| format!("listeners.{n} ({a})"))
-        .collect();
-    if !public.is_empty() {
-        for (i, r) in runtimes.iter().enumerate() {
-            if matches!(r.auth, InboundAuth::None) {
-                warnings.push(format!(
-                        "runtimes[{i}] (`{}`) has auth mode `none` and is served on {}: anyone who reaches \
-                         them can start sessions",
-                        r.name,
-                        public.join(", ")
-                    ));
-            }
-        }
-    }
     Ok(Config {
-        warnings,
         listeners: Listeners {
             http,
             mcp,
@@ -226,6 +213,7 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
             max_sessions_per_principal: lim.max_sessions_per_principal,
             max_inflight_per_session: lim.max_inflight_per_session,
             new_sessions_per_second: lim.new_sessions_per_second,
+            requests_per_second_per_principal: lim.requests_per_second_per_principal,
         },
         sessions: Sessions {
             idle_timeout: Duration::from_secs(ses.idle_timeout_secs),

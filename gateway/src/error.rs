@@ -4,6 +4,7 @@
 //! ([`GatewayError::info`]). The HTTP face answers in AWS's rest-json shape; MCP and A2A wrap
 //! the same facts in JSON-RPC error objects as AgentCore does (see DESIGN.md §1b).
 
+use auth::AuthFailure;
 use bytes::Bytes;
 use conf::Protocol;
 use pingora::http::ResponseHeader;
@@ -40,6 +41,20 @@ pub enum GatewayError {
     BackendStatus(u16),
     #[error("MCP requires Accept: application/json, text/event-stream")]
     NotAcceptable,
+    #[error("not authenticated: {reason}")]
+    Unauthorized {
+        reason: AuthFailure,
+        /// RFC 9728 metadata URL for the `WWW-Authenticate` challenge.
+        resource_metadata: String,
+    },
+    #[error("access denied: {0}")]
+    AccessDenied(AuthFailure),
+    #[error("authorization method mismatch")]
+    MethodMismatch,
+    #[error("the identity provider cannot be reached")]
+    IdentityProviderUnavailable,
+    #[error("the request body ended early")]
+    IncompleteBody,
     #[error("the gateway is shutting down")]
     ShuttingDown,
     #[error("internal error")]
@@ -89,6 +104,12 @@ impl GatewayError {
                 "Rate exceeded: too many new sessions".into(),
                 Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
             ),
+            Rejected(Rejection::PrincipalRate { retry_after }) => (
+                429,
+                "ThrottlingException",
+                "Rate exceeded".into(),
+                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            ),
             Rejected(Rejection::SessionInflight) => (
                 429,
                 "ThrottlingException",
@@ -131,6 +152,34 @@ impl GatewayError {
                 format!("Received error ({code}) from runtime"),
                 None,
             ),
+            Unauthorized { .. } => (
+                401,
+                "UnauthorizedException",
+                "JWT bearer token is invalid or not found".into(),
+                None,
+            ),
+            AccessDenied(_) => (403, "AccessDeniedException", "Access denied".into(), None),
+            MethodMismatch => (
+                403,
+                "AccessDeniedException",
+                "Authorization method mismatch. The agent is configured for a different authorization \
+                 method than what was used in your request. Check the agent's authorization \
+                 configuration and ensure your request uses the matching method (OAuth or SigV4)"
+                    .into(),
+                None,
+            ),
+            IdentityProviderUnavailable => (
+                500,
+                "InternalServerException",
+                "The identity provider cannot be reached".into(),
+                Some(1),
+            ),
+            IncompleteBody => (
+                400,
+                "ValidationException",
+                "The request body ended before its declared length".into(),
+                None,
+            ),
             NotAcceptable => (
                 406,
                 "ValidationException",
@@ -167,6 +216,11 @@ impl GatewayError {
             BackendUnreachable => "backend_unreachable",
             BackendStatus(_) => "backend_status",
             NotAcceptable => "not_acceptable",
+            Unauthorized { .. } => "unauthorized",
+            AccessDenied(_) => "access_denied",
+            MethodMismatch => "method_mismatch",
+            IdentityProviderUnavailable => "identity_provider_unavailable",
+            IncompleteBody => "incomplete_body",
             ShuttingDown => "shutting_down",
             Internal => "internal",
         }
@@ -197,6 +251,17 @@ impl GatewayError {
         }
         if let Some(id) = session_id {
             h.insert_header(crate::headers::SESSION_ID, id)?;
+        }
+        if let GatewayError::Unauthorized {
+            reason,
+            resource_metadata,
+        } = self
+        {
+            let mut challenge = format!("Bearer resource_metadata=\"{resource_metadata}\"");
+            if *reason != AuthFailure::Missing {
+                challenge.push_str(", error=\"invalid_token\"");
+            }
+            h.insert_header("www-authenticate", challenge)?;
         }
         Ok((h, body))
     }

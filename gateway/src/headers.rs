@@ -1,5 +1,7 @@
 //! Header names of the contract, and what may reach a backend.
 
+use auth::BEARER_SUBPROTOCOL;
+use conf::MAX_ALLOWLISTED_VALUE_BYTES;
 use pingora::http::RequestHeader;
 
 pub const SESSION_ID: &str = "x-amzn-bedrock-agentcore-runtime-session-id";
@@ -10,30 +12,118 @@ pub const TRACEPARENT: &str = "traceparent";
 const AMZN_TRACE_ID: &str = "x-amzn-trace-id";
 const CUSTOM_PREFIX: &str = "x-amzn-bedrock-agentcore-runtime-custom-";
 
-/// Rewrites the request for the backend: drops the inbound credential and every `x-amz-*` /
-/// `x-amzn-*` header except `X-Amzn-Bedrock-AgentCore-Runtime-Custom-*` and `X-Amzn-Trace-Id`, then sets the session
-/// id, the request id and (when the client sent none) a W3C `traceparent`.
+/// Headers every backend request may carry: framing and upgrades, content negotiation, the MCP
+/// and A2A protocol headers, and trace context. Anything else needs the runtime's allow-list.
+const ALWAYS_PASSED: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "content-type",
+    "content-encoding",
+    "accept",
+    "accept-encoding",
+    "expect",
+    "connection",
+    "upgrade",
+    "te",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+    MCP_SESSION_ID,
+    "mcp-protocol-version",
+    "mcp-method",
+    "mcp-name",
+    "last-event-id",
+    "a2a-version",
+    "x-a2a-extensions",
+    TRACEPARENT,
+    "tracestate",
+    "baggage",
+    AMZN_TRACE_ID,
+];
+
+/// Rewrites the request for the backend, as AgentCore does: only the contract's headers,
+/// `X-Amzn-Bedrock-AgentCore-Runtime-Custom-*` and the runtime's allow-listed headers (values up
+/// to 4 KB) pass; never a credential (`Authorization` unless allow-listed on a JWT runtime,
+/// SigV4 query parameters, the bearer WebSocket subprotocol), `x-amz-*` or other `x-amzn-*`.
+/// Then the session id, a request id and (when the client sent none) a `traceparent` are set.
 /// Hop-by-hop headers are Pingora's job (its upstream request policy).
-pub fn to_backend(req: &mut RequestHeader, session_id: &str, request_id: &str) {
+pub fn to_backend(
+    req: &mut RequestHeader,
+    session_id: &str,
+    request_id: &str,
+    allowlist: &[String],
+) {
     let drop: Vec<_> = req
         .headers
-        .keys()
-        .filter(|name| {
+        .iter()
+        .filter(|(name, value)| {
             let n = name.as_str();
-            n == "authorization"
-                || (n.starts_with("x-amz-"))
-                || (n.starts_with("x-amzn-") && !n.starts_with(CUSTOM_PREFIX) && n != AMZN_TRACE_ID)
+            let passes = ALWAYS_PASSED.contains(&n)
+                || n.starts_with(CUSTOM_PREFIX)
+                || (allowlist.iter().any(|a| a == n) && value.len() <= MAX_ALLOWLISTED_VALUE_BYTES);
+            !passes
         })
-        .cloned()
+        .map(|(name, _)| name.clone())
         .collect();
     for name in drop {
         req.remove_header(&name);
     }
+    strip_bearer_subprotocol(req);
+    strip_presigned_query(req);
     // Both values are validated visible ASCII (session id) or generated hex (request id).
     let _ = req.insert_header(SESSION_ID, session_id);
     let _ = req.insert_header(REQUEST_ID, request_id);
     if !req.headers.contains_key(TRACEPARENT) {
         let _ = req.insert_header(TRACEPARENT, new_traceparent());
+    }
+}
+
+/// Drops `base64UrlBearerAuthorization.<token>` from the offered WebSocket subprotocols: the
+/// token was for the gateway.
+fn strip_bearer_subprotocol(req: &mut RequestHeader) {
+    let Some(offered) = req
+        .headers
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return;
+    };
+    let prefix = format!("{BEARER_SUBPROTOCOL}.");
+    if !offered.contains(prefix.as_str()) {
+        return;
+    }
+    let kept: Vec<&str> = offered
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.starts_with(prefix.as_str()))
+        .collect();
+    let kept = kept.join(", ");
+    req.remove_header("sec-websocket-protocol");
+    if !kept.is_empty() {
+        let _ = req.insert_header("sec-websocket-protocol", kept);
+    }
+}
+
+/// Drops the SigV4 presigned-URL parameters from the query.
+fn strip_presigned_query(req: &mut RequestHeader) {
+    let Some(query) = req.uri.query() else { return };
+    if !auth::sigv4::has_presigned_params(query) && !query.contains("X-Amz-") {
+        return;
+    }
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("X-Amz-"))
+        .collect();
+    let path = req.uri.path();
+    let target = if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    if let Ok(uri) = target.parse::<http::Uri>() {
+        req.set_uri(uri);
     }
 }
 
@@ -62,7 +152,10 @@ mod tests {
         ] {
             req.insert_header(k, v).unwrap();
         }
-        to_backend(&mut req, "sid", "rid");
+        req.insert_header("x-api-key", "k").unwrap();
+        req.insert_header("cookie", "c=1").unwrap();
+        req.insert_header("user-agent", "curl").unwrap();
+        to_backend(&mut req, "sid", "rid", &["x-api-key".to_owned()]);
         let h = &req.headers;
         assert!(!h.contains_key("authorization"));
         assert!(!h.contains_key("x-amz-date"));
@@ -72,7 +165,31 @@ mod tests {
         assert_eq!(h[REQUEST_ID], "rid");
         assert_eq!(h["x-amzn-bedrock-agentcore-runtime-custom-tenant"], "acme");
         assert_eq!(h["content-type"], "application/json");
+        assert_eq!(h["x-api-key"], "k", "allow-listed");
+        assert!(!h.contains_key("cookie"));
+        assert!(!h.contains_key("user-agent"));
         let tp = h[TRACEPARENT].to_str().unwrap();
         assert_eq!(tp.len(), 55, "{tp}");
+    }
+
+    #[test]
+    fn gateway_credentials_in_the_url_and_subprotocol_are_removed() {
+        let mut req = RequestHeader::build(
+            "GET",
+            b"/ws?a=1&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=00&X-Amz-Credential=x",
+            None,
+        )
+        .unwrap();
+        req.insert_header(
+            "sec-websocket-protocol",
+            "base64UrlBearerAuthorization.dG9rZW4, base64UrlBearerAuthorization, chat",
+        )
+        .unwrap();
+        to_backend(&mut req, "sid", "rid", &[]);
+        assert_eq!(req.uri.to_string(), "/ws?a=1");
+        assert_eq!(
+            req.headers["sec-websocket-protocol"],
+            "base64UrlBearerAuthorization, chat"
+        );
     }
 }

@@ -7,7 +7,9 @@
 //! ```
 
 mod admin;
+
 mod agent;
+mod authn;
 mod error;
 mod headers;
 mod observe;
@@ -112,12 +114,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             *slot = addr;
         }
     }
+    for w in config.warnings() {
+        tracing::warn!("config: {w}");
+    }
     server::run(config)
 }
 
 fn check_config(path: &std::path::Path) -> ExitCode {
     match conf::load(path) {
         Ok(c) => {
+            for w in c.warnings() {
+                eprintln!("{}: warning: {w}", path.display());
+            }
             println!(
                 "{}: ok ({} runtime{})",
                 path.display(),

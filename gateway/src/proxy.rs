@@ -83,12 +83,25 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(path) = ctx.target.and_then(|t| t.path) {
-            upstream.set_uri(http::Uri::from_static(path));
+            // AWS-style paths reach the container path; the query (session id, custom headers
+            // for WebSocket clients) stays.
+            let target = match upstream.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_owned(),
+            };
+            if let Ok(uri) = target.parse::<http::Uri>() {
+                upstream.set_uri(uri);
+            }
         }
+        let allowlist = ctx
+            .route
+            .and_then(|r| self.shared.config.runtimes.get(r.runtime))
+            .map_or(&[][..], |r| r.request_header_allowlist.as_slice());
         headers::to_backend(
             upstream,
             ctx.session_id().unwrap_or_default(),
             &ctx.request_id,
+            allowlist,
         );
         Ok(())
     }
@@ -100,6 +113,13 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(verified) = ctx.verified_body.take() {
+            // The body was read and its SigV4 hash checked in the request stage; this is the
+            // one call Pingora makes for a body already consumed.
+            ctx.request_body_bytes = verified.len() as u64;
+            *body = Some(verified);
+            return Ok(());
+        }
         if let Some(chunk) = body {
             ctx.request_body_bytes += chunk.len() as u64;
             let limit = self.shared.config.limits.max_payload_bytes;

@@ -7,6 +7,7 @@ use conf::Protocol;
 use pingora::proxy::Session;
 use routing::{OpenError, PlacementError, SessionId, TicketError};
 
+use crate::authn;
 use crate::error::GatewayError;
 use crate::headers::{MCP_SESSION_ID, SESSION_ID};
 use crate::route::{self, RouteKind, Target};
@@ -23,41 +24,59 @@ pub enum Decision {
 pub async fn admit(
     shared: &Shared,
     face: Protocol,
-    session: &Session,
+    session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> Result<Decision, GatewayError> {
     if shared.is_draining() {
         return Err(GatewayError::ShuttingDown);
     }
-    let req = session.req_header();
     let config = &shared.config;
+    let req = session.req_header();
     let route = route::route(face, &req.method, req.uri.path(), config)?;
     ctx.route = Some(route);
-    let principal = Principal::anonymous();
+    let runtime_name = shared.runtime_name(route.runtime);
+    let authenticator = &shared.authenticators[route.runtime];
 
-    let target = match route.kind {
+    match route.kind {
         RouteKind::GatewayPing => {
             return Ok(Decision::Answer(
                 200,
                 serde_json::json!({ "status": "Healthy" }),
             ));
         }
-        RouteKind::StopSession => {
-            return stop_session(shared, session, ctx, route.runtime, &principal).await;
+        RouteKind::ResourceMetadata => {
+            return authn::protected_resource_metadata(authenticator, session, runtime_name)
+                .map(|doc| Decision::Answer(200, doc))
+                .ok_or(GatewayError::NoRoute);
         }
+        RouteKind::StopSession | RouteKind::Proxy(_) => {}
+    }
+    // Cheap refusals first: nothing about the body or the credential is needed for them.
+    if let RouteKind::Proxy(target) = route.kind {
+        let req = session.req_header();
+        if target.protocol == Protocol::Mcp && req.method == http::Method::POST && !accepts_mcp(req)
+        {
+            return Err(GatewayError::NotAcceptable);
+        }
+    }
+    let limit = config.limits.max_payload_bytes;
+    if declared_length(session).is_some_and(|len| len > limit) {
+        return Err(GatewayError::PayloadTooLarge { limit });
+    }
+
+    let principal = authn::authenticate(authenticator, runtime_name, limit, session, ctx).await?;
+    ctx.principal = Some(principal.clone());
+    shared
+        .directory
+        .admission()
+        .admit_request(&principal)
+        .map_err(GatewayError::Rejected)?;
+
+    let target = match route.kind {
         RouteKind::Proxy(t) => t,
+        _ => return stop_session(shared, session, ctx, route.runtime, &principal).await,
     };
     ctx.target = Some(target);
-
-    if target.protocol == Protocol::Mcp && req.method == http::Method::POST && !accepts_mcp(req) {
-        return Err(GatewayError::NotAcceptable);
-    }
-    if let Some(len) = declared_length(session) {
-        let limit = config.limits.max_payload_bytes;
-        if len > limit {
-            return Err(GatewayError::PayloadTooLarge { limit });
-        }
-    }
 
     let (id, known) = session_id(shared, session, target, route.runtime, &principal)?;
     ctx.session_id = Some(id.clone());

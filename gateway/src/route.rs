@@ -31,6 +31,8 @@ pub enum RouteKind {
     GatewayPing,
     /// StopRuntimeSession.
     StopSession,
+    /// RFC 9728 protected-resource metadata of a JWT runtime (no authentication needed).
+    ResourceMetadata,
 }
 
 /// Where on the backend a proxied request goes.
@@ -50,6 +52,7 @@ impl Route {
             RouteKind::Proxy(t) => t.name,
             RouteKind::GatewayPing => "ping",
             RouteKind::StopSession => "stop_session",
+            RouteKind::ResourceMetadata => "resource_metadata",
         }
     }
 }
@@ -82,7 +85,24 @@ pub fn route(
         })
     };
     let proxy = |t| at(RouteKind::Proxy(t));
+    if *method == Method::GET
+        && let Some(id) = path
+            .strip_prefix("/runtimes/")
+            .and_then(|p| p.strip_suffix("/invocations/.well-known/oauth-protected-resource"))
+    {
+        // Served on every listener: the challenge names the listener the client used.
+        let runtime = runtime_index(id, config)?;
+        return Ok(Route {
+            runtime,
+            kind: RouteKind::ResourceMetadata,
+        });
+    }
     match (listener, method, path) {
+        (
+            _,
+            &Method::GET,
+            "/.well-known/oauth-protected-resource" | "/.well-known/oauth-protected-resource/mcp",
+        ) => at(RouteKind::ResourceMetadata),
         (Protocol::Http, &Method::POST, "/invocations") => {
             proxy(target(Protocol::Http, "invocations"))
         }
@@ -106,7 +126,10 @@ fn aws_route(method: &Method, path: &str, config: &Config) -> Result<Route, Gate
     let (id, op) = rest.split_once('/').ok_or(GatewayError::NoRoute)?;
     let kind = match (method, op) {
         (&Method::POST, "invocations" | "invocations/") => None,
-        (&Method::GET, "ws") => Some(RouteKind::Proxy(WS)),
+        (&Method::GET, "ws") => Some(RouteKind::Proxy(Target {
+            path: Some("/ws"),
+            ..WS
+        })),
         (&Method::GET, "invocations/.well-known/agent-card.json") => {
             Some(RouteKind::Proxy(Target {
                 path: Some("/.well-known/agent-card.json"),
@@ -116,9 +139,7 @@ fn aws_route(method: &Method, path: &str, config: &Config) -> Result<Route, Gate
         (&Method::POST, "stopruntimesession") => Some(RouteKind::StopSession),
         _ => return Err(GatewayError::NoRoute),
     };
-    let runtime = config
-        .runtime_index(&runtime_name(id).ok_or(GatewayError::UnknownRuntime)?)
-        .ok_or(GatewayError::UnknownRuntime)?;
+    let runtime = runtime_index(id, config)?;
     let kind = kind.unwrap_or_else(|| {
         // InvokeAgentRuntime reaches whatever the runtime's protocol serves.
         let protocol = config.runtimes[runtime].protocol;
@@ -132,6 +153,12 @@ fn aws_route(method: &Method, path: &str, config: &Config) -> Result<Route, Gate
         })
     });
     Ok(Route { runtime, kind })
+}
+
+fn runtime_index(id: &str, config: &Config) -> Result<usize, GatewayError> {
+    config
+        .runtime_index(&runtime_name(id).ok_or(GatewayError::UnknownRuntime)?)
+        .ok_or(GatewayError::UnknownRuntime)
 }
 
 /// `{id}` is a runtime name or a URL-encoded ARN `arn:aws:bedrock-agentcore:REGION:ACCOUNT:runtime/NAME`.

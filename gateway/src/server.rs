@@ -111,6 +111,7 @@ impl BackgroundService for Lifecycle {
                     .increment(1);
             }
             metrics::gauge!("sessiongate_active_sessions").set(self.shared.directory.len() as f64);
+            self.shared.directory.admission().prune_idle_principals();
             self.shared.metrics.run_upkeep();
         }
     }

@@ -6,10 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
+use auth::Principal;
+use bytes::Bytes;
 use conf::{BackendSpec, Config};
 use metrics_exporter_prometheus::PrometheusHandle;
 use routing::{AdmissionLimits, BackendProvider, SessionDirectory, SessionId, Ticket};
 
+use crate::authn::Authenticator;
 use crate::error::GatewayError;
 use crate::route::{Route, Target};
 
@@ -19,6 +22,8 @@ pub struct Shared {
     pub directory: SessionDirectory,
     /// One provider per runtime, by runtime index.
     pub providers: Vec<BackendProvider>,
+    /// One authenticator per runtime, by runtime index.
+    pub authenticators: Vec<Authenticator>,
     /// Requests being handled now, sessions or not (drain waits for zero).
     inflight: AtomicUsize,
     /// Set on SIGTERM/SIGINT: new requests are refused while in-flight ones finish.
@@ -44,7 +49,13 @@ impl Shared {
                 BackendProvider::new(&spec, self_exe)
             })
             .collect();
+        let authenticators = config
+            .runtimes
+            .iter()
+            .map(|r| Authenticator::new(&r.auth))
+            .collect();
         Self {
+            authenticators,
             directory: SessionDirectory::new(AdmissionLimits::from(&config.limits)),
             config: Arc::new(config),
             providers,
@@ -86,6 +97,10 @@ pub struct RequestCtx {
     pub target: Option<Target>,
     pub session_id: Option<SessionId>,
     pub request_id: String,
+    /// Set once authentication succeeded.
+    pub principal: Option<Principal>,
+    /// A SigV4 body read and verified in the request stage, for the proxy to send.
+    pub verified_body: Option<Bytes>,
     /// Holds the session in flight; dropped with the context, after `logging`.
     pub ticket: Option<Ticket>,
     pub peer: Option<SocketAddr>,
@@ -106,6 +121,8 @@ impl RequestCtx {
             target: None,
             session_id: None,
             request_id: uuid::Uuid::new_v4().hyphenated().to_string(),
+            principal: None,
+            verified_body: None,
             ticket: None,
             peer: None,
             request_body_bytes: 0,

@@ -19,6 +19,7 @@ fn limits() -> AdmissionLimits {
         max_sessions_per_principal: 10_000_000,
         max_inflight_per_session: 1_000,
         new_sessions_per_second: 1_000_000,
+        requests_per_second_per_principal: 1_000_000,
     }
 }
 

@@ -19,6 +19,8 @@ pub enum Rejection {
     SessionRate { retry_after: Duration },
     #[error("too many requests are in flight in this session")]
     SessionInflight,
+    #[error("this principal sends requests faster than allowed")]
+    PrincipalRate { retry_after: Duration },
 }
 
 impl Rejection {
@@ -29,6 +31,7 @@ impl Rejection {
             Rejection::PrincipalSessions => "principal_sessions",
             Rejection::SessionRate { .. } => "session_rate",
             Rejection::SessionInflight => "session_inflight",
+            Rejection::PrincipalRate { .. } => "principal_rate",
         }
     }
 }
@@ -39,6 +42,7 @@ pub struct AdmissionLimits {
     pub max_sessions_per_principal: usize,
     pub max_inflight_per_session: u32,
     pub new_sessions_per_second: u32,
+    pub requests_per_second_per_principal: u32,
 }
 
 impl From<&conf::Limits> for AdmissionLimits {
@@ -48,6 +52,7 @@ impl From<&conf::Limits> for AdmissionLimits {
             max_sessions_per_principal: l.max_sessions_per_principal,
             max_inflight_per_session: l.max_inflight_per_session,
             new_sessions_per_second: l.new_sessions_per_second,
+            requests_per_second_per_principal: l.requests_per_second_per_principal,
         }
     }
 }
@@ -58,6 +63,7 @@ pub struct Admission {
     active: AtomicUsize,
     per_principal: DashMap<Principal, usize>,
     rate: TokenBucket,
+    principal_rates: DashMap<Principal, TokenBucket>,
 }
 
 impl Admission {
@@ -67,7 +73,31 @@ impl Admission {
             active: AtomicUsize::new(0),
             per_principal: DashMap::new(),
             rate: TokenBucket::new(limits.new_sessions_per_second),
+            principal_rates: DashMap::new(),
         }
+    }
+
+    /// Admits one request of `principal` under its requests-per-second limit.
+    pub fn admit_request(&self, principal: &Principal) -> Result<(), Rejection> {
+        let take = |b: &TokenBucket| {
+            b.take()
+                .map_err(|retry_after| Rejection::PrincipalRate { retry_after })
+        };
+        if let Some(bucket) = self.principal_rates.get(principal) {
+            return take(&bucket);
+        }
+        let per_second = self.limits.requests_per_second_per_principal;
+        let bucket = self
+            .principal_rates
+            .entry(principal.clone())
+            .or_insert_with(|| TokenBucket::new(per_second));
+        take(&bucket)
+    }
+
+    /// Forgets the rate state of principals whose bucket has refilled (idle for a second or
+    /// more): their next request starts from a full bucket anyway.
+    pub fn prune_idle_principals(&self) {
+        self.principal_rates.retain(|_, b| !b.is_full());
     }
 
     /// Sessions alive now.
@@ -143,6 +173,13 @@ impl TokenBucket {
         }
     }
 
+    fn is_full(&self) -> bool {
+        self.state
+            .lock()
+            .map(|s| s.0 + s.1.elapsed().as_secs_f64() * self.rate >= self.rate)
+            .unwrap_or(true)
+    }
+
     /// Takes a token, or says how long until one is available.
     fn take(&self) -> Result<(), Duration> {
         let Ok(mut s) = self.state.lock() else {
@@ -171,6 +208,7 @@ mod tests {
             max_sessions_per_principal: per_principal,
             max_inflight_per_session: 1,
             new_sessions_per_second: rate,
+            requests_per_second_per_principal: 2,
         }
     }
 
@@ -210,5 +248,20 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(a.active(), 2);
+    }
+
+    #[test]
+    fn request_rate_is_per_principal() {
+        let a = Admission::new(limits(10, 10, 10));
+        let (p, q) = (Principal::new("p"), Principal::new("q"));
+        assert!(a.admit_request(&p).is_ok());
+        assert!(a.admit_request(&p).is_ok());
+        assert!(matches!(
+            a.admit_request(&p),
+            Err(Rejection::PrincipalRate { .. })
+        ));
+        assert!(a.admit_request(&q).is_ok());
+        a.prune_idle_principals();
+        assert_eq!(a.principal_rates.len(), 2, "busy buckets are kept");
     }
 }

@@ -7,6 +7,7 @@ fn limits() -> AdmissionLimits {
         max_sessions_per_principal: 100,
         max_inflight_per_session: 2,
         new_sessions_per_second: 10_000,
+        requests_per_second_per_principal: 1_000_000,
     }
 }
 
