@@ -80,8 +80,8 @@ pub fn to_backend(
     }
 }
 
-/// Drops `base64UrlBearerAuthorization.<token>` from the offered WebSocket subprotocols: the
-/// token was for the gateway.
+/// Drops `base64UrlBearerAuthorization.<token>` (and the bare name offered beside it) from the
+/// WebSocket subprotocols: they were for the gateway, which answers the handshake's choice.
 fn strip_bearer_subprotocol(req: &mut RequestHeader) {
     let Some(offered) = req
         .headers
@@ -97,7 +97,7 @@ fn strip_bearer_subprotocol(req: &mut RequestHeader) {
     let kept: Vec<&str> = offered
         .split(',')
         .map(str::trim)
-        .filter(|p| !p.starts_with(prefix.as_str()))
+        .filter(|p| !p.starts_with(prefix.as_str()) && *p != BEARER_SUBPROTOCOL)
         .collect();
     let kept = kept.join(", ");
     req.remove_header("sec-websocket-protocol");
@@ -187,9 +187,6 @@ mod tests {
         .unwrap();
         to_backend(&mut req, "sid", "rid", &[]);
         assert_eq!(req.uri.to_string(), "/ws?a=1");
-        assert_eq!(
-            req.headers["sec-websocket-protocol"],
-            "base64UrlBearerAuthorization, chat"
-        );
+        assert_eq!(req.headers["sec-websocket-protocol"], "chat");
     }
 }

@@ -145,11 +145,11 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        response::to_client(upstream, ctx)
+        response::to_client(session.req_header(), upstream, ctx)
     }
 
     async fn fail_to_proxy(

@@ -7,6 +7,7 @@ use pingora::prelude::*;
 use crate::error::GatewayError;
 use crate::headers::{MCP_SESSION_ID, SESSION_ID};
 use crate::state::{RequestCtx, Shared};
+use auth::BEARER_SUBPROTOCOL;
 
 /// `upstream_response_filter`: a backend that answers with an error becomes a 424
 /// RuntimeClientError without its body (which may hold internal detail); an MCP backend's
@@ -39,13 +40,30 @@ pub fn from_backend(
     Ok(())
 }
 
-/// `response_filter`: the client always learns which session answered (also on a 101).
-pub fn to_client(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+/// `response_filter`: the client always learns which session answered (also on a 101). A
+/// WebSocket client that authenticated with the bearer subprotocol gets it chosen, as browsers
+/// require one of their offered subprotocols back.
+pub fn to_client(req: &RequestHeader, resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
     if resp.status.is_informational() && resp.status != 101 {
         return Ok(());
+    }
+    if resp.status == 101
+        && !resp.headers.contains_key("sec-websocket-protocol")
+        && offered_bearer_subprotocol(req)
+    {
+        resp.insert_header("sec-websocket-protocol", BEARER_SUBPROTOCOL)?;
     }
     if let Some(id) = ctx.session_id() {
         resp.insert_header(SESSION_ID, id)?;
     }
     Ok(())
+}
+
+fn offered_bearer_subprotocol(req: &RequestHeader) -> bool {
+    req.headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == BEARER_SUBPROTOCOL)
 }

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod suites;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod oidc;
+
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -122,8 +124,24 @@ impl Gateway {
 
     /// `POST /invocations` with `payload`, in session `sid` (none: let the gateway mint one).
     pub fn invoke(&self, sid: Option<&str>, payload: &str) -> Response {
-        let url = self.url(self.http, "/invocations");
-        let header = sid.map(|s| format!("{SESSION_HEADER}: {s}"));
+        self.invoke_with(sid, payload, &[])
+    }
+
+    /// The same, with extra request headers (`Name: value`).
+    pub fn invoke_with(&self, sid: Option<&str>, payload: &str, headers: &[String]) -> Response {
+        self.post("/invocations", sid, payload, headers)
+    }
+
+    /// `POST path` on the HTTP listener, in session `sid`, with extra headers.
+    pub fn post(
+        &self,
+        path: &str,
+        sid: Option<&str>,
+        payload: &str,
+        headers: &[String],
+    ) -> Response {
+        let url = self.url(self.http, path);
+        let session = sid.map(|s| format!("{SESSION_HEADER}: {s}"));
         let mut args = vec![
             "-X",
             "POST",
@@ -133,8 +151,8 @@ impl Gateway {
             "-d",
             payload,
         ];
-        if let Some(h) = &header {
-            args.extend(["-H", h]);
+        for h in session.iter().chain(headers) {
+            args.extend(["-H", h.as_str()]);
         }
         curl(&args)
     }

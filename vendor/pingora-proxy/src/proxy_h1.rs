@@ -492,7 +492,10 @@ where
         let buffer = session.as_ref().get_retry_buffer();
 
         // retry, send buffer if it exists or body empty
-        if buffer.is_some() || session.as_mut().is_body_empty() {
+        // sessiongate patch: also when request_filter already consumed the whole body (SigV4
+        // verification reads it first); otherwise request_body_filter is never called to supply
+        // it and the upstream waits for a body that never comes.
+        if buffer.is_some() || session.as_mut().is_body_empty() || downstream_state.is_done() {
             let send_permit = tx
                 .reserve()
                 .await

@@ -1,0 +1,3 @@
+//! Test suites beyond the data plane, compiled into the one integration-test binary.
+
+mod jwt;
