@@ -58,12 +58,27 @@ impl ConfigErrors {
     }
 }
 
-/// Reads and validates the config file at `path`.
+/// Reads and validates the config file at `path`. Relative paths inside it are relative to
+/// its directory.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors::one(".", None, format!("cannot read {}: {e}", path.display()))
     })?;
-    parse(&text)
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    validate::validate(parse_file(&text)?, base)
+}
+
+/// Reads a SigV4 credentials file on its own (what a reload of it needs).
+pub fn load_credentials(path: &Path) -> Result<Vec<Credential>, ConfigErrors> {
+    let mut errs = validate::Errors::default();
+    let creds = validate::load_credentials(&mut errs, "credentials_file", path);
+    match creds {
+        Some(c) if errs.0.is_empty() => Ok(c),
+        _ => Err(ConfigErrors(errs.0)),
+    }
 }
 
 /// Parses and validates config text.

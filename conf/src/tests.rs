@@ -132,7 +132,72 @@ fn every_example_config_is_valid() {
     for text in [
         include_str!("../static-pool.toml"),
         include_str!("../custom-agent.toml"),
+        include_str!("../jwt.toml"),
     ] {
         parse(text).unwrap();
     }
+}
+
+#[test]
+fn the_sigv4_example_loads_its_credentials_relative_to_itself() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sigv4.toml");
+    let c = load(&path).unwrap();
+    let InboundAuth::SigV4(s) = &c.runtimes[0].auth else {
+        panic!("not sigv4")
+    };
+    assert_eq!(s.credentials.len(), 2);
+    assert_eq!(s.credentials[0].access_key_id, "AKIDEXAMPLE");
+    assert_eq!(s.credentials[0].principal, "example-user");
+    // Secrets never show in debug output.
+    assert!(!format!("{c:?}").contains("wJalrXUtnFEMI"));
+}
+
+#[test]
+fn auth_errors_are_reported_with_their_paths() {
+    let errs = parse(
+        r#"
+[[runtimes]]
+name = "a"
+request_header_allowlist = ["Authorization", "X-Amz-Date", "Host", "ok-header", "OK-Header"]
+[runtimes.auth]
+mode = "sigv4"
+discovery_url = "https://x/.well-known/openid-configuration"
+credentials_file = "/nonexistent/creds.toml"
+[[runtimes]]
+name = "b"
+[runtimes.auth]
+mode = "jwt"
+discovery_url = "ftp://x"
+required_claims = [{ name = "t", equals = "a", contains = "b" }]
+"#,
+    )
+    .unwrap_err()
+    .0;
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    for want in [
+        "runtimes[0].request_header_allowlist",
+        "runtimes[0].request_header_allowlist[1]",
+        "runtimes[0].request_header_allowlist[2]",
+        "runtimes[0].request_header_allowlist[4]",
+        "runtimes[0].auth.discovery_url",
+        "runtimes[0].auth.credentials_file",
+        "runtimes[1].auth.discovery_url",
+        "runtimes[1].auth.required_claims[0]",
+    ] {
+        assert!(paths.contains(&want), "missing {want} in {paths:?}");
+    }
+}
+
+#[test]
+fn unauthenticated_public_runtimes_are_warned_about() {
+    assert_eq!(Config::embedded_default().warnings().len(), 1);
+    let local = parse(
+        "[listeners]
+http = \"127.0.0.1:1\"
+mcp = \"127.0.0.1:2\"
+a2a = \"[::1]:3\"
+",
+    )
+    .unwrap();
+    assert!(local.warnings().is_empty());
 }

@@ -522,12 +522,13 @@ pub(crate) fn load_credentials(
     let mut ids = HashSet::new();
     for (i, c) in parsed.credentials.iter().enumerate() {
         let p = format!("{path} → credentials[{i}]");
-        if c.access_key_id.len() < 16
+        if c.access_key_id.is_empty()
+            || c.access_key_id.len() > 128
             || !c.access_key_id.chars().all(|ch| ch.is_ascii_alphanumeric())
         {
             errs.push(
                 p.clone(),
-                "access_key_id must be 16 or more letters and digits",
+                "access_key_id must be 1 to 128 letters and digits",
             );
         }
         if c.secret_access_key.len() < 16 {

@@ -35,9 +35,11 @@ def http_json(url: str, method: str = "GET"):
 
 
 class Gateway:
-    def __init__(self, workdir: Path, config: str = ""):
-        path = workdir / "sessiongate.toml"
-        path.write_text(config)
+    def __init__(self, workdir: Path, config: str = "", config_path: Path | None = None):
+        path = config_path
+        if path is None:
+            path = workdir / "sessiongate.toml"
+            path.write_text(config)
         self.http, self.mcp, self.a2a, self.admin = (f"127.0.0.1:{free_port()}" for _ in range(4))
         self.proc = subprocess.Popen(
             [binary(), "--config", str(path), "--http", self.http, "--mcp", self.mcp,
@@ -47,6 +49,8 @@ class Gateway:
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the gateway exited with {self.proc.returncode}")
             try:
                 if http_json(f"http://{self.admin}/healthz")[0] == 200:
                     return

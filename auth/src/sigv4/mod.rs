@@ -196,14 +196,27 @@ impl PendingSignature {
         Principal::new(&format!("sigv4:{}", self.credential.principal))
     }
 
-    /// Finishes the check with the SHA-256 (hex) of the body as received. Presigned URLs sign
-    /// `UNSIGNED-PAYLOAD` (they carry no body).
+    /// Finishes the check with the SHA-256 (hex) of the body as received. A presigned URL may
+    /// sign either that hash (botocore's `SigV4QueryAuth` does) or `UNSIGNED-PAYLOAD` (what the
+    /// Rust and JavaScript SDKs presign with); both are accepted, since presigned requests here
+    /// are bodiless WebSocket upgrades.
     pub fn verify(&self, body_sha256_hex: &str) -> Result<Principal, AuthFailure> {
-        let presigned = self.client.presigned.as_ref();
+        let hashed = SignableBody::Precomputed(body_sha256_hex.to_owned());
+        if self.signature_matches(hashed)?
+            || (self.client.presigned.is_some()
+                && self.signature_matches(SignableBody::UnsignedPayload)?)
+        {
+            Ok(self.claimed_principal())
+        } else {
+            Err(AuthFailure::BadSignature)
+        }
+    }
+
+    fn signature_matches(&self, body: SignableBody<'_>) -> Result<bool, AuthFailure> {
         let mut settings = SigningSettings::default();
         // Sign exactly the headers the client listed, nothing more, nothing less.
         settings.excluded_headers = None;
-        if let Some(p) = presigned {
+        if let Some(p) = &self.client.presigned {
             settings.signature_location = SignatureLocation::QueryParams;
             settings.expires_in = Some(p.expires);
         }
@@ -224,10 +237,6 @@ impl PendingSignature {
             .build()
             .map_err(|_| AuthFailure::Malformed)?
             .into();
-        let body = match presigned {
-            Some(_) => SignableBody::UnsignedPayload,
-            None => SignableBody::Precomputed(body_sha256_hex.to_owned()),
-        };
         let request = SignableRequest::new(
             &self.method,
             self.target.as_str(),
@@ -238,11 +247,9 @@ impl PendingSignature {
         let (_, expected) = sign(request, &params)
             .map_err(|_| AuthFailure::Malformed)?
             .into_parts();
-        if bool::from(expected.as_bytes().ct_eq(self.client.signature.as_bytes())) {
-            Ok(self.claimed_principal())
-        } else {
-            Err(AuthFailure::BadSignature)
-        }
+        Ok(bool::from(
+            expected.as_bytes().ct_eq(self.client.signature.as_bytes()),
+        ))
     }
 }
 
