@@ -15,9 +15,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use conf::{ClaimMatch, JwtAuth};
+use dashmap::DashMap;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::{AuthFailure, Principal};
 
@@ -34,6 +36,17 @@ pub struct JwtAuthorizer {
     fetching: tokio::sync::Mutex<()>,
     /// A background refresh of stale keys is running.
     background_refresh: AtomicBool,
+    /// SHA-256 of verified tokens → their principal and `exp`.
+    verified: DashMap<[u8; 32], (Principal, u64)>,
+}
+
+/// Verified tokens remembered at once; the cache is emptied when it fills.
+const VERIFIED_CACHE_ENTRIES: usize = 16_384;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// What the provider published, as of one fetch.
@@ -69,7 +82,33 @@ impl JwtAuthorizer {
             last_fetch: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
             background_refresh: AtomicBool::new(false),
+            verified: DashMap::new(),
         }
+    }
+
+    /// Installs a key set as if fetched (benchmarks and tests without an identity provider).
+    #[doc(hidden)]
+    pub fn with_keys(cfg: &JwtAuth, issuer: &str, jwks: &JwkSet) -> Self {
+        let this = Self::new(cfg);
+        let keys = jwks
+            .keys
+            .iter()
+            .filter_map(|jwk| Some((jwk.common.key_id.clone()?, verifying_key(jwk)?)))
+            .collect();
+        if let Ok(mut k) = this.keys.write() {
+            *k = Some(Arc::new(KeySet {
+                issuer: issuer.to_owned(),
+                keys,
+                fetched: Instant::now(),
+            }));
+        }
+        this
+    }
+
+    /// Forgets the verified-token cache (benchmarks of the signature check itself).
+    #[doc(hidden)]
+    pub fn forget_verified_tokens(&self) {
+        self.verified.clear();
     }
 
     /// The issuer the tokens must carry: the discovery document's, once fetched; before that
@@ -89,8 +128,26 @@ impl JwtAuthorizer {
         &self.cfg.allowed_scopes
     }
 
-    /// Verifies `token` and returns its principal.
+    /// Verifies `token` and returns its principal. A token verified before is answered from a
+    /// small cache (keyed by its SHA-256) until its `exp`: clients send the same token with
+    /// every request, and the signature check is the expensive part.
     pub async fn authorize(self: &Arc<Self>, token: &str) -> Result<Principal, AuthFailure> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = unix_now();
+        if let Some(hit) = self.verified.get(&digest)
+            && hit.1 + self.cfg.leeway.as_secs() >= now
+        {
+            return Ok(hit.0.clone());
+        }
+        let (principal, exp) = self.verify(token).await?;
+        if self.verified.len() >= VERIFIED_CACHE_ENTRIES {
+            self.verified.clear();
+        }
+        self.verified.insert(digest, (principal.clone(), exp));
+        Ok(principal)
+    }
+
+    async fn verify(self: &Arc<Self>, token: &str) -> Result<(Principal, u64), AuthFailure> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthFailure::Malformed)?;
         if !is_asymmetric(header.alg) {
             // HMAC with a public key is the classic confusion attack; `none` never parses.
@@ -117,7 +174,8 @@ impl JwtAuthorizer {
                 .map_err(classify)?;
         let claims = data.claims;
         self.check_claims(&claims)?;
-        Ok(principal_of(&keys.issuer, &claims))
+        let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+        Ok((principal_of(&keys.issuer, &claims), exp))
     }
 
     fn check_claims(&self, claims: &serde_json::Map<String, Value>) -> Result<(), AuthFailure> {

@@ -5,6 +5,8 @@
 //! `kid`), or `sigv4` ([`sigv4::SigV4Verifier`]: AWS Signature V4 as the AWS SDKs sign it, header
 //! or presigned-query form). This crate takes plain `http` types; Pingora stays in the gateway.
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod jwt;
 pub mod sigv4;
 

@@ -93,7 +93,7 @@ impl SigV4Verifier {
             .get(&scope.access_key_id)
             .ok_or(AuthFailure::UnknownAccessKey)?
             .clone();
-        if scope.service != self.service || !self.regions.iter().any(|r| *r == scope.region) {
+        if scope.service != self.service || !self.regions.contains(&scope.region) {
             return Err(AuthFailure::CredentialScope);
         }
 
