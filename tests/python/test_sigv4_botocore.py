@@ -51,9 +51,12 @@ def invoke(gw, sid, payload, key=FIRST):
 
 def test_boto3_invoke_agent_runtime_is_verified_and_sticky(gateway):
     sid = session_id()
-    r, first = invoke(gateway, sid, json.dumps({"prompt": "hello"}).encode())
+    r, first = invoke(gateway, sid, json.dumps({"prompt": "hello", "echo_headers": True}).encode())
     assert r["runtimeSessionId"] == sid
-    assert first["echo"] == {"prompt": "hello"} and first["session_id"] == sid
+    assert first["echo"]["prompt"] == "hello" and first["session_id"] == sid
+    # The SigV4 credential stays at the gateway.
+    for gone in ("authorization", "x-amz-date", "x-amz-security-token", "x-amz-user-agent"):
+        assert gone not in first["headers"], gone
     _, again = invoke(gateway, sid, b'{"prompt": "again"}')
     assert again["instance"] == first["instance"]
     [s] = gateway.sessions()

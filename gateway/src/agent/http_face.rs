@@ -5,7 +5,8 @@
 //! - `"sleep_ms": N`: wait N ms first;
 //! - `"stream": N, "interval_ms": M`: answer as SSE, N `data:` events M ms apart;
 //! - `"status": S`: answer with HTTP status S (to exercise error handling);
-//! - `"background_ms": N`: stay `HealthyBusy` for N ms after answering.
+//! - `"background_ms": N`: stay `HealthyBusy` for N ms after answering;
+//! - `"echo_headers": true`: include the request headers it received.
 //!
 //! Bodies over 1 MiB are counted, not parsed: the answer reports their size.
 
@@ -106,6 +107,18 @@ async fn invocations(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: 
     }
     drop(work);
     let mut answer = seen;
+    if payload.get("echo_headers").and_then(Value::as_bool) == Some(true) {
+        let received: serde_json::Map<String, Value> = headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+                )
+            })
+            .collect();
+        answer["headers"] = Value::Object(received);
+    }
     answer["echo"] = payload;
     axum::Json(answer).into_response()
 }

@@ -401,3 +401,59 @@ fn a_browser_bearer_subprotocol_authenticates_a_websocket() {
         format!("jwt:{}|carol", issuer.issuer())
     );
 }
+
+#[test]
+fn only_contract_and_allow_listed_headers_reach_the_backend() {
+    let rsa = SigningKey::rsa1();
+    let issuer = Issuer::start(&[&rsa]);
+    let gw = Gateway::start(&format!(
+        r#"
+[limits]
+requests_per_second_per_principal = 5
+[[runtimes]]
+name = "default"
+request_header_allowlist = ["Authorization", "X-Api-Key"]
+[runtimes.auth]
+mode = "jwt"
+discovery_url = "{}"
+"#,
+        issuer.discovery_url()
+    ));
+    let token = rsa.sign(&issuer.claims("dora", AUD, 300));
+    let headers = vec![
+        format!("Authorization: Bearer {token}"),
+        "X-Api-Key: k-1".to_owned(),
+        "Cookie: session=secret".to_owned(),
+        "X-Amz-Date: 20260101T000000Z".to_owned(),
+        "X-Amzn-Other: no".to_owned(),
+        "X-Amzn-Bedrock-AgentCore-Runtime-Custom-Tenant: acme".to_owned(),
+        "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+    ];
+    let r = gw.invoke_with(None, r#"{"echo_headers":true}"#, &headers);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let seen = &r.json()["headers"];
+    assert_eq!(
+        seen["authorization"],
+        format!("Bearer {token}"),
+        "allow-listed on a JWT runtime"
+    );
+    assert_eq!(seen["x-api-key"], "k-1");
+    assert_eq!(
+        seen["x-amzn-bedrock-agentcore-runtime-custom-tenant"],
+        "acme"
+    );
+    assert_eq!(
+        seen["traceparent"],
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    );
+    assert!(seen["x-amzn-bedrock-agentcore-runtime-request-id"].is_string());
+    for gone in ["cookie", "x-amz-date", "x-amzn-other", "user-agent"] {
+        assert!(seen.get(gone).is_none(), "{gone} reached the backend");
+    }
+    // Five requests per second for this principal: a burst beyond that is throttled.
+    let throttled = (0..8)
+        .map(|_| gw.invoke_with(None, "{}", &bearer(&token)))
+        .filter(|r| r.status == 429)
+        .count();
+    assert!(throttled >= 1, "no request was throttled");
+}
