@@ -4,6 +4,8 @@
 //! sessiongate [--config FILE] [--http ADDR] [--mcp ADDR] [--a2a ADDR] [--admin ADDR]
 //! sessiongate check-config FILE
 //! sessiongate agent [--http ADDR] [--mcp ADDR] [--a2a ADDR]
+//! sessiongate invoke PAYLOAD [--endpoint URL] [--runtime NAME] [--session-id ID] [--qualifier Q]
+//!                            [--bearer-token TOKEN] [--region REGION]
 //! ```
 
 mod admin;
@@ -12,6 +14,7 @@ mod agent;
 mod authn;
 mod error;
 mod headers;
+mod invoke;
 mod observe;
 mod proxy;
 mod request;
@@ -50,6 +53,8 @@ enum Command {
     Run(RunArgs),
     /// Validate a config file; print every error with its key path; exit 1 if any.
     CheckConfig { file: PathBuf },
+    /// Invoke a runtime through a gateway (the AWS face) and print the answer as it streams.
+    Invoke(invoke::InvokeArgs),
     /// Run the reference agent (the container contract: HTTP, MCP, A2A).
     Agent {
         #[arg(long, default_value = "0.0.0.0:8080")]
@@ -88,6 +93,7 @@ fn main() -> ExitCode {
         Some(Command::Run(args)) => run(args),
         Some(Command::CheckConfig { file }) => return check_config(&file),
         Some(Command::Agent { http, mcp, a2a }) => agent::run(agent::AgentAddrs { http, mcp, a2a }),
+        Some(Command::Invoke(args)) => invoke::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

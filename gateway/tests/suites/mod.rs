@@ -1,3 +1,4 @@
 //! Test suites beyond the data plane, compiled into the one integration-test binary.
 
+mod cli;
 mod jwt;
