@@ -63,6 +63,9 @@ enum Command {
         mcp: SocketAddr,
         #[arg(long, default_value = "0.0.0.0:9000")]
         a2a: SocketAddr,
+        /// Serve MCP statelessly (no `Mcp-Session-Id` of its own).
+        #[arg(long)]
+        mcp_stateless: bool,
     },
 }
 
@@ -92,7 +95,17 @@ fn main() -> ExitCode {
         None => run(cli.run),
         Some(Command::Run(args)) => run(args),
         Some(Command::CheckConfig { file }) => return check_config(&file),
-        Some(Command::Agent { http, mcp, a2a }) => agent::run(agent::AgentAddrs { http, mcp, a2a }),
+        Some(Command::Agent {
+            http,
+            mcp,
+            a2a,
+            mcp_stateless,
+        }) => agent::run(agent::AgentAddrs {
+            http,
+            mcp,
+            a2a,
+            mcp_stateless,
+        }),
         Some(Command::Invoke(args)) => invoke::run(args),
     };
     match result {

@@ -136,11 +136,11 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        response::from_backend(&self.shared, upstream, ctx)
+        response::from_backend(&self.shared, session.req_header(), upstream, ctx)
     }
 
     async fn response_filter(

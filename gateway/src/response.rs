@@ -13,9 +13,12 @@ use auth::BEARER_SUBPROTOCOL;
 /// RuntimeClientError without its body (which may hold internal detail); an MCP backend's
 /// 4xx passes through, since MCP clients act on it (404: re-initialize; 405: no GET stream).
 /// An MCP `Mcp-Session-Id` is learned so later requests carrying only it find their session.
+/// A stateless MCP backend assigns none: then, as AgentCore does, the gateway mints one for a
+/// handshake-era request that carried none, returns it, and routes by it.
 pub fn from_backend(
     shared: &Shared,
-    upstream: &ResponseHeader,
+    req: &RequestHeader,
+    upstream: &mut ResponseHeader,
     ctx: &mut RequestCtx,
 ) -> Result<()> {
     if upstream.status.is_informational() {
@@ -31,11 +34,23 @@ pub fn from_backend(
             "backend answered with an error status",
         );
     }
-    if protocol == Protocol::Mcp
-        && let (Some(id), Some(ticket)) = (upstream.headers.get(MCP_SESSION_ID), &ctx.ticket)
-        && let Ok(id) = id.to_str()
-    {
-        shared.directory.learn_mcp_id(ticket.session(), id);
+    let Some(ticket) = ctx.ticket.as_ref().filter(|_| protocol == Protocol::Mcp) else {
+        return Ok(());
+    };
+    match upstream.headers.get(MCP_SESSION_ID).map(|v| v.to_str()) {
+        Some(Ok(id)) => shared.directory.learn_mcp_id(ticket.session(), id),
+        Some(Err(_)) => {}
+        None => {
+            let handshake_era = !req.headers.contains_key(MCP_SESSION_ID)
+                && !req.headers.contains_key("mcp-method")
+                && req.method == http::Method::POST
+                && upstream.status.is_success();
+            if handshake_era {
+                let minted = uuid::Uuid::new_v4().simple().to_string();
+                shared.directory.learn_mcp_id(ticket.session(), &minted);
+                upstream.insert_header(MCP_SESSION_ID, minted)?;
+            }
+        }
     }
     Ok(())
 }

@@ -126,6 +126,8 @@ fn aws_route(method: &Method, path: &str, config: &Config) -> Result<Route, Gate
     let (id, op) = rest.split_once('/').ok_or(GatewayError::NoRoute)?;
     let kind = match (method, op) {
         (&Method::POST, "invocations" | "invocations/") => None,
+        // MCP clients also GET (server stream) and DELETE (end) their endpoint URL.
+        (&Method::GET | &Method::DELETE, "invocations") => None,
         (&Method::GET, "ws") => Some(RouteKind::Proxy(Target {
             path: Some("/ws"),
             ..WS
@@ -140,9 +142,12 @@ fn aws_route(method: &Method, path: &str, config: &Config) -> Result<Route, Gate
         _ => return Err(GatewayError::NoRoute),
     };
     let runtime = runtime_index(id, config)?;
+    let protocol = config.runtimes[runtime].protocol;
+    if kind.is_none() && *method != Method::POST && protocol != Protocol::Mcp {
+        return Err(GatewayError::NoRoute);
+    }
     let kind = kind.unwrap_or_else(|| {
         // InvokeAgentRuntime reaches whatever the runtime's protocol serves.
-        let protocol = config.runtimes[runtime].protocol;
         RouteKind::Proxy(Target {
             path: Some(match protocol {
                 Protocol::Http => "/invocations",

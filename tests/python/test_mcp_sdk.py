@@ -43,3 +43,75 @@ def test_explicit_runtime_sessions_get_their_own_backends(gateway):
     assert [s["session_id"] for s in seen] == ids
     assert seen[0]["instance"] != seen[1]["instance"]
     assert sorted(s["id"] for s in gateway.sessions()) == sorted(ids)
+
+
+def gateway_with(tmp_path, config):
+    from conftest import Gateway
+
+    return Gateway(tmp_path, config)
+
+
+MCP_RUNTIMES = """
+[[runtimes]]
+name = "default"
+[[runtimes]]
+name = "tools"
+protocol = "mcp"
+[[runtimes]]
+name = "stateless"
+protocol = "mcp"
+[runtimes.backend]
+args = ["agent", "--http", "{http}", "--mcp", "{mcp}", "--a2a", "{a2a}", "--mcp-stateless"]
+"""
+
+
+def test_sdk_through_the_aws_face_of_an_mcp_runtime(tmp_path):
+    gw = gateway_with(tmp_path, MCP_RUNTIMES)
+    try:
+        seen = asyncio.run(echo_twice(f"http://{gw.http}/runtimes/tools/invocations"))
+        assert seen["text"] == "hello"
+        [s] = gw.sessions()
+        assert s["runtime"] == "tools"
+    finally:
+        gw.stop()
+
+
+def test_stateless_backends_get_a_gateway_minted_mcp_session_id(tmp_path):
+    gw = gateway_with(tmp_path, MCP_RUNTIMES)
+    try:
+        url = f"http://{gw.http}/runtimes/stateless/invocations"
+        init = httpx2.post(url, headers=ACCEPT, json=INITIALIZE)
+        minted = init.headers["mcp-session-id"]
+        assert len(minted) == 32
+        # The SDK works against it, and the minted id routes to the same backend.
+        seen = asyncio.run(echo_twice(url))
+        call = httpx2.post(url, headers={**ACCEPT, "Mcp-Session-Id": minted}, json=ECHO)
+        assert call.json()["result"]["structuredContent"]["instance"] == seen["instance"]
+    finally:
+        gw.stop()
+
+
+ACCEPT = {"Accept": "application/json, text/event-stream"}
+INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+              "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+ECHO = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "x"}}}
+
+
+def test_get_stream_and_delete_stay_on_the_sessions_backend(gateway):
+    url = f"http://{gateway.mcp}/mcp"
+    init = httpx2.post(url, headers={**ACCEPT, SESSION_HEADER: f"get-{uuid.uuid4()}"}, json=INITIALIZE)
+    mcp_id = init.headers["mcp-session-id"]
+    instance = httpx2.post(url, headers={**ACCEPT, "Mcp-Session-Id": mcp_id}, json=ECHO).json()["result"]["structuredContent"]["instance"]
+    # Another session, so a wrong routing would show.
+    httpx2.post(url, headers={**ACCEPT, SESSION_HEADER: f"other-{uuid.uuid4()}"}, json=INITIALIZE)
+    with httpx2.stream("GET", url, headers={"Accept": "text/event-stream", "Mcp-Session-Id": mcp_id}, timeout=10) as s:
+        assert s.status_code == 200
+        for line in s.iter_lines():
+            if line.startswith("data: "):
+                import json
+                assert json.loads(line[6:])["params"]["data"]["instance"] == instance
+                break
+    # DELETE ends the MCP session at its backend; the id is then unknown there (404, re-initialize).
+    assert httpx2.delete(url, headers={"Mcp-Session-Id": mcp_id}).status_code == 200
+    after = httpx2.post(url, headers={**ACCEPT, "Mcp-Session-Id": mcp_id}, json=ECHO)
+    assert after.status_code == 404

@@ -22,15 +22,42 @@ const SUPPORTED_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26", 
 
 pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
-        .route("/mcp", post(handle).get(no_stream).delete(end_session))
+        .route("/mcp", post(handle).get(server_stream).delete(end_session))
         .with_state(agent)
 }
 
-async fn no_stream() -> Response {
-    // No server-initiated stream: the transport says 405 for that.
+/// The server-to-client stream: one `notifications/message` naming the instance, then
+/// keep-alive comments until the client goes away.
+async fn server_stream(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> Response {
+    let known = session_header(&headers).is_some_and(|s| {
+        agent.mcp_stateless || agent.mcp_sessions.lock().is_ok_and(|set| set.contains(s))
+    });
+    if !known {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            Value::Null,
+            -32600,
+            "Mcp-Session-Id required",
+        );
+    }
+    let hello = json!({
+        "jsonrpc": "2.0",
+        "method": "notifications/message",
+        "params": { "level": "info", "data": { "instance": agent.instance } },
+    });
+    let first = futures_util::stream::once(async move {
+        Ok::<_, std::convert::Infallible>(format!("data: {hello}\n\n"))
+    });
+    let pings = futures_util::stream::unfold((), |()| async {
+        tokio::time::sleep(std::time::Duration::from_secs(15)).await;
+        Some((Ok(": keep-alive\n\n".to_owned()), ()))
+    });
     (
-        StatusCode::METHOD_NOT_ALLOWED,
-        [(header::ALLOW, "POST, DELETE")],
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(futures_util::StreamExt::chain(first, pings)),
     )
         .into_response()
 }
@@ -83,6 +110,7 @@ async fn handle(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bytes
     let session = session_header(&headers).map(str::to_owned);
 
     if method != Some("initialize")
+        && !agent.mcp_stateless
         && let Some(s) = &session
         && !agent
             .mcp_sessions
@@ -129,7 +157,9 @@ async fn handle(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bytes
                 "instructions": format!("Reference agent instance {}", agent.instance),
             });
             let mut resp = rpc_result(id, result);
-            if let Ok(v) = new_session.parse() {
+            if !agent.mcp_stateless
+                && let Ok(v) = new_session.parse()
+            {
                 resp.headers_mut().insert(MCP_SESSION_ID, v);
             }
             resp

@@ -27,6 +27,8 @@ pub struct AgentAddrs {
     pub http: SocketAddr,
     pub mcp: SocketAddr,
     pub a2a: SocketAddr,
+    /// Serve MCP statelessly: assign no `Mcp-Session-Id`, accept any.
+    pub mcp_stateless: bool,
 }
 
 /// One agent process's state.
@@ -38,6 +40,7 @@ pub(crate) struct Agent {
     /// Unix seconds of the last Healthy ⇄ HealthyBusy change.
     status_changed: Mutex<u64>,
     pub mcp_sessions: Mutex<HashSet<String>>,
+    pub mcp_stateless: bool,
 }
 
 impl Agent {
@@ -100,6 +103,7 @@ async fn serve(addrs: AgentAddrs) -> anyhow::Result<()> {
         busy: AtomicUsize::new(0),
         status_changed: Mutex::new(unix_now()),
         mcp_sessions: Mutex::new(HashSet::new()),
+        mcp_stateless: addrs.mcp_stateless,
     });
     let ping = {
         let agent = Arc::clone(&agent);
