@@ -33,18 +33,18 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: Config, self_exe: &Path, metrics: PrometheusHandle) -> Self {
-        let runtime_url = public_a2a_url(&config);
         let providers = config
             .runtimes
             .iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(i, r)| {
                 let mut spec = r.backend.clone();
                 if let BackendSpec::Process(p) = &mut spec {
                     // As AgentCore does: the agent learns the URL clients reach it at (A2A
                     // agent cards advertise it), unless the runtime sets its own.
                     p.env
                         .entry("AGENTCORE_RUNTIME_URL".into())
-                        .or_insert_with(|| runtime_url.clone());
+                        .or_insert_with(|| public_url(&config, i));
                 }
                 BackendProvider::new(&spec, self_exe)
             })
@@ -81,13 +81,25 @@ impl Shared {
     }
 }
 
-/// `http://<A2A listener>/`, with a wildcard listen address shown as loopback.
-fn public_a2a_url(config: &Config) -> String {
-    let mut addr = config.listeners.a2a;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+/// Where A2A clients reach runtime `index`: the A2A listener for the default runtime, the AWS
+/// face (`…/runtimes/{name}/invocations/`) for the others. A wildcard listen address is shown
+/// as loopback.
+fn public_url(config: &Config, index: usize) -> String {
+    let shown = |mut addr: std::net::SocketAddr| {
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        addr
+    };
+    if index == config.default_runtime {
+        format!("http://{}/", shown(config.listeners.a2a))
+    } else {
+        let name = &config.runtimes[index].name;
+        format!(
+            "http://{}/runtimes/{name}/invocations/",
+            shown(config.listeners.http)
+        )
     }
-    format!("http://{addr}/")
 }
 
 /// One request's state, from `request_filter` to `logging` (Pingora's `CTX`).

@@ -1,4 +1,5 @@
-//! The agent's A2A port: an agent card and JSON-RPC `message/send` that echoes the text.
+//! The agent's A2A port: an agent card and JSON-RPC `message/send` / `message/stream` (SSE)
+//! that echo the text.
 
 use std::sync::Arc;
 
@@ -27,7 +28,7 @@ async fn card(State(agent): State<Arc<Agent>>) -> Response {
         "url": agent.a2a_url,
         "preferredTransport": "JSONRPC",
         "version": env!("CARGO_PKG_VERSION"),
-        "capabilities": { "streaming": false },
+        "capabilities": { "streaming": true },
         "defaultInputModes": ["text/plain"],
         "defaultOutputModes": ["text/plain"],
         "skills": [{
@@ -46,8 +47,9 @@ async fn rpc(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bytes) -
         return reply(Value::Null, Err((-32700, "Parse error")));
     };
     let id = msg.get("id").cloned().unwrap_or(Value::Null);
-    match msg.get("method").and_then(Value::as_str) {
-        Some("message/send") => {
+    let method = msg.get("method").and_then(Value::as_str);
+    match method {
+        Some("message/send" | "message/stream") => {
             let Some(message) = msg.pointer("/params/message") else {
                 return reply(id, Err((-32602, "params.message is required")));
             };
@@ -71,6 +73,15 @@ async fn rpc(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bytes) -
             });
             if let Some(ctx) = message.get("contextId") {
                 answer["contextId"] = ctx.clone();
+            }
+            if method == Some("message/stream") {
+                // SSE of JSON-RPC responses; a Message is the final event of its stream.
+                let event = json!({ "jsonrpc": "2.0", "id": id, "result": answer });
+                return (
+                    [(axum::http::header::CONTENT_TYPE, "text/event-stream")],
+                    format!("data: {event}\n\n"),
+                )
+                    .into_response();
             }
             reply(id, Ok(answer))
         }
