@@ -95,6 +95,11 @@ pub struct FileLimits {
     pub new_sessions_per_second: u32,
     /// Requests per second one principal may make (burst: one second's worth). Default 1 000.
     pub requests_per_second_per_principal: u32,
+    /// Longest a backend may stay silent on a request (no response byte), seconds: the cap of a
+    /// synchronous request, and the longest quiet spell of an SSE stream. Default 900.
+    pub request_timeout_secs: u64,
+    /// Longest a stream (SSE or WebSocket) may last, seconds. Default 3 600.
+    pub stream_timeout_secs: u64,
 }
 
 impl Default for FileLimits {
@@ -106,6 +111,8 @@ impl Default for FileLimits {
             max_inflight_per_session: 32,
             new_sessions_per_second: 25,
             requests_per_second_per_principal: 1_000,
+            request_timeout_secs: 900,
+            stream_timeout_secs: 3_600,
         }
     }
 }

@@ -75,6 +75,8 @@ pub struct Limits {
     pub max_inflight_per_session: u32,
     pub new_sessions_per_second: u32,
     pub requests_per_second_per_principal: u32,
+    pub request_timeout: Duration,
+    pub stream_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

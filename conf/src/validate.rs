@@ -121,6 +121,18 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
         1_000_000,
     );
     errs.range(
+        "limits.request_timeout_secs",
+        lim.request_timeout_secs,
+        1,
+        86_400,
+    );
+    errs.range(
+        "limits.stream_timeout_secs",
+        lim.stream_timeout_secs,
+        1,
+        86_400,
+    );
+    errs.range(
         "limits.requests_per_second_per_principal",
         lim.requests_per_second_per_principal.into(),
         1,
@@ -214,6 +226,8 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
             max_inflight_per_session: lim.max_inflight_per_session,
             new_sessions_per_second: lim.new_sessions_per_second,
             requests_per_second_per_principal: lim.requests_per_second_per_principal,
+            request_timeout: Duration::from_secs(lim.request_timeout_secs),
+            stream_timeout: Duration::from_secs(lim.stream_timeout_secs),
         },
         sessions: Sessions {
             idle_timeout: Duration::from_secs(ses.idle_timeout_secs),

@@ -39,6 +39,8 @@ pub enum GatewayError {
     BackendUnreachable,
     #[error("the backend answered {0}")]
     BackendStatus(u16),
+    #[error("the backend did not answer in time")]
+    BackendTimeout,
     #[error("MCP requires Accept: application/json, text/event-stream")]
     NotAcceptable,
     #[error("not authenticated: {reason}")]
@@ -146,6 +148,12 @@ impl GatewayError {
                 "The runtime could not be reached".into(),
                 None,
             ),
+            BackendTimeout => (
+                504,
+                "RuntimeClientError",
+                "The runtime did not answer within the request timeout".into(),
+                None,
+            ),
             BackendStatus(code) => (
                 424,
                 "RuntimeClientError",
@@ -215,6 +223,7 @@ impl GatewayError {
             ProtocolNotServed => "protocol_not_served",
             BackendUnreachable => "backend_unreachable",
             BackendStatus(_) => "backend_status",
+            BackendTimeout => "backend_timeout",
             NotAcceptable => "not_acceptable",
             Unauthorized { .. } => "unauthorized",
             AccessDenied(_) => "access_denied",

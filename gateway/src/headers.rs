@@ -72,6 +72,7 @@ pub fn to_backend(
     }
     strip_bearer_subprotocol(req);
     strip_presigned_query(req);
+    custom_headers_from_query(req);
     // Both values are validated visible ASCII (session id) or generated hex (request id).
     let _ = req.insert_header(SESSION_ID, session_id);
     let _ = req.insert_header(REQUEST_ID, request_id);
@@ -103,6 +104,31 @@ fn strip_bearer_subprotocol(req: &mut RequestHeader) {
     req.remove_header("sec-websocket-protocol");
     if !kept.is_empty() {
         let _ = req.insert_header("sec-websocket-protocol", kept);
+    }
+}
+
+/// WebSocket clients in browsers cannot set headers: `X-Amzn-Bedrock-AgentCore-Runtime-Custom-*`
+/// query parameters reach the backend as (lower-cased) headers, as AgentCore delivers them.
+/// A header the client did send wins.
+fn custom_headers_from_query(req: &mut RequestHeader) {
+    let Some(query) = req.uri.query() else { return };
+    let found: Vec<(String, String)> = query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(k, _)| {
+            k.len() > CUSTOM_PREFIX.len()
+                && k[..CUSTOM_PREFIX.len()].eq_ignore_ascii_case(CUSTOM_PREFIX)
+        })
+        .filter_map(|(k, v)| {
+            let value = percent_encoding::percent_decode_str(v).decode_utf8().ok()?;
+            (value.len() <= MAX_ALLOWLISTED_VALUE_BYTES)
+                .then(|| (k.to_ascii_lowercase(), value.into_owned()))
+        })
+        .collect();
+    for (name, value) in found {
+        if !req.headers.contains_key(name.as_str()) {
+            let _ = req.insert_header(name, value);
+        }
     }
 }
 
@@ -188,5 +214,21 @@ mod tests {
         to_backend(&mut req, "sid", "rid", &[]);
         assert_eq!(req.uri.to_string(), "/ws?a=1");
         assert_eq!(req.headers["sec-websocket-protocol"], "chat");
+    }
+
+    #[test]
+    fn custom_headers_travel_in_the_query_for_browsers() {
+        let mut req = RequestHeader::build(
+            "GET",
+            b"/ws?X-Amzn-Bedrock-AgentCore-Runtime-Custom-Tenant=acme%20corp&other=1",
+            None,
+        )
+        .unwrap();
+        to_backend(&mut req, "sid", "rid", &[]);
+        assert_eq!(
+            req.headers["x-amzn-bedrock-agentcore-runtime-custom-tenant"],
+            "acme corp"
+        );
+        assert!(!req.headers.contains_key("other"));
     }
 }

@@ -73,6 +73,15 @@ impl ProxyHttp for Gateway {
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no backend was chosen"))?;
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
+        // No idle timer shorter than the contract's: a synchronous request may take 15 min, a
+        // WebSocket may be quiet for as long as it may last.
+        let limits = &self.shared.config.limits;
+        let websocket = ctx.target.is_some_and(|t| t.websocket);
+        peer.options.read_timeout = Some(if websocket {
+            limits.stream_timeout
+        } else {
+            limits.request_timeout
+        });
         Ok(Box::new(peer))
     }
 
@@ -134,6 +143,24 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        // The stream cap: checked as data flows (a silent stream is ended by the read timeout).
+        if ctx.started.elapsed() > self.shared.config.limits.stream_timeout {
+            ctx.stream_expired = true;
+            return Error::e_explain(
+                ErrorType::ReadTimedout,
+                "stream longer than stream_timeout_secs",
+            );
+        }
+        Ok(None)
+    }
+
     async fn upstream_response_filter(
         &self,
         session: &mut Session,
@@ -161,10 +188,15 @@ impl ProxyHttp for Gateway {
         let error = match &ctx.error {
             Some(known) => Some(known.clone()),
             None => match e.esource() {
+                // A backend that is slow is not broken: its session stays.
+                ErrorSource::Upstream if matches!(e.etype(), ErrorType::ReadTimedout) => {
+                    Some(GatewayError::BackendTimeout)
+                }
                 ErrorSource::Upstream => {
                     ctx.backend_failed = true;
                     Some(GatewayError::BackendUnreachable)
                 }
+                _ if ctx.stream_expired => None,
                 // The client went away or sent garbage: nobody to answer.
                 ErrorSource::Downstream => None,
                 ErrorSource::Internal | ErrorSource::Unset => Some(GatewayError::Internal),

@@ -121,6 +121,8 @@ pub struct RequestCtx {
     pub error: Option<GatewayError>,
     /// The backend failed under this request: the session is ended after it.
     pub backend_failed: bool,
+    /// The stream was ended for lasting longer than `stream_timeout_secs`.
+    pub stream_expired: bool,
     _inflight: InflightGuard,
 }
 
@@ -140,6 +142,7 @@ impl RequestCtx {
             request_body_bytes: 0,
             error: None,
             backend_failed: false,
+            stream_expired: false,
             _inflight: InflightGuard(Arc::clone(shared)),
         }
     }

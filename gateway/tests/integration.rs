@@ -807,3 +807,28 @@ fn broken_config_is_refused_with_its_key_path() {
         .unwrap();
     assert!(out.status.success());
 }
+
+#[test]
+fn quiet_streams_stay_open_and_the_timers_are_configurable() {
+    // Defaults: a stream quiet for 3 s is not cut.
+    let gw = Gateway::start("");
+    let r = gw.invoke(None, r#"{"stream":2,"interval_ms":3000}"#);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body_text().matches("data: ").count(), 2);
+
+    // A backend silent longer than request_timeout_secs: 504, and the session survives.
+    let gw = Gateway::start("[limits]\nrequest_timeout_secs = 1\nstream_timeout_secs = 2\n");
+    let sid = session_id("slow");
+    let first = gw.invoke(Some(&sid), "{}").json()["instance"].clone();
+    let r = gw.invoke(Some(&sid), r#"{"sleep_ms":2500}"#);
+    assert_eq!(r.status, 504, "{}", r.body_text());
+    assert_eq!(r.header("x-amzn-ErrorType"), Some("RuntimeClientError"));
+    assert_eq!(gw.invoke(Some(&sid), "{}").json()["instance"], first);
+
+    // A stream longer than stream_timeout_secs is ended.
+    let started = Instant::now();
+    let r = gw.invoke(Some(&sid), r#"{"stream":20,"interval_ms":400}"#);
+    let events = r.body_text().matches("data: ").count();
+    assert!(events < 20, "the stream ran to its end: {events} events");
+    assert!(started.elapsed() < Duration::from_secs(6));
+}
