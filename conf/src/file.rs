@@ -100,6 +100,10 @@ pub struct FileLimits {
     pub request_timeout_secs: u64,
     /// Longest a stream (SSE or WebSocket) may last, seconds. Default 3 600.
     pub stream_timeout_secs: u64,
+    /// Largest WebSocket frame a client may send, bytes (over: close 1009). Default 65 536.
+    pub websocket_max_frame_bytes: u64,
+    /// WebSocket frames a client may send per second (over: close 1008). Default 250.
+    pub websocket_max_frames_per_second: u32,
 }
 
 impl Default for FileLimits {
@@ -113,6 +117,8 @@ impl Default for FileLimits {
             requests_per_second_per_principal: 1_000,
             request_timeout_secs: 900,
             stream_timeout_secs: 3_600,
+            websocket_max_frame_bytes: 65_536,
+            websocket_max_frames_per_second: 250,
         }
     }
 }

@@ -77,6 +77,8 @@ pub struct Limits {
     pub requests_per_second_per_principal: u32,
     pub request_timeout: Duration,
     pub stream_timeout: Duration,
+    pub websocket_max_frame_bytes: u64,
+    pub websocket_max_frames_per_second: u32,
 }
 
 #[derive(Debug, Clone)]

@@ -133,6 +133,18 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
         86_400,
     );
     errs.range(
+        "limits.websocket_max_frame_bytes",
+        lim.websocket_max_frame_bytes,
+        1,
+        1 << 30,
+    );
+    errs.range(
+        "limits.websocket_max_frames_per_second",
+        lim.websocket_max_frames_per_second.into(),
+        1,
+        1_000_000,
+    );
+    errs.range(
         "limits.requests_per_second_per_principal",
         lim.requests_per_second_per_principal.into(),
         1,
@@ -228,6 +240,8 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
             requests_per_second_per_principal: lim.requests_per_second_per_principal,
             request_timeout: Duration::from_secs(lim.request_timeout_secs),
             stream_timeout: Duration::from_secs(lim.stream_timeout_secs),
+            websocket_max_frame_bytes: lim.websocket_max_frame_bytes,
+            websocket_max_frames_per_second: lim.websocket_max_frames_per_second,
         },
         sessions: Sessions {
             idle_timeout: Duration::from_secs(ses.idle_timeout_secs),

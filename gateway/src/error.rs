@@ -57,6 +57,8 @@ pub enum GatewayError {
     IdentityProviderUnavailable,
     #[error("the request body ended early")]
     IncompleteBody,
+    #[error("WebSocket closed with {0}")]
+    WebSocketLimit(u16),
     #[error("the gateway is shutting down")]
     ShuttingDown,
     #[error("internal error")]
@@ -195,6 +197,12 @@ impl GatewayError {
                     .into(),
                 None,
             ),
+            WebSocketLimit(code) => (
+                400,
+                "ValidationException",
+                format!("WebSocket closed with {code}"),
+                None,
+            ),
             ShuttingDown => (503, "ServiceUnavailableException", "The gateway is shutting down".into(), Some(1)),
             Internal => (500, "InternalServerException", "Internal server error".into(), None),
         };
@@ -230,6 +238,8 @@ impl GatewayError {
             MethodMismatch => "method_mismatch",
             IdentityProviderUnavailable => "identity_provider_unavailable",
             IncompleteBody => "incomplete_body",
+            WebSocketLimit(1009) => "websocket_frame_too_big",
+            WebSocketLimit(_) => "websocket_frame_rate",
             ShuttingDown => "shutting_down",
             Internal => "internal",
         }

@@ -27,6 +27,7 @@ use crate::observe;
 use crate::request::{self, Decision};
 use crate::response;
 use crate::state::{RequestCtx, Shared};
+use crate::ws::FrameMeter;
 
 /// How long connecting to a backend may take before the request fails with 424.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -117,11 +118,14 @@ impl ProxyHttp for Gateway {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if session.was_upgraded() {
+            return self.websocket_frames(session, body.as_deref(), ctx).await;
+        }
         if let Some(verified) = ctx.verified_body.take() {
             // The body was read and its SigV4 hash checked in the request stage; this is the
             // one call Pingora makes for a body already consumed.
@@ -244,6 +248,41 @@ impl ProxyHttp for Gateway {
     fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, e: &Error) -> bool {
         // Refusals we answered on purpose, and clients that hung up, are not gateway errors.
         ctx.error.is_some() || e.esource() == &ErrorSource::Downstream
+    }
+}
+
+impl Gateway {
+    /// The client's WebSocket frames: over a limit, the client gets a close frame (1009 or
+    /// 1008) and the tunnel ends.
+    async fn websocket_frames(
+        &self,
+        session: &mut Session,
+        data: Option<&[u8]>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(data) = data else { return Ok(()) };
+        let limits = &self.shared.config.limits;
+        if ctx.started.elapsed() > limits.stream_timeout {
+            ctx.stream_expired = true;
+            return Error::e_explain(
+                ErrorType::ReadTimedout,
+                "WebSocket longer than stream_timeout_secs",
+            );
+        }
+        let meter = ctx.ws_meter.get_or_insert_with(|| {
+            FrameMeter::new(
+                limits.websocket_max_frame_bytes,
+                limits.websocket_max_frames_per_second,
+            )
+        });
+        if let Err(violation) = meter.feed(data) {
+            ctx.error = Some(GatewayError::WebSocketLimit(violation.close_code()));
+            let _ = session
+                .write_response_body(Some(violation.close_frame()), false)
+                .await;
+            return Error::e_explain(ErrorType::HTTPStatus(400), "WebSocket limit exceeded");
+        }
+        Ok(())
     }
 }
 

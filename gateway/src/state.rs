@@ -15,6 +15,7 @@ use routing::{AdmissionLimits, BackendProvider, SessionDirectory, SessionId, Tic
 use crate::authn::Authenticator;
 use crate::error::GatewayError;
 use crate::route::{Route, Target};
+use crate::ws::FrameMeter;
 
 /// The gateway's state, one per process, shared by every listener and the admin service.
 pub struct Shared {
@@ -123,6 +124,8 @@ pub struct RequestCtx {
     pub backend_failed: bool,
     /// The stream was ended for lasting longer than `stream_timeout_secs`.
     pub stream_expired: bool,
+    /// Follows the client's WebSocket frames once the connection is upgraded.
+    pub ws_meter: Option<FrameMeter>,
     _inflight: InflightGuard,
 }
 
@@ -143,6 +146,7 @@ impl RequestCtx {
             error: None,
             backend_failed: false,
             stream_expired: false,
+            ws_meter: None,
             _inflight: InflightGuard(Arc::clone(shared)),
         }
     }

@@ -832,3 +832,56 @@ fn quiet_streams_stay_open_and_the_timers_are_configurable() {
     assert!(events < 20, "the stream ran to its end: {events} events");
     assert!(started.elapsed() < Duration::from_secs(6));
 }
+
+#[test]
+fn websocket_frame_limits_close_with_1009_and_1008() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    let gw = Gateway::start("[limits]\nwebsocket_max_frames_per_second = 20\n");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let close_code = |messages: Vec<Message>| {
+        let url = format!("ws://{}/ws", gw.http);
+        rt.block_on(async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            for m in messages {
+                if ws.send(m).await.is_err() {
+                    break;
+                }
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                match tokio::time::timeout_at(deadline, ws.next()).await {
+                    Ok(Some(Ok(Message::Close(Some(frame))))) => return Some(frame.code),
+                    Ok(Some(Ok(_))) => continue,
+                    _ => return None,
+                }
+            }
+        })
+    };
+    // 64 KB passes (and is echoed); 64 KB + 1 closes with 1009.
+    let echoed = rt.block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.http))
+            .await
+            .unwrap();
+        ws.send(Message::binary(vec![7u8; 65_536])).await.unwrap();
+        ws.next().await.unwrap().unwrap()
+    });
+    assert_eq!(echoed.len(), 65_536);
+    assert_eq!(
+        close_code(vec![Message::binary(vec![0u8; 65_537])]),
+        Some(CloseCode::Size)
+    );
+    // 20 frames per second pass; 40 at once close with 1008.
+    let burst = (0..40).map(|i| Message::text(format!("m{i}"))).collect();
+    assert_eq!(close_code(burst), Some(CloseCode::Policy));
+    let m = gw.metrics();
+    assert!(
+        m.contains("websocket_frame_too_big") && m.contains("websocket_frame_rate"),
+        "{m}"
+    );
+}

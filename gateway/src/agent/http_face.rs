@@ -163,7 +163,11 @@ async fn echo(agent: Arc<Agent>, mut socket: WebSocket) {
         let reply = match msg {
             Message::Text(t) => Message::Text(t),
             Message::Binary(b) => Message::Binary(b),
-            Message::Close(_) => break,
+            Message::Close(frame) => {
+                // Complete the closing handshake.
+                let _ = socket.send(Message::Close(frame)).await;
+                break;
+            }
             Message::Ping(_) | Message::Pong(_) => continue,
         };
         if socket.send(reply).await.is_err() {
