@@ -158,7 +158,40 @@ pub struct FileRuntime {
     /// own headers always pass. `Authorization` may be listed only on a `jwt` runtime.
     pub request_header_allowlist: Vec<String>,
     pub auth: FileAuth,
+    /// The backend of a runtime with one version (version 1). Leave it out when `versions`
+    /// are listed.
+    pub backend: Option<FileBackend>,
+    /// Versions, each with its own backend. `DEFAULT` reaches the highest.
+    pub versions: Vec<FileVersion>,
+    /// Named endpoints (the `qualifier`): a pinned version or a weighted split.
+    pub endpoints: Vec<FileRuntimeEndpoint>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileVersion {
+    /// 1..=99 999.
+    pub version: u32,
+    #[serde(default)]
     pub backend: FileBackend,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRuntimeEndpoint {
+    /// `[a-zA-Z][a-zA-Z0-9_]{0,47}`; `DEFAULT` is reserved.
+    pub name: String,
+    /// Every new session on this endpoint runs this version…
+    pub version: Option<u32>,
+    /// …or new sessions are split between versions by weight (canary / blue-green).
+    pub split: Option<Vec<FileSplit>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSplit {
+    pub version: u32,
+    pub weight: u32,
 }
 
 /// Inbound authentication of a runtime: one mode, as in AgentCore.
@@ -262,7 +295,9 @@ impl Default for FileRuntime {
             protocol: "http".into(),
             request_header_allowlist: Vec::new(),
             auth: FileAuth::default(),
-            backend: FileBackend::default(),
+            backend: None,
+            versions: Vec::new(),
+            endpoints: Vec::new(),
         }
     }
 }

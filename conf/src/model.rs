@@ -117,7 +117,49 @@ pub struct Runtime {
     /// Lower-case header names passed to the backend beyond the contract's own.
     pub request_header_allowlist: Vec<String>,
     pub auth: InboundAuth,
+    /// At least one, in ascending version order.
+    pub versions: Vec<RuntimeVersion>,
+    /// `DEFAULT` (the highest version) first, then the named ones.
+    pub endpoints: Vec<RuntimeEndpoint>,
+}
+
+impl Runtime {
+    /// The endpoint a `qualifier` names; none (or `DEFAULT`) is the default endpoint.
+    pub fn endpoint(&self, qualifier: Option<&str>) -> Option<&RuntimeEndpoint> {
+        let name = qualifier.unwrap_or(DEFAULT_ENDPOINT);
+        self.endpoints.iter().find(|e| e.name == name)
+    }
+}
+
+/// The endpoint every runtime has: its highest version.
+pub const DEFAULT_ENDPOINT: &str = "DEFAULT";
+
+#[derive(Debug, Clone)]
+pub struct RuntimeVersion {
+    pub number: u32,
     pub backend: BackendSpec,
+}
+
+#[derive(Debug, Clone)]
+pub struct RuntimeEndpoint {
+    pub name: String,
+    /// (index into `versions`, weight); weights are positive.
+    pub targets: Vec<(usize, u32)>,
+}
+
+impl RuntimeEndpoint {
+    /// The version index for a new session, `pick` being uniformly random.
+    pub fn choose(&self, pick: u64) -> usize {
+        let total: u64 = self.targets.iter().map(|(_, w)| u64::from(*w)).sum();
+        let mut at = pick % total.max(1);
+        for (version, weight) in &self.targets {
+            if at < u64::from(*weight) {
+                return *version;
+            }
+            at -= u64::from(*weight);
+        }
+        self.targets.last().map_or(0, |(v, _)| *v)
+    }
 }
 
 /// Most allow-listed headers per runtime, and the longest value passed (AgentCore's limits).

@@ -12,7 +12,10 @@ fn embedded_default_is_valid_and_documented_values_hold() {
     assert_eq!(c.sessions.max_lifetime.as_secs(), 28_800);
     assert_eq!(c.runtimes.len(), 1);
     assert_eq!(c.runtimes[0].name, "default");
-    assert!(matches!(&c.runtimes[0].backend, BackendSpec::Process(p) if p.command.is_none()));
+    assert!(
+        matches!(&c.runtimes[0].versions[0].backend, BackendSpec::Process(p) if p.command.is_none())
+    );
+    assert_eq!(c.runtimes[0].endpoint(None).unwrap().targets, [(0, 1)]);
 }
 
 #[test]
@@ -103,7 +106,7 @@ endpoints = [{ http = "127.0.0.1:18080", mcp = "127.0.0.1:18000", a2a = "127.0.0
 "#,
     )
     .unwrap();
-    let BackendSpec::Static(pool) = &c.runtimes[0].backend else {
+    let BackendSpec::Static(pool) = &c.runtimes[0].versions[0].backend else {
         panic!("not static")
     };
     assert_eq!(pool.sessions_per_endpoint, 2);
@@ -200,4 +203,70 @@ a2a = \"[::1]:3\"
     )
     .unwrap();
     assert!(local.warnings().is_empty());
+}
+
+#[test]
+fn versions_and_endpoints() {
+    let c = parse(
+        r#"
+[[runtimes]]
+name = "agent"
+[[runtimes.versions]]
+version = 2
+[[runtimes.versions]]
+version = 1
+[[runtimes.endpoints]]
+name = "stable"
+version = 1
+[[runtimes.endpoints]]
+name = "canary"
+split = [{ version = 1, weight = 90 }, { version = 2, weight = 10 }]
+"#,
+    )
+    .unwrap();
+    let r = &c.runtimes[0];
+    assert_eq!(
+        r.versions.iter().map(|v| v.number).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(
+        r.endpoint(None).unwrap().targets,
+        [(1, 1)],
+        "DEFAULT is the highest version"
+    );
+    assert_eq!(r.endpoint(Some("stable")).unwrap().targets, [(0, 1)]);
+    let canary = r.endpoint(Some("canary")).unwrap();
+    let twos = (0..1000u64).filter(|i| canary.choose(*i) == 1).count();
+    assert_eq!(twos, 100);
+    assert!(r.endpoint(Some("nope")).is_none());
+
+    let errs = parse(
+        r#"
+[[runtimes]]
+name = "agent"
+[runtimes.backend]
+provider = "process"
+[[runtimes.versions]]
+version = 1
+[[runtimes.versions]]
+version = 1
+[[runtimes.endpoints]]
+name = "DEFAULT"
+version = 1
+[[runtimes.endpoints]]
+name = "x"
+split = [{ version = 3, weight = 1 }]
+"#,
+    )
+    .unwrap_err()
+    .0;
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    for want in [
+        "runtimes[0].backend",
+        "runtimes[0].versions[1].version",
+        "runtimes[0].endpoints[0].name",
+        "runtimes[0].endpoints[1]",
+    ] {
+        assert!(paths.contains(&want), "missing {want} in {paths:?}");
+    }
 }

@@ -272,7 +272,7 @@ fn runtime(errs: &mut Errors, path: &str, r: &FileRuntime, base: &Path) -> Optio
             None
         }
     };
-    let backend = backend(errs, &format!("{path}.backend"), &r.backend);
+    let (versions, endpoints) = versions_and_endpoints(errs, path, r);
     let auth = auth(errs, &format!("{path}.auth"), &r.auth, base);
     let allowlist = allowlist(
         errs,
@@ -291,8 +291,106 @@ fn runtime(errs: &mut Errors, path: &str, r: &FileRuntime, base: &Path) -> Optio
         protocol: protocol?,
         request_header_allowlist: allowlist,
         auth: auth?,
-        backend: backend?,
+        versions: versions?,
+        endpoints,
     })
+}
+
+fn versions_and_endpoints(
+    errs: &mut Errors,
+    path: &str,
+    r: &FileRuntime,
+) -> (Option<Vec<RuntimeVersion>>, Vec<RuntimeEndpoint>) {
+    let mut versions: Vec<Option<RuntimeVersion>> = Vec::new();
+    if r.versions.is_empty() {
+        let b = r.backend.clone().unwrap_or_default();
+        versions.push(
+            backend(errs, &format!("{path}.backend"), &b)
+                .map(|backend| RuntimeVersion { number: 1, backend }),
+        );
+    } else {
+        if r.backend.is_some() {
+            errs.push(
+                format!("{path}.backend"),
+                "give each of `versions` its backend instead",
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, v) in r.versions.iter().enumerate() {
+            let p = format!("{path}.versions[{i}]");
+            if !(1..=99_999).contains(&v.version) {
+                errs.push(
+                    format!("{p}.version"),
+                    format!("{} is outside 1..=99999", v.version),
+                );
+            } else if !seen.insert(v.version) {
+                errs.push(
+                    format!("{p}.version"),
+                    format!("version {} is declared twice", v.version),
+                );
+            }
+            versions.push(
+                backend(errs, &format!("{p}.backend"), &v.backend).map(|backend| RuntimeVersion {
+                    number: v.version,
+                    backend,
+                }),
+            );
+        }
+    }
+    let Some(mut versions) = versions.into_iter().collect::<Option<Vec<_>>>() else {
+        return (None, Vec::new());
+    };
+    versions.sort_by_key(|v| v.number);
+    let index = |n: u32| versions.iter().position(|v| v.number == n);
+    let mut endpoints = vec![RuntimeEndpoint {
+        name: DEFAULT_ENDPOINT.into(),
+        targets: vec![(versions.len() - 1, 1)],
+    }];
+    for (i, e) in r.endpoints.iter().enumerate() {
+        let p = format!("{path}.endpoints[{i}]");
+        if e.name == DEFAULT_ENDPOINT {
+            errs.push(
+                format!("{p}.name"),
+                "DEFAULT is reserved: it always reaches the highest version",
+            );
+            continue;
+        }
+        if !valid_runtime_name(&e.name) {
+            errs.push(
+                format!("{p}.name"),
+                format!("`{}` must match [a-zA-Z][a-zA-Z0-9_]{{0,47}}", e.name),
+            );
+        }
+        if endpoints.iter().any(|x| x.name == e.name) {
+            errs.push(
+                format!("{p}.name"),
+                format!("`{}` is declared twice", e.name),
+            );
+        }
+        let targets = match (&e.version, &e.split) {
+            (Some(v), None) => vec![(*v, 1)],
+            (None, Some(split)) if !split.is_empty() => {
+                split.iter().map(|s| (s.version, s.weight)).collect()
+            }
+            _ => {
+                errs.push(p, "needs exactly one of version, split (non-empty)");
+                continue;
+            }
+        };
+        let mut resolved = Vec::new();
+        for (v, w) in targets {
+            match index(v) {
+                Some(ix) if w > 0 => resolved.push((ix, w)),
+                Some(_) => errs.push(p.clone(), format!("version {v} has weight 0")),
+                None => errs.push(p.clone(), format!("version {v} is not declared")),
+            }
+        }
+        endpoints.push(RuntimeEndpoint {
+            name: e.name.clone(),
+            targets: resolved,
+        });
+    }
+    (Some(versions), endpoints)
 }
 
 /// Header names a runtime passes on: AgentCore's rules for `requestHeaderAllowlist`.

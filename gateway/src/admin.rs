@@ -67,6 +67,9 @@ impl AdminApp {
                 json!({
                     "id": s.id.as_str(),
                     "runtime": self.shared.runtime_name(s.runtime),
+                    "version": self.shared.config.runtimes.get(s.runtime)
+                        .and_then(|r| r.versions.get(s.version))
+                        .map(|v| v.number),
                     "principal": s.principal.as_str(),
                     "state": match (backend, s.inflight()) {
                         (None, _) => "provisioning",

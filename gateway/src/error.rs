@@ -17,6 +17,8 @@ pub enum GatewayError {
     NoRoute,
     #[error("unknown runtime")]
     UnknownRuntime,
+    #[error("unknown runtime endpoint")]
+    UnknownEndpoint,
     #[error("invalid session id: {0}")]
     InvalidSessionId(SessionIdError),
     #[error("a session id header is required")]
@@ -80,6 +82,12 @@ impl GatewayError {
         let (status, error_type, message, retry_after_secs): (u16, &'static str, String, _) = match self {
             NoRoute => (404, "ResourceNotFoundException", "Unknown operation".into(), None),
             UnknownRuntime => (404, "ResourceNotFoundException", "Runtime not found".into(), None),
+            UnknownEndpoint => (
+                404,
+                "ResourceNotFoundException",
+                "Runtime endpoint (qualifier) not found".into(),
+                None,
+            ),
             InvalidSessionId(e) => (400, "ValidationException", e.to_string(), None),
             MissingSessionId => (
                 400,
@@ -220,6 +228,7 @@ impl GatewayError {
         match self {
             NoRoute => "no_route",
             UnknownRuntime => "unknown_runtime",
+            UnknownEndpoint => "unknown_endpoint",
             InvalidSessionId(_) => "invalid_session_id",
             MissingSessionId => "missing_session_id",
             SessionNotFound => "session_not_found",

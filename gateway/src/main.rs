@@ -67,6 +67,9 @@ enum Command {
         /// Serve MCP statelessly (no `Mcp-Session-Id` of its own).
         #[arg(long)]
         mcp_stateless: bool,
+        /// A label every invocation answer carries (e.g. a version).
+        #[arg(long)]
+        label: Option<String>,
     },
 }
 
@@ -101,11 +104,13 @@ fn main() -> ExitCode {
             mcp,
             a2a,
             mcp_stateless,
+            label,
         }) => agent::run(agent::AgentAddrs {
             http,
             mcp,
             a2a,
             mcp_stateless,
+            label,
         }),
         Some(Command::Invoke(args)) => invoke::run(args),
     };

@@ -83,12 +83,19 @@ pub async fn admit(
     // A client-chosen id starts a session on first use; an MCP id must already be known.
     let ticket = shared
         .directory
-        .open(&id, route.runtime, &principal, !known)
+        .open(
+            &id,
+            route.runtime,
+            new_session_version(shared, session, route.runtime)?,
+            &principal,
+            !known,
+        )
         .map_err(|e| match e {
             OpenError::NotFound => GatewayError::SessionNotFound,
             OpenError::Rejected(r) => GatewayError::Rejected(r),
         })?;
-    let provider = &shared.providers[route.runtime];
+    let version = ticket.session().version;
+    let provider = &shared.providers[route.runtime][version];
     let placed = ticket.backend(provider).await;
     if ticket.created {
         let result = if placed.is_ok() { "ok" } else { "error" };
@@ -213,6 +220,21 @@ async fn stop_session(
         200,
         serde_json::json!({ "runtimeSessionId": id.as_str() }),
     ))
+}
+
+/// The version a new session would start on: the endpoint named by the `qualifier` query
+/// parameter (AWS face; `DEFAULT` without one) picks it, by weight when it splits.
+fn new_session_version(
+    shared: &Shared,
+    session: &Session,
+    runtime: usize,
+) -> Result<usize, GatewayError> {
+    let query = session.req_header().uri.query().unwrap_or("");
+    let qualifier = query_param(query, "qualifier");
+    let endpoint = shared.config.runtimes[runtime]
+        .endpoint(qualifier)
+        .ok_or(GatewayError::UnknownEndpoint)?;
+    Ok(endpoint.choose(uuid::Uuid::new_v4().as_u64_pair().0))
 }
 
 /// MCP's streamable HTTP needs a client that takes both JSON and SSE answers.

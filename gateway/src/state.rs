@@ -21,8 +21,8 @@ use crate::ws::FrameMeter;
 pub struct Shared {
     pub config: Arc<Config>,
     pub directory: SessionDirectory,
-    /// One provider per runtime, by runtime index.
-    pub providers: Vec<BackendProvider>,
+    /// One provider per runtime version: `providers[runtime][version]`.
+    pub providers: Vec<Vec<BackendProvider>>,
     /// One authenticator per runtime, by runtime index.
     pub authenticators: Vec<Authenticator>,
     /// Requests being handled now, sessions or not (drain waits for zero).
@@ -39,15 +39,20 @@ impl Shared {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                let mut spec = r.backend.clone();
-                if let BackendSpec::Process(p) = &mut spec {
-                    // As AgentCore does: the agent learns the URL clients reach it at (A2A
-                    // agent cards advertise it), unless the runtime sets its own.
-                    p.env
-                        .entry("AGENTCORE_RUNTIME_URL".into())
-                        .or_insert_with(|| public_url(&config, i));
-                }
-                BackendProvider::new(&spec, self_exe)
+                r.versions
+                    .iter()
+                    .map(|v| {
+                        let mut spec = v.backend.clone();
+                        if let BackendSpec::Process(p) = &mut spec {
+                            // As AgentCore does: the agent learns the URL clients reach it at
+                            // (A2A agent cards advertise it), unless the runtime sets its own.
+                            p.env
+                                .entry("AGENTCORE_RUNTIME_URL".into())
+                                .or_insert_with(|| public_url(&config, i));
+                        }
+                        BackendProvider::new(&spec, self_exe)
+                    })
+                    .collect()
             })
             .collect();
         let authenticators = config

@@ -885,3 +885,105 @@ fn websocket_frame_limits_close_with_1009_and_1008() {
         "{m}"
     );
 }
+
+#[test]
+fn versions_and_endpoints_pick_the_backend_of_new_sessions_only() {
+    let version = |n: u32| {
+        format!(
+            "[[runtimes.versions]]\nversion = {n}\n[runtimes.versions.backend]\nargs = [\"agent\", \"--http\", \"{{http}}\", \"--mcp\", \"{{mcp}}\", \"--a2a\", \"{{a2a}}\", \"--label\", \"v{n}\"]\n"
+        )
+    };
+    let gw = Gateway::start(&format!(
+        "[limits]\nnew_sessions_per_second = 1000\n[[runtimes]]\nname = \"agent\"\n{}{}\
+         [[runtimes.endpoints]]\nname = \"stable\"\nversion = 1\n\
+         [[runtimes.endpoints]]\nname = \"canary\"\nsplit = [{{ version = 1, weight = 1 }}, {{ version = 2, weight = 1 }}]\n",
+        version(1),
+        version(2)
+    ));
+    let label = |path: &str, sid: &str| {
+        let r = gw.post(path, Some(sid), "{}", &[]);
+        assert_eq!(r.status, 200, "{path}: {}", r.body_text());
+        r.json()["label"].as_str().unwrap().to_owned()
+    };
+    // DEFAULT (the container path, or no qualifier) is the highest version.
+    assert_eq!(label("/invocations", &session_id("d")), "v2");
+    assert_eq!(label("/runtimes/agent/invocations", &session_id("d")), "v2");
+    // A pinned endpoint; the session stays on its version whatever qualifier comes later.
+    let pinned = session_id("pinned");
+    assert_eq!(
+        label("/runtimes/agent/invocations?qualifier=stable", &pinned),
+        "v1"
+    );
+    assert_eq!(label("/runtimes/agent/invocations", &pinned), "v1");
+    assert_eq!(label("/invocations", &pinned), "v1");
+    // A 50/50 canary sends new sessions to both.
+    let seen: std::collections::HashSet<String> = (0..16)
+        .map(|i| {
+            label(
+                "/runtimes/agent/invocations?qualifier=canary",
+                &session_id(&format!("c{i}")),
+            )
+        })
+        .collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // An unknown qualifier is a missing resource.
+    let r = gw.post(
+        "/runtimes/agent/invocations?qualifier=nope",
+        Some(&session_id("x")),
+        "{}",
+        &[],
+    );
+    assert_eq!(r.status, 404);
+    let versions: Vec<_> = gw.sessions().iter().map(|s| s["version"].clone()).collect();
+    assert!(versions.iter().all(|v| v == 1 || v == 2), "{versions:?}");
+}
+
+#[test]
+fn mcp_sessionless_requests_and_json_rpc_error_codes() {
+    // A slow sweep, so that the request finds the dead backend before the sweep does.
+    let gw = Gateway::start(
+        "[limits]\nmax_active_sessions = 1\n[sessions]\nsweep_interval_ms = 60000\n",
+    );
+    let sid = session_id("sessionless");
+    // 2026-era: no Mcp-Session-Id, Mcp-Method/Mcp-Name headers; routed by the runtime session.
+    let h = vec![
+        format!("{SESSION_HEADER}: {sid}"),
+        "Mcp-Method: tools/call".to_owned(),
+        "Mcp-Name: echo".to_owned(),
+    ];
+    let r = mcp_call(&gw, &h, ECHO_CALL);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(
+        r.json()["result"]["structuredContent"]["session_id"],
+        sid.as_str()
+    );
+    assert!(
+        r.header("mcp-session-id").is_none(),
+        "no id minted for a sessionless request"
+    );
+    let instance = r.json()["result"]["structuredContent"]["instance"].clone();
+    assert_eq!(
+        mcp_call(&gw, &h, ECHO_CALL).json()["result"]["structuredContent"]["instance"],
+        instance
+    );
+
+    // Quota: JSON-RPC -32003 in HTTP 200.
+    let other = vec![format!("{SESSION_HEADER}: {}", session_id("second"))];
+    let r = mcp_call(&gw, &other, ECHO_CALL);
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_i64()),
+        (200, Some(-32003))
+    );
+
+    // A backend that died: JSON-RPC -32010 in HTTP 200.
+    let pid = gw.backend_pid(&sid).unwrap();
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    assert!(eventually(Duration::from_secs(5), || !alive(pid)));
+    let r = mcp_call(&gw, &h, ECHO_CALL);
+    if r.json()["error"].is_object() {
+        assert_eq!(
+            (r.status, r.json()["error"]["code"].as_i64()),
+            (200, Some(-32010))
+        );
+    }
+}

@@ -52,7 +52,7 @@ fn benches(c: &mut Criterion) {
     let ids: Vec<SessionId> = (0..LIVE_SESSIONS).map(id).collect();
     rt.block_on(async {
         for i in &ids {
-            let t = dir.open(i, 0, &anon, true).unwrap();
+            let t = dir.open(i, 0, 0, &anon, true).unwrap();
             t.backend(&provider).await.unwrap();
         }
     });
@@ -61,7 +61,7 @@ fn benches(c: &mut Criterion) {
     c.bench_function("directory/lookup_warm_session", |b| {
         b.iter(|| {
             n = (n + 7919) % ids.len();
-            let t = dir.open(black_box(&ids[n]), 0, &anon, false).unwrap();
+            let t = dir.open(black_box(&ids[n]), 0, 0, &anon, false).unwrap();
             black_box(t.session().backend().is_some());
         })
     });
@@ -77,7 +77,7 @@ fn benches(c: &mut Criterion) {
             },
             |sid| {
                 rt.block_on(async {
-                    let t = dir.open(&sid, 0, &anon, true).unwrap();
+                    let t = dir.open(&sid, 0, 0, &anon, true).unwrap();
                     black_box(t.backend(&provider).await.unwrap().endpoint.http);
                     // End it so the pool never fills: placement + release per iteration.
                     dir.end(t.session()).await;

@@ -71,6 +71,8 @@ pub struct Session {
     pub id: SessionId,
     /// Index of the runtime it belongs to.
     pub runtime: usize,
+    /// Index of the runtime version it runs (it stays on it for its whole life).
+    pub version: usize,
     pub principal: Principal,
     created_ms: u64,
     last_activity_ms: AtomicU64,
@@ -192,11 +194,13 @@ impl SessionDirectory {
     }
 
     /// Gives a request its session: the existing one with this id (if `principal` owns it and
-    /// it belongs to `runtime`), or a new one when `create` is set and admission allows.
+    /// it belongs to `runtime`), or a new one on `version` when `create` is set and admission
+    /// allows.
     pub fn open(
         &self,
         id: &SessionId,
         runtime: usize,
+        version: usize,
         principal: &Principal,
         create: bool,
     ) -> Result<Ticket, OpenError> {
@@ -226,6 +230,7 @@ impl SessionDirectory {
             let session = Arc::new(Session {
                 id: id.clone(),
                 runtime,
+                version,
                 principal: principal.clone(),
                 created_ms: now,
                 last_activity_ms: AtomicU64::new(now),

@@ -29,6 +29,8 @@ pub struct AgentAddrs {
     pub a2a: SocketAddr,
     /// Serve MCP statelessly: assign no `Mcp-Session-Id`, accept any.
     pub mcp_stateless: bool,
+    /// A label every invocation answer carries (e.g. the runtime version).
+    pub label: Option<String>,
 }
 
 /// One agent process's state.
@@ -41,6 +43,7 @@ pub(crate) struct Agent {
     status_changed: Mutex<u64>,
     pub mcp_sessions: Mutex<HashSet<String>>,
     pub mcp_stateless: bool,
+    pub label: Option<String>,
 }
 
 impl Agent {
@@ -104,6 +107,7 @@ async fn serve(addrs: AgentAddrs) -> anyhow::Result<()> {
         status_changed: Mutex::new(unix_now()),
         mcp_sessions: Mutex::new(HashSet::new()),
         mcp_stateless: addrs.mcp_stateless,
+        label: addrs.label.clone(),
     });
     let ping = {
         let agent = Arc::clone(&agent);
