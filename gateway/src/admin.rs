@@ -66,10 +66,8 @@ impl AdminApp {
                 let addr = |p| backend.and_then(|b| b.addr(p)).map(|a| a.to_string());
                 json!({
                     "id": s.id.as_str(),
-                    "runtime": self.shared.runtime_name(s.runtime),
-                    "version": self.shared.config.runtimes.get(s.runtime)
-                        .and_then(|r| r.versions.get(s.version))
-                        .map(|v| v.number),
+                    "runtime": &*s.runtime,
+                    "version": s.version,
                     "principal": s.principal.as_str(),
                     "state": match (backend, s.inflight()) {
                         (None, _) => "provisioning",

@@ -128,21 +128,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => conf::load(path).map_err(|e| anyhow::anyhow!("{}:\n{e}", path.display()))?,
         None => conf::Config::embedded_default(),
     };
-    let l = &mut config.listeners;
-    for (slot, over) in [
-        (&mut l.http, args.http),
-        (&mut l.mcp, args.mcp),
-        (&mut l.a2a, args.a2a),
-        (&mut l.admin, args.admin),
-    ] {
-        if let Some(addr) = over {
-            *slot = addr;
-        }
-    }
+    let overrides = state::ListenerOverrides {
+        http: args.http,
+        mcp: args.mcp,
+        a2a: args.a2a,
+        admin: args.admin,
+    };
+    overrides.apply(&mut config.listeners);
     for w in config.warnings() {
         tracing::warn!("config: {w}");
     }
-    server::run(config)
+    server::run(config, args.config, overrides)
 }
 
 fn check_config(path: &std::path::Path) -> ExitCode {

@@ -76,7 +76,7 @@ impl ProxyHttp for Gateway {
         peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
         // No idle timer shorter than the contract's: a synchronous request may take 15 min, a
         // WebSocket may be quiet for as long as it may last.
-        let limits = &self.shared.config.limits;
+        let limits = &ctx.snapshot.config.limits;
         let websocket = ctx.target.is_some_and(|t| t.websocket);
         peer.options.read_timeout = Some(if websocket {
             limits.stream_timeout
@@ -105,7 +105,7 @@ impl ProxyHttp for Gateway {
         }
         let allowlist = ctx
             .route
-            .and_then(|r| self.shared.config.runtimes.get(r.runtime))
+            .and_then(|r| ctx.snapshot.config.runtimes.get(r.runtime))
             .map_or(&[][..], |r| r.request_header_allowlist.as_slice());
         headers::to_backend(
             upstream,
@@ -135,7 +135,7 @@ impl ProxyHttp for Gateway {
         }
         if let Some(chunk) = body {
             ctx.request_body_bytes += chunk.len() as u64;
-            let limit = self.shared.config.limits.max_payload_bytes;
+            let limit = ctx.snapshot.config.limits.max_payload_bytes;
             if ctx.request_body_bytes > limit {
                 ctx.error = Some(GatewayError::PayloadTooLarge { limit });
                 return Error::e_explain(
@@ -155,7 +155,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
         // The stream cap: checked as data flows (a silent stream is ended by the read timeout).
-        if ctx.started.elapsed() > self.shared.config.limits.stream_timeout {
+        if ctx.started.elapsed() > ctx.snapshot.config.limits.stream_timeout {
             ctx.stream_expired = true;
             return Error::e_explain(
                 ErrorType::ReadTimedout,
@@ -261,7 +261,7 @@ impl Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let Some(data) = data else { return Ok(()) };
-        let limits = &self.shared.config.limits;
+        let limits = &ctx.snapshot.config.limits;
         if ctx.started.elapsed() > limits.stream_timeout {
             ctx.stream_expired = true;
             return Error::e_explain(

@@ -2,6 +2,8 @@
 //! ownership and admission → the session's backend. Everything that can refuse a request
 //! before a byte of its body is read happens here.
 
+use std::sync::Arc;
+
 use auth::Principal;
 use conf::Protocol;
 use pingora::proxy::Session;
@@ -11,7 +13,7 @@ use crate::authn;
 use crate::error::GatewayError;
 use crate::headers::{MCP_SESSION_ID, SESSION_ID};
 use crate::route::{self, RouteKind, Target};
-use crate::state::{RequestCtx, Shared};
+use crate::state::{RequestCtx, Shared, Snapshot};
 
 /// What the request stage decided.
 pub enum Decision {
@@ -30,12 +32,13 @@ pub async fn admit(
     if shared.is_draining() {
         return Err(GatewayError::ShuttingDown);
     }
-    let config = &shared.config;
+    let snapshot = Arc::clone(&ctx.snapshot);
+    let config = &snapshot.config;
     let req = session.req_header();
     let route = route::route(face, &req.method, req.uri.path(), config)?;
     ctx.route = Some(route);
-    let runtime_name = shared.runtime_name(route.runtime);
-    let authenticator = &shared.authenticators[route.runtime];
+    let runtime_name = snapshot.runtime_name(route.runtime);
+    let authenticator = &snapshot.authenticators[route.runtime];
 
     match route.kind {
         RouteKind::GatewayPing => {
@@ -74,19 +77,22 @@ pub async fn admit(
 
     let target = match route.kind {
         RouteKind::Proxy(t) => t,
-        _ => return stop_session(shared, session, ctx, route.runtime, &principal).await,
+        _ => {
+            let runtime = &snapshot.runtime_names[route.runtime];
+            return stop_session(shared, session, ctx, runtime, &principal).await;
+        }
     };
     ctx.target = Some(target);
 
-    let (id, known) = session_id(shared, session, target, route.runtime, &principal)?;
+    let (id, known) = session_id(shared, session, target, runtime_name, &principal)?;
     ctx.session_id = Some(id.clone());
     // A client-chosen id starts a session on first use; an MCP id must already be known.
     let ticket = shared
         .directory
         .open(
             &id,
-            route.runtime,
-            new_session_version(shared, session, route.runtime)?,
+            &snapshot.runtime_names[route.runtime],
+            new_session_version(&snapshot, session, route.runtime)?,
             &principal,
             !known,
         )
@@ -94,8 +100,11 @@ pub async fn admit(
             OpenError::NotFound => GatewayError::SessionNotFound,
             OpenError::Rejected(r) => GatewayError::Rejected(r),
         })?;
-    let version = ticket.session().version;
-    let provider = &shared.providers[route.runtime][version];
+    // A session placed under an older config whose version was since removed has its backend
+    // already; one still waiting for placement cannot get one any more.
+    let provider = snapshot
+        .provider(route.runtime, ticket.session().version)
+        .ok_or(GatewayError::SessionEnding)?;
     let placed = ticket.backend(provider).await;
     if ticket.created {
         let result = if placed.is_ok() { "ok" } else { "error" };
@@ -143,7 +152,7 @@ fn session_id(
     shared: &Shared,
     session: &Session,
     target: Target,
-    runtime: usize,
+    runtime: &str,
     principal: &Principal,
 ) -> Result<(SessionId, bool), GatewayError> {
     let req = session.req_header();
@@ -170,10 +179,7 @@ fn session_id(
             .ok_or(GatewayError::SessionNotFound);
     }
     if target.protocol == Protocol::Mcp {
-        return Ok((
-            implicit_mcp_session(shared.runtime_name(runtime), principal),
-            false,
-        ));
+        return Ok((implicit_mcp_session(runtime, principal), false));
     }
     Ok((SessionId::mint(), false))
 }
@@ -198,7 +204,7 @@ async fn stop_session(
     shared: &Shared,
     session: &Session,
     ctx: &mut RequestCtx,
-    runtime: usize,
+    runtime: &Arc<str>,
     principal: &Principal,
 ) -> Result<Decision, GatewayError> {
     let raw = session
@@ -211,7 +217,7 @@ async fn stop_session(
     let found = shared
         .directory
         .get(id.as_str())
-        .filter(|s| s.runtime == runtime && s.principal == *principal)
+        .filter(|s| s.runtime == *runtime && s.principal == *principal)
         .ok_or(GatewayError::SessionNotFound)?;
     if shared.directory.end(&found).await {
         metrics::counter!("sessiongate_sessions_ended_total", "reason" => "stopped").increment(1);
@@ -225,16 +231,18 @@ async fn stop_session(
 /// The version a new session would start on: the endpoint named by the `qualifier` query
 /// parameter (AWS face; `DEFAULT` without one) picks it, by weight when it splits.
 fn new_session_version(
-    shared: &Shared,
+    snapshot: &Snapshot,
     session: &Session,
     runtime: usize,
-) -> Result<usize, GatewayError> {
+) -> Result<u32, GatewayError> {
     let query = session.req_header().uri.query().unwrap_or("");
     let qualifier = query_param(query, "qualifier");
-    let endpoint = shared.config.runtimes[runtime]
+    let runtime = &snapshot.config.runtimes[runtime];
+    let endpoint = runtime
         .endpoint(qualifier)
         .ok_or(GatewayError::UnknownEndpoint)?;
-    Ok(endpoint.choose(uuid::Uuid::new_v4().as_u64_pair().0))
+    let index = endpoint.choose(uuid::Uuid::new_v4().as_u64_pair().0);
+    Ok(runtime.versions.get(index).map_or(1, |v| v.number))
 }
 
 /// MCP's streamable HTTP needs a client that takes both JSON and SSE answers.

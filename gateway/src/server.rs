@@ -1,6 +1,7 @@
 //! Assembles and runs the Pingora server: three protocol listeners sharing one [`Shared`], the
 //! admin listener, the lifecycle sweep, and a shutdown that drains before it stops backends.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +16,13 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::admin::AdminApp;
 use crate::proxy::Gateway;
-use crate::state::Shared;
+use crate::state::{ListenerOverrides, Shared};
 
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    overrides: ListenerOverrides,
+) -> anyhow::Result<()> {
     let metrics = crate::observe::install_recorder()?;
     let self_exe = std::env::current_exe()?;
     let listeners = config.listeners;
@@ -30,7 +35,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         upstream_keepalive_pool_size: config.server.upstream_keepalive_pool_size,
         ..ServerConf::default()
     };
-    let shared = Arc::new(Shared::new(config, &self_exe, metrics));
+    let shared = Arc::new(Shared::new(
+        config,
+        config_path,
+        overrides,
+        self_exe,
+        metrics,
+    ));
 
     let mut server = Server::new_with_opt_and_conf(Opt::default(), server_conf);
     server.bootstrap();
@@ -59,6 +70,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     );
     admin.add_tcp(&listeners.admin.to_string());
     server.add_service(admin);
+    server.add_service(background_service(
+        "config-reload",
+        ConfigReload {
+            shared: Arc::clone(&shared),
+        },
+    ));
     server.add_service(background_service(
         "lifecycle",
         Lifecycle {
@@ -96,15 +113,22 @@ struct Lifecycle {
 #[async_trait]
 impl BackgroundService for Lifecycle {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let config = &self.shared.config;
-        let policy = LifecyclePolicy::from(&config.sessions);
-        let mut tick = tokio::time::interval(config.sessions.sweep_interval);
+        let mut interval = self.shared.snapshot().config.sessions.sweep_interval;
+        let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {}
             }
+            // The lifecycle settings of the config in force (they reload like the rest).
+            let sessions = self.shared.snapshot().config.sessions.clone();
+            if sessions.sweep_interval != interval {
+                interval = sessions.sweep_interval;
+                tick = tokio::time::interval(interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            }
+            let policy = LifecyclePolicy::from(&sessions);
             for (session, reason) in sweep(&self.shared.directory, &policy).await {
                 tracing::info!(session = %session.id, reason = reason.as_str(), "session ended");
                 metrics::counter!("sessiongate_sessions_ended_total", "reason" => reason.as_str())
@@ -141,7 +165,7 @@ impl ShutdownSignalWatch for DrainThenStop {
             _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
         };
         let shared = &self.shared;
-        let timeout = shared.config.server.shutdown_timeout;
+        let timeout = shared.snapshot().config.server.shutdown_timeout;
         tracing::info!(
             signal = name,
             ?timeout,
@@ -167,4 +191,102 @@ impl ShutdownSignalWatch for DrainThenStop {
         tracing::info!(stopped, "backends stopped");
         ShutdownSignal::GracefulTerminate
     }
+}
+
+/// Reloads the config file when it changes (notify, on its directory: editors replace files by
+/// renaming) and on SIGHUP. Bursts of events within 200 ms make one reload.
+struct ConfigReload {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for ConfigReload {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            tracing::error!("cannot watch SIGHUP; config reload by signal is off");
+            return;
+        };
+        let (tx, mut changed) = tokio::sync::mpsc::channel::<()>(1);
+        // Kept alive for as long as the loop runs.
+        let _watcher = self
+            .shared
+            .config_path
+            .as_deref()
+            .and_then(|path| watch(path, tx));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = hangup.recv() => self.reload("SIGHUP"),
+                Some(()) = changed.recv() => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    while changed.try_recv().is_ok() {}
+                    self.reload("file change");
+                }
+            }
+        }
+    }
+}
+
+impl ConfigReload {
+    fn reload(&self, cause: &str) {
+        match self.shared.reload() {
+            Ok(notes) => {
+                for n in notes {
+                    tracing::warn!("config reload: {n}");
+                }
+                tracing::info!(cause, "config reloaded");
+                metrics::counter!("sessiongate_config_reloads_total", "result" => "ok")
+                    .increment(1);
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    tracing::error!(
+                        cause,
+                        "config reload refused, the running config stays: {e}"
+                    );
+                }
+                metrics::counter!("sessiongate_config_reloads_total", "result" => "error")
+                    .increment(1);
+            }
+        }
+    }
+}
+
+/// Watches `path`'s directory; sends on `tx` when `path` is written, created or renamed into
+/// place. Reads (which the reload itself causes) are ignored.
+fn watch(path: &Path, tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    use notify::{RecursiveMode, Watcher};
+    let name = path.file_name()?.to_owned();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let handler = move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        let relevant = matches!(
+            event.kind,
+            EventKind::Create(_)
+                | EventKind::Modify(_)
+                | EventKind::Access(AccessKind::Close(AccessMode::Write))
+        ) && event
+            .paths
+            .iter()
+            .any(|p| p.file_name() == Some(name.as_os_str()));
+        if relevant {
+            let _ = tx.try_send(());
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the config file; reload with SIGHUP");
+            return None;
+        }
+    };
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        tracing::error!(error = %e, dir = %dir.display(), "cannot watch the config directory; reload with SIGHUP");
+        return None;
+    }
+    Some(watcher)
 }

@@ -1,15 +1,16 @@
 //! What every listener shares, and the per-request context.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use auth::Principal;
 use bytes::Bytes;
-use conf::{BackendSpec, Config};
+use conf::{BackendSpec, Config, ConfigErrors};
 use metrics_exporter_prometheus::PrometheusHandle;
+use routing::provider::SlotRegistry;
 use routing::{AdmissionLimits, BackendProvider, SessionDirectory, SessionId, Ticket};
 
 use crate::authn::Authenticator;
@@ -17,23 +18,20 @@ use crate::error::GatewayError;
 use crate::route::{Route, Target};
 use crate::ws::FrameMeter;
 
-/// The gateway's state, one per process, shared by every listener and the admin service.
-pub struct Shared {
+/// Everything derived from one config: swapped as a whole on reload. A request takes the
+/// snapshot current when it arrives and keeps it to its end.
+pub struct Snapshot {
     pub config: Arc<Config>,
-    pub directory: SessionDirectory,
-    /// One provider per runtime version: `providers[runtime][version]`.
+    /// One provider per runtime version: `providers[runtime][version index]`.
     pub providers: Vec<Vec<BackendProvider>>,
-    /// One authenticator per runtime, by runtime index.
+    /// One authenticator per runtime.
     pub authenticators: Vec<Authenticator>,
-    /// Requests being handled now, sessions or not (drain waits for zero).
-    inflight: AtomicUsize,
-    /// Set on SIGTERM/SIGINT: new requests are refused while in-flight ones finish.
-    pub draining: AtomicBool,
-    pub metrics: PrometheusHandle,
+    /// Runtime names, shared with the sessions that belong to them.
+    pub runtime_names: Vec<Arc<str>>,
 }
 
-impl Shared {
-    pub fn new(config: Config, self_exe: &Path, metrics: PrometheusHandle) -> Self {
+impl Snapshot {
+    fn build(config: Config, self_exe: &Path, slots: &SlotRegistry) -> Self {
         let providers = config
             .runtimes
             .iter()
@@ -50,25 +48,147 @@ impl Shared {
                                 .entry("AGENTCORE_RUNTIME_URL".into())
                                 .or_insert_with(|| public_url(&config, i));
                         }
-                        BackendProvider::new(&spec, self_exe)
+                        BackendProvider::new(&spec, self_exe, slots)
                     })
                     .collect()
             })
             .collect();
-        let authenticators = config
-            .runtimes
-            .iter()
-            .map(|r| Authenticator::new(&r.auth))
-            .collect();
         Self {
-            authenticators,
-            directory: SessionDirectory::new(AdmissionLimits::from(&config.limits)),
-            config: Arc::new(config),
+            authenticators: config
+                .runtimes
+                .iter()
+                .map(|r| Authenticator::new(&r.auth))
+                .collect(),
+            runtime_names: config
+                .runtimes
+                .iter()
+                .map(|r| Arc::from(r.name.as_str()))
+                .collect(),
             providers,
+            config: Arc::new(config),
+        }
+    }
+
+    pub fn runtime_name(&self, index: usize) -> &str {
+        self.runtime_names.get(index).map_or("?", |n| n)
+    }
+
+    /// The provider of version `number` of runtime `index`, if it (still) exists.
+    pub fn provider(&self, index: usize, number: u32) -> Option<&BackendProvider> {
+        let v = self
+            .config
+            .runtimes
+            .get(index)?
+            .versions
+            .iter()
+            .position(|v| v.number == number)?;
+        self.providers.get(index)?.get(v)
+    }
+}
+
+/// Listener addresses given on the command line; they win over the file's on every (re)load.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListenerOverrides {
+    pub http: Option<SocketAddr>,
+    pub mcp: Option<SocketAddr>,
+    pub a2a: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+impl ListenerOverrides {
+    pub fn apply(&self, l: &mut conf::Listeners) {
+        for (slot, over) in [
+            (&mut l.http, self.http),
+            (&mut l.mcp, self.mcp),
+            (&mut l.a2a, self.a2a),
+            (&mut l.admin, self.admin),
+        ] {
+            if let Some(addr) = over {
+                *slot = addr;
+            }
+        }
+    }
+}
+
+/// The gateway's state, one per process, shared by every listener and the admin service.
+pub struct Shared {
+    snapshot: RwLock<Arc<Snapshot>>,
+    pub directory: SessionDirectory,
+    /// Requests being handled now, sessions or not (drain waits for zero).
+    inflight: AtomicUsize,
+    /// Set on SIGTERM/SIGINT: new requests are refused while in-flight ones finish.
+    pub draining: AtomicBool,
+    pub metrics: PrometheusHandle,
+    /// The config file, when there is one (the embedded default has nothing to reload).
+    pub config_path: Option<PathBuf>,
+    overrides: ListenerOverrides,
+    self_exe: PathBuf,
+    slots: SlotRegistry,
+}
+
+impl Shared {
+    pub fn new(
+        config: Config,
+        config_path: Option<PathBuf>,
+        overrides: ListenerOverrides,
+        self_exe: PathBuf,
+        metrics: PrometheusHandle,
+    ) -> Self {
+        let slots = SlotRegistry::default();
+        let directory = SessionDirectory::new(AdmissionLimits::from(&config.limits));
+        let snapshot = Snapshot::build(config, &self_exe, &slots);
+        Self {
+            snapshot: RwLock::new(Arc::new(snapshot)),
+            directory,
             inflight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             metrics,
+            config_path,
+            overrides,
+            self_exe,
+            slots,
         }
+    }
+
+    /// The config snapshot in force now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        match self.snapshot.read() {
+            Ok(s) => Arc::clone(&s),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Reads the config file again; if it is valid, new requests use it from now on (requests in
+    /// flight finish under theirs, sessions keep their backends). A file with errors changes
+    /// nothing. What only a restart can change (listeners, server threads) is kept and reported.
+    pub fn reload(&self) -> Result<Vec<String>, ConfigErrors> {
+        let Some(path) = &self.config_path else {
+            return Ok(vec!["no config file: nothing to reload".into()]);
+        };
+        let mut config = conf::load(path)?;
+        self.overrides.apply(&mut config.listeners);
+        let old = self.snapshot();
+        let mut notes = Vec::new();
+        if config.listeners != old.config.listeners {
+            notes.push(format!(
+                "listener addresses changed ({:?} → {:?}): they change only through a restart or a \
+                 graceful upgrade; the old ones stay",
+                old.config.listeners, config.listeners
+            ));
+            config.listeners = old.config.listeners;
+        }
+        if config.server.threads != old.config.server.threads {
+            notes.push("server.threads changes only through a restart".into());
+        }
+        self.directory
+            .admission()
+            .set_limits(AdmissionLimits::from(&config.limits));
+        let fresh = Arc::new(Snapshot::build(config, &self.self_exe, &self.slots));
+        match self.snapshot.write() {
+            Ok(mut s) => *s = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+        Ok(notes)
     }
 
     pub fn inflight(&self) -> usize {
@@ -77,13 +197,6 @@ impl Shared {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
-    }
-
-    pub fn runtime_name(&self, index: usize) -> &str {
-        self.config
-            .runtimes
-            .get(index)
-            .map_or("?", |r| r.name.as_str())
     }
 }
 
@@ -110,6 +223,8 @@ fn public_url(config: &Config, index: usize) -> String {
 
 /// One request's state, from `request_filter` to `logging` (Pingora's `CTX`).
 pub struct RequestCtx {
+    /// The config this request runs under, from start to end.
+    pub snapshot: Arc<Snapshot>,
     pub started: Instant,
     pub route: Option<Route>,
     pub target: Option<Target>,
@@ -138,6 +253,7 @@ impl RequestCtx {
     pub fn new(shared: &Arc<Shared>) -> Self {
         shared.inflight.fetch_add(1, Ordering::AcqRel);
         Self {
+            snapshot: shared.snapshot(),
             started: Instant::now(),
             route: None,
             target: None,

@@ -23,21 +23,28 @@ fn limits() -> AdmissionLimits {
     }
 }
 
+fn rt(n: u32) -> std::sync::Arc<str> {
+    std::sync::Arc::from(format!("runtime{n}"))
+}
+
 fn id(n: u32) -> SessionId {
     SessionId::parse(format!("bench-session-{n:0>24}").as_bytes()).unwrap()
 }
 
 fn pool(endpoints: u16, per: u32) -> BackendProvider {
-    BackendProvider::Static(StaticProvider::new(&StaticPool {
-        endpoints: (0..endpoints)
-            .map(|i| Endpoint {
-                http: ([10, 0, (i >> 8) as u8, i as u8], 8080).into(),
-                mcp: None,
-                a2a: None,
-            })
-            .collect(),
-        sessions_per_endpoint: per,
-    }))
+    BackendProvider::Static(StaticProvider::new(
+        &StaticPool {
+            endpoints: (0..endpoints)
+                .map(|i| Endpoint {
+                    http: ([10, 0, (i >> 8) as u8, i as u8], 8080).into(),
+                    mcp: None,
+                    a2a: None,
+                })
+                .collect(),
+            sessions_per_endpoint: per,
+        },
+        &Default::default(),
+    ))
 }
 
 fn benches(c: &mut Criterion) {
@@ -52,7 +59,7 @@ fn benches(c: &mut Criterion) {
     let ids: Vec<SessionId> = (0..LIVE_SESSIONS).map(id).collect();
     rt.block_on(async {
         for i in &ids {
-            let t = dir.open(i, 0, 0, &anon, true).unwrap();
+            let t = dir.open(i, &rt(0), 1, &anon, true).unwrap();
             t.backend(&provider).await.unwrap();
         }
     });
@@ -61,7 +68,9 @@ fn benches(c: &mut Criterion) {
     c.bench_function("directory/lookup_warm_session", |b| {
         b.iter(|| {
             n = (n + 7919) % ids.len();
-            let t = dir.open(black_box(&ids[n]), 0, 0, &anon, false).unwrap();
+            let t = dir
+                .open(black_box(&ids[n]), &rt(0), 1, &anon, false)
+                .unwrap();
             black_box(t.session().backend().is_some());
         })
     });
@@ -77,7 +86,7 @@ fn benches(c: &mut Criterion) {
             },
             |sid| {
                 rt.block_on(async {
-                    let t = dir.open(&sid, 0, 0, &anon, true).unwrap();
+                    let t = dir.open(&sid, &rt(0), 1, &anon, true).unwrap();
                     black_box(t.backend(&provider).await.unwrap().endpoint.http);
                     // End it so the pool never fills: placement + release per iteration.
                     dir.end(t.session()).await;

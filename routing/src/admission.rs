@@ -2,7 +2,7 @@
 //! ones may start. (In-flight requests per session are counted on the session itself.)
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use auth::Principal;
@@ -59,21 +59,43 @@ impl From<&conf::Limits> for AdmissionLimits {
 
 #[derive(Debug)]
 pub struct Admission {
-    pub limits: AdmissionLimits,
+    limits: RwLock<AdmissionLimits>,
     active: AtomicUsize,
     per_principal: DashMap<Principal, usize>,
-    rate: TokenBucket,
+    rate: RwLock<TokenBucket>,
     principal_rates: DashMap<Principal, TokenBucket>,
 }
 
 impl Admission {
     pub fn new(limits: AdmissionLimits) -> Self {
         Self {
-            limits,
+            limits: RwLock::new(limits),
             active: AtomicUsize::new(0),
             per_principal: DashMap::new(),
-            rate: TokenBucket::new(limits.new_sessions_per_second),
+            rate: RwLock::new(TokenBucket::new(limits.new_sessions_per_second)),
             principal_rates: DashMap::new(),
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> AdmissionLimits {
+        self.limits.read().map_or_else(|p| *p.into_inner(), |l| *l)
+    }
+
+    /// Applies new limits (a config reload). Sessions over a lowered limit are not ended; new
+    /// ones wait until the count is under it.
+    pub fn set_limits(&self, new: AdmissionLimits) {
+        let old = self.limits();
+        if let Ok(mut l) = self.limits.write() {
+            *l = new;
+        }
+        if new.new_sessions_per_second != old.new_sessions_per_second
+            && let Ok(mut r) = self.rate.write()
+        {
+            *r = TokenBucket::new(new.new_sessions_per_second);
+        }
+        if new.requests_per_second_per_principal != old.requests_per_second_per_principal {
+            self.principal_rates.clear();
         }
     }
 
@@ -86,7 +108,7 @@ impl Admission {
         if let Some(bucket) = self.principal_rates.get(principal) {
             return take(&bucket);
         }
-        let per_second = self.limits.requests_per_second_per_principal;
+        let per_second = self.limits().requests_per_second_per_principal;
         let bucket = self
             .principal_rates
             .entry(principal.clone())
@@ -111,7 +133,7 @@ impl Admission {
         self: &Arc<Self>,
         principal: &Principal,
     ) -> Result<Reservation, Rejection> {
-        let l = &self.limits;
+        let l = self.limits();
         self.active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < l.max_active_sessions).then_some(n + 1)
@@ -131,6 +153,8 @@ impl Admission {
         reservation.principal = Some(principal.clone());
         // The rate is taken last so that a session refused for another reason spends no token.
         self.rate
+            .read()
+            .map_err(|_| Rejection::ActiveSessions)?
             .take()
             .map_err(|retry_after| Rejection::SessionRate { retry_after })?;
         Ok(reservation)

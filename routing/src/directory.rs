@@ -69,10 +69,10 @@ impl EndReason {
 #[derive(Debug)]
 pub struct Session {
     pub id: SessionId,
-    /// Index of the runtime it belongs to.
-    pub runtime: usize,
-    /// Index of the runtime version it runs (it stays on it for its whole life).
-    pub version: usize,
+    /// Name of the runtime it belongs to (names survive config reloads; indices do not).
+    pub runtime: Arc<str>,
+    /// The runtime version it runs; it stays on it for its whole life.
+    pub version: u32,
     pub principal: Principal,
     created_ms: u64,
     last_activity_ms: AtomicU64,
@@ -199,16 +199,16 @@ impl SessionDirectory {
     pub fn open(
         &self,
         id: &SessionId,
-        runtime: usize,
-        version: usize,
+        runtime: &Arc<str>,
+        version: u32,
         principal: &Principal,
         create: bool,
     ) -> Result<Ticket, OpenError> {
-        let max_inflight = self.admission.limits.max_inflight_per_session;
+        let max_inflight = self.admission.limits().max_inflight_per_session;
         loop {
             if let Some(s) = self.sessions.get(id) {
                 // Under the shard's read lock: the sweep cannot remove it until we are counted.
-                if s.runtime != runtime || s.principal != *principal {
+                if s.runtime != *runtime || s.principal != *principal {
                     return Err(OpenError::NotFound);
                 }
                 let before = s.inflight.fetch_add(1, Ordering::AcqRel);
@@ -229,7 +229,7 @@ impl SessionDirectory {
             let now = now_ms();
             let session = Arc::new(Session {
                 id: id.clone(),
-                runtime,
+                runtime: Arc::clone(runtime),
                 version,
                 principal: principal.clone(),
                 created_ms: now,

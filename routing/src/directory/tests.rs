@@ -12,16 +12,23 @@ fn limits() -> AdmissionLimits {
 }
 
 fn pool(n: u16) -> BackendProvider {
-    BackendProvider::Static(crate::provider::StaticProvider::new(&StaticPool {
-        endpoints: (0..n)
-            .map(|i| Endpoint {
-                http: ([127, 0, 0, 1], 20_000 + i).into(),
-                mcp: None,
-                a2a: None,
-            })
-            .collect(),
-        sessions_per_endpoint: 1,
-    }))
+    BackendProvider::Static(crate::provider::StaticProvider::new(
+        &StaticPool {
+            endpoints: (0..n)
+                .map(|i| Endpoint {
+                    http: ([127, 0, 0, 1], 20_000 + i).into(),
+                    mcp: None,
+                    a2a: None,
+                })
+                .collect(),
+            sessions_per_endpoint: 1,
+        },
+        &Default::default(),
+    ))
+}
+
+fn rt(n: u32) -> std::sync::Arc<str> {
+    std::sync::Arc::from(format!("runtime{n}"))
 }
 
 fn id(n: u32) -> SessionId {
@@ -35,12 +42,12 @@ async fn same_id_same_backend_distinct_ids_distinct_backends() {
     let anon = Principal::anonymous();
     let mut seen = std::collections::HashSet::new();
     for n in 0..4 {
-        let t = dir.open(&id(n), 0, 0, &anon, true).unwrap();
+        let t = dir.open(&id(n), &rt(0), 1, &anon, true).unwrap();
         assert!(t.created);
         let addr = t.backend(&provider).await.unwrap().endpoint.http;
         assert!(seen.insert(addr), "two sessions share {addr}");
         drop(t);
-        let again = dir.open(&id(n), 0, 0, &anon, true).unwrap();
+        let again = dir.open(&id(n), &rt(0), 1, &anon, true).unwrap();
         assert!(!again.created);
         assert_eq!(again.backend(&provider).await.unwrap().endpoint.http, addr);
     }
@@ -50,18 +57,18 @@ async fn same_id_same_backend_distinct_ids_distinct_backends() {
 async fn other_principal_or_runtime_sees_not_found() {
     let dir = SessionDirectory::new(limits());
     let alice = Principal::new("alice");
-    let _t = dir.open(&id(1), 0, 0, &alice, true).unwrap();
+    let _t = dir.open(&id(1), &rt(0), 1, &alice, true).unwrap();
     let bob = Principal::new("bob");
     assert_eq!(
-        dir.open(&id(1), 0, 0, &bob, true).unwrap_err(),
+        dir.open(&id(1), &rt(0), 1, &bob, true).unwrap_err(),
         OpenError::NotFound
     );
     assert_eq!(
-        dir.open(&id(1), 1, 0, &alice, true).unwrap_err(),
+        dir.open(&id(1), &rt(1), 1, &alice, true).unwrap_err(),
         OpenError::NotFound
     );
     assert_eq!(
-        dir.open(&id(2), 0, 0, &alice, false).unwrap_err(),
+        dir.open(&id(2), &rt(0), 1, &alice, false).unwrap_err(),
         OpenError::NotFound
     );
 }
@@ -70,14 +77,14 @@ async fn other_principal_or_runtime_sees_not_found() {
 async fn inflight_limit_per_session() {
     let dir = SessionDirectory::new(limits());
     let anon = Principal::anonymous();
-    let a = dir.open(&id(1), 0, 0, &anon, true).unwrap();
-    let _b = dir.open(&id(1), 0, 0, &anon, true).unwrap();
+    let a = dir.open(&id(1), &rt(0), 1, &anon, true).unwrap();
+    let _b = dir.open(&id(1), &rt(0), 1, &anon, true).unwrap();
     assert_eq!(
-        dir.open(&id(1), 0, 0, &anon, true).unwrap_err(),
+        dir.open(&id(1), &rt(0), 1, &anon, true).unwrap_err(),
         OpenError::Rejected(Rejection::SessionInflight)
     );
     drop(a);
-    assert!(dir.open(&id(1), 0, 0, &anon, true).is_ok());
+    assert!(dir.open(&id(1), &rt(0), 1, &anon, true).is_ok());
 }
 
 #[tokio::test]
@@ -85,7 +92,7 @@ async fn idle_end_never_takes_a_session_with_a_request_in_flight() {
     let dir = SessionDirectory::new(limits());
     let provider = pool(1);
     let anon = Principal::anonymous();
-    let t = dir.open(&id(1), 0, 0, &anon, true).unwrap();
+    let t = dir.open(&id(1), &rt(0), 1, &anon, true).unwrap();
     t.backend(&provider).await.unwrap();
     let s = Arc::clone(t.session());
     assert!(!dir.end_if_idle(&s, Duration::ZERO).await, "in flight");
@@ -101,7 +108,7 @@ async fn idle_end_never_takes_a_session_with_a_request_in_flight() {
     drop(s);
     assert_eq!(dir.admission().active(), 0);
     // The slot came back and the same id starts afresh.
-    let t = dir.open(&id(1), 0, 0, &anon, true).unwrap();
+    let t = dir.open(&id(1), &rt(0), 1, &anon, true).unwrap();
     assert!(t.created);
     t.backend(&provider).await.unwrap();
 }
@@ -111,7 +118,7 @@ async fn ended_session_refuses_its_waiting_requests() {
     let dir = SessionDirectory::new(limits());
     let provider = pool(1);
     let anon = Principal::anonymous();
-    let t = dir.open(&id(1), 0, 0, &anon, true).unwrap();
+    let t = dir.open(&id(1), &rt(0), 1, &anon, true).unwrap();
     assert!(dir.end(t.session()).await);
     assert!(!dir.end(t.session()).await, "ending is idempotent");
     assert!(matches!(
@@ -124,7 +131,7 @@ async fn ended_session_refuses_its_waiting_requests() {
 async fn mcp_ids_route_and_are_forgotten_with_the_session() {
     let dir = SessionDirectory::new(limits());
     let anon = Principal::anonymous();
-    let t = dir.open(&id(7), 0, 0, &anon, true).unwrap();
+    let t = dir.open(&id(7), &rt(0), 1, &anon, true).unwrap();
     dir.learn_mcp_id(t.session(), "mcp-abc");
     assert_eq!(dir.session_for_mcp_id("mcp-abc"), Some(id(7)));
     dir.end(t.session()).await;
@@ -143,7 +150,7 @@ async fn concurrent_first_requests_share_one_placement() {
         let (dir, provider) = (Arc::clone(&dir), Arc::clone(&provider));
         tasks.spawn(async move {
             let t = dir
-                .open(&id(3), 0, 0, &Principal::anonymous(), true)
+                .open(&id(3), &rt(0), 1, &Principal::anonymous(), true)
                 .unwrap();
             t.backend(&provider).await.unwrap().endpoint.http
         });

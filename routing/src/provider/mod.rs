@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use process::ProcessProvider;
-pub use static_pool::StaticProvider;
+pub use static_pool::{SlotRegistry, StaticProvider};
 
 use conf::{BackendSpec, Endpoint, Protocol};
 
@@ -27,9 +27,10 @@ pub enum BackendProvider {
 
 impl BackendProvider {
     /// `self_exe` is what a `process` runtime without `command` runs: this gateway's binary.
-    pub fn new(spec: &BackendSpec, self_exe: &Path) -> Self {
+    /// Static pools count their sessions in `slots`, which outlives config reloads.
+    pub fn new(spec: &BackendSpec, self_exe: &Path, slots: &SlotRegistry) -> Self {
         match spec {
-            BackendSpec::Static(pool) => Self::Static(StaticProvider::new(pool)),
+            BackendSpec::Static(pool) => Self::Static(StaticProvider::new(pool, slots)),
             BackendSpec::Process(p) => Self::Process(ProcessProvider::new(p, self_exe)),
         }
     }

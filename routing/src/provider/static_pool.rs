@@ -12,23 +12,34 @@ pub struct StaticProvider {
     pool: Arc<Pool>,
 }
 
+/// Sessions placed on each endpoint (by its HTTP address), shared by every pool of every config
+/// snapshot: a reload that builds new pools cannot hand an occupied endpoint to a new session.
+#[derive(Debug, Default)]
+pub struct SlotRegistry(dashmap::DashMap<std::net::SocketAddr, Arc<AtomicU32>>);
+
+impl SlotRegistry {
+    fn counter(&self, endpoint: &Endpoint) -> Arc<AtomicU32> {
+        Arc::clone(&self.0.entry(endpoint.http).or_default())
+    }
+}
+
 #[derive(Debug)]
 struct Pool {
     endpoints: Vec<Endpoint>,
     sessions_per_endpoint: u32,
-    /// Sessions placed on each endpoint now.
-    used: Vec<AtomicU32>,
+    /// Sessions placed on each endpoint now (shared through the registry).
+    used: Vec<Arc<AtomicU32>>,
     /// Where the next search starts, so sessions spread over the pool.
     next: AtomicUsize,
 }
 
 impl StaticProvider {
-    pub fn new(spec: &StaticPool) -> Self {
+    pub fn new(spec: &StaticPool, slots: &SlotRegistry) -> Self {
         Self {
             pool: Arc::new(Pool {
                 endpoints: spec.endpoints.clone(),
                 sessions_per_endpoint: spec.sessions_per_endpoint,
-                used: spec.endpoints.iter().map(|_| AtomicU32::new(0)).collect(),
+                used: spec.endpoints.iter().map(|e| slots.counter(e)).collect(),
                 next: AtomicUsize::new(0),
             }),
         }
@@ -96,16 +107,23 @@ mod tests {
     use super::*;
 
     fn pool(n: u16, per: u32) -> StaticProvider {
-        StaticProvider::new(&StaticPool {
-            endpoints: (0..n)
-                .map(|i| Endpoint {
-                    http: ([127, 0, 0, 1], 10_000 + i).into(),
-                    mcp: None,
-                    a2a: None,
-                })
-                .collect(),
-            sessions_per_endpoint: per,
-        })
+        pool_in(&SlotRegistry::default(), n, per)
+    }
+
+    fn pool_in(slots: &SlotRegistry, n: u16, per: u32) -> StaticProvider {
+        StaticProvider::new(
+            &StaticPool {
+                endpoints: (0..n)
+                    .map(|i| Endpoint {
+                        http: ([127, 0, 0, 1], 10_000 + i).into(),
+                        mcp: None,
+                        a2a: None,
+                    })
+                    .collect(),
+                sessions_per_endpoint: per,
+            },
+            slots,
+        )
     }
 
     #[test]
@@ -136,5 +154,16 @@ mod tests {
         s.release();
         drop(a);
         assert_eq!(p.occupancy(), [0]);
+    }
+
+    #[test]
+    fn a_rebuilt_pool_sees_the_slots_taken_through_the_old_one() {
+        let slots = SlotRegistry::default();
+        let old = pool_in(&slots, 1, 1);
+        let held = old.place().unwrap();
+        let new = pool_in(&slots, 1, 1);
+        assert!(matches!(new.place(), Err(PlacementError::PoolExhausted)));
+        drop(held);
+        assert!(new.place().is_ok());
     }
 }
