@@ -129,6 +129,17 @@ impl BackgroundService for Lifecycle {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             }
             let policy = LifecyclePolicy::from(&sessions);
+            // Sessions of a runtime a reload removed end once nothing is in flight.
+            let snapshot = self.shared.snapshot();
+            for s in self.shared.directory.snapshot() {
+                if !snapshot.runtime_names.iter().any(|n| *n == s.runtime)
+                    && self.shared.directory.end_if_idle(&s, Duration::ZERO).await
+                {
+                    tracing::info!(session = %s.id, runtime = %s.runtime, "session ended: its runtime was removed");
+                    metrics::counter!("sessiongate_sessions_ended_total", "reason" => "runtime_removed")
+                        .increment(1);
+                }
+            }
             for (session, reason) in sweep(&self.shared.directory, &policy).await {
                 tracing::info!(session = %session.id, reason = reason.as_str(), "session ended");
                 metrics::counter!("sessiongate_sessions_ended_total", "reason" => reason.as_str())

@@ -987,3 +987,60 @@ fn mcp_sessionless_requests_and_json_rpc_error_codes() {
         );
     }
 }
+
+#[test]
+fn config_reloads_apply_to_new_sessions_and_a_broken_file_changes_nothing() {
+    let gw = Gateway::start("[limits]\nmax_active_sessions = 10\n");
+    let kept = session_id("kept");
+    let instance = gw.invoke(Some(&kept), "{}").json()["instance"].clone();
+
+    // A lower quota and a new runtime.
+    gw.rewrite_config(
+        "[limits]\nmax_active_sessions = 1\n[[runtimes]]\nname = \"default\"\n[[runtimes]]\nname = \"extra\"\n",
+    );
+    gw.wait_reloads("ok", 1);
+    assert_eq!(gw.invoke(Some(&session_id("new")), "{}").status, 402);
+    assert_eq!(
+        gw.invoke(Some(&kept), "{}").json()["instance"],
+        instance,
+        "the session kept its backend"
+    );
+    curl(&[
+        "-X",
+        "DELETE",
+        &format!("http://{}/sessions/{kept}", gw.admin),
+    ]);
+    let extra = session_id("extra");
+    assert_eq!(
+        gw.post("/runtimes/extra/invocations", Some(&extra), "{}", &[])
+            .status,
+        200
+    );
+
+    // A broken file is refused with its key path; the running config stays.
+    gw.rewrite_config("[limits]\nmax_active_sessions = \"many\"\n");
+    gw.wait_reloads("error", 1);
+    assert_eq!(
+        gw.post("/runtimes/extra/invocations", Some(&extra), "{}", &[])
+            .status,
+        200
+    );
+    assert_eq!(gw.invoke(Some(&session_id("still-1")), "{}").status, 402);
+
+    // SIGHUP reloads as well.
+    gw.rewrite_config("[limits]\nmax_active_sessions = 10\n");
+    gw.wait_reloads("ok", 2);
+    unsafe { libc::kill(gw.pid() as i32, libc::SIGHUP) };
+    gw.wait_reloads("ok", 3);
+    assert_eq!(gw.invoke(Some(&session_id("room-again")), "{}").status, 200);
+    // The removed runtime is gone for new requests, and its idle session ends.
+    assert_eq!(
+        gw.post("/runtimes/extra/invocations", Some(&extra), "{}", &[])
+            .status,
+        404
+    );
+    assert!(eventually(Duration::from_secs(5), || gw
+        .sessions()
+        .iter()
+        .all(|s| s["runtime"] != "extra")));
+}

@@ -23,7 +23,7 @@ fn limits() -> AdmissionLimits {
     }
 }
 
-fn rt(n: u32) -> std::sync::Arc<str> {
+fn runtime_name(n: u32) -> std::sync::Arc<str> {
     std::sync::Arc::from(format!("runtime{n}"))
 }
 
@@ -52,6 +52,7 @@ fn benches(c: &mut Criterion) {
         .build()
         .unwrap();
     let anon = Principal::anonymous();
+    let runtime = runtime_name(0);
 
     // A directory holding LIVE_SESSIONS placed sessions.
     let dir = SessionDirectory::new(limits());
@@ -59,7 +60,7 @@ fn benches(c: &mut Criterion) {
     let ids: Vec<SessionId> = (0..LIVE_SESSIONS).map(id).collect();
     rt.block_on(async {
         for i in &ids {
-            let t = dir.open(i, &rt(0), 1, &anon, true).unwrap();
+            let t = dir.open(i, &runtime, 1, &anon, true).unwrap();
             t.backend(&provider).await.unwrap();
         }
     });
@@ -69,7 +70,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             n = (n + 7919) % ids.len();
             let t = dir
-                .open(black_box(&ids[n]), &rt(0), 1, &anon, false)
+                .open(black_box(&ids[n]), &runtime, 1, &anon, false)
                 .unwrap();
             black_box(t.session().backend().is_some());
         })
@@ -86,7 +87,7 @@ fn benches(c: &mut Criterion) {
             },
             |sid| {
                 rt.block_on(async {
-                    let t = dir.open(&sid, &rt(0), 1, &anon, true).unwrap();
+                    let t = dir.open(&sid, &runtime, 1, &anon, true).unwrap();
                     black_box(t.backend(&provider).await.unwrap().endpoint.http);
                     // End it so the pool never fills: placement + release per iteration.
                     dir.end(t.session()).await;

@@ -118,6 +118,22 @@ impl Gateway {
         panic!("the gateway did not become healthy");
     }
 
+    /// Replaces the config file the way editors do: write a new file, rename it over the old.
+    pub fn rewrite_config(&self, text: &str) {
+        let tmp = self._dir.write("sessiongate.toml.new", text);
+        std::fs::rename(tmp, self._dir.0.join("sessiongate.toml")).unwrap();
+    }
+
+    /// Waits until the gateway has counted `n` config reloads with `result` (ok / error).
+    pub fn wait_reloads(&self, result: &str, n: usize) {
+        let want = format!("sessiongate_config_reloads_total{{result=\"{result}\"}} {n}");
+        assert!(
+            eventually(Duration::from_secs(10), || self.metrics().contains(&want)),
+            "no {want}:\n{}",
+            self.metrics()
+        );
+    }
+
     pub fn url(&self, addr: SocketAddr, path: &str) -> String {
         format!("http://{addr}{path}")
     }
