@@ -10,7 +10,7 @@ export const options = {
   thresholds: { checks: ['rate>0.999'] },
 };
 
-const target = __ENV.TARGET || 'http://127.0.0.1:8080';
+const target = __ENV.HTTP_URL || 'http://127.0.0.1:8080';
 const body = JSON.stringify({ prompt: 'hello' });
 
 export default function () {

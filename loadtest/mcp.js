@@ -9,7 +9,7 @@ export const options = {
   thresholds: { checks: ['rate>0.999'] },
 };
 
-const target = __ENV.TARGET || 'http://127.0.0.1:8000';
+const target = __ENV.MCP_URL || 'http://127.0.0.1:8000';
 const base = { 'Content-Type': 'application/json', Accept: 'application/json, text/event-stream' };
 let mcpSession = null;
 

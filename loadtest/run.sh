@@ -56,6 +56,7 @@ max_active_sessions = 1000000
 max_sessions_per_principal = 1000000
 new_sessions_per_second = 1000000
 max_inflight_per_session = 10000
+requests_per_second_per_principal = 10000000
 [[runtimes]]
 name = "default"
 [runtimes.backend]
@@ -111,7 +112,7 @@ PY
 run_k6() { # name script target [extra -e args]
   local name=$1 script=$2 target=$3; shift 3
   k6 run --quiet --no-color --summary-export "$work/$name.json" \
-    -e TARGET="$target" -e VUS="$VUS" -e DURATION="$DURATION" "$@" "loadtest/$script" >"$work/$name.log" 2>&1 \
+    -e HTTP_URL="$target" -e MCP_URL="$target" -e WS_URL="${target/#http/ws}" -e VUS="$VUS" -e DURATION="$DURATION" "$@" "loadtest/$script" >"$work/$name.log" 2>&1 \
     || { echo "k6 $name failed:"; tail -20 "$work/$name.log"; return 1; }
 }
 

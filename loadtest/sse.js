@@ -9,7 +9,7 @@ export const options = {
   thresholds: { checks: ['rate>0.999'] },
 };
 
-const target = __ENV.TARGET || 'http://127.0.0.1:8080';
+const target = __ENV.HTTP_URL || 'http://127.0.0.1:8080';
 const events = Number(__ENV.EVENTS || 5);
 const body = JSON.stringify({ stream: events, interval_ms: Number(__ENV.INTERVAL_MS || 10) });
 

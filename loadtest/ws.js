@@ -8,7 +8,7 @@ export const options = {
   thresholds: { checks: ['rate>0.999'] },
 };
 
-const target = (__ENV.TARGET || 'http://127.0.0.1:8080').replace(/^http/, 'ws');
+const target = __ENV.WS_URL || 'ws://127.0.0.1:8080';
 const messages = Number(__ENV.MESSAGES || 10);
 
 export default function () {
