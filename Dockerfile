@@ -1,5 +1,11 @@
 # syntax=docker/dockerfile:1
-# Multi-arch (linux/amd64, linux/arm64): docker buildx build --platform linux/amd64,linux/arm64 .
+# sessiongate: build with the Rust toolchain, run on a slim image as a non-root user.
+# Multi-arch (AgentCore runs arm64):
+#   docker buildx build --platform linux/amd64,linux/arm64 -t sessiongate .
+#   docker run -p 8080:8080 -p 8000:8000 -p 9000:9000 sessiongate
+# The config lives at /etc/sessiongate/sessiongate.toml (mount yours over it; it reloads on
+# change). The admin listener binds loopback inside the container (the health check uses it);
+# publish it with --admin 0.0.0.0:9090 if Prometheus scrapes from outside.
 FROM rust:1.95-slim-bookworm AS build
 # cmake: Pingora's zlib-ng; pkg-config + g++ for the other -sys crates.
 RUN apt-get update \
@@ -11,6 +17,7 @@ COPY conf conf
 COPY auth auth
 COPY routing routing
 COPY gateway gateway
+COPY vendor vendor
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p gateway --bin sessiongate \
@@ -25,6 +32,7 @@ COPY --from=build /usr/local/bin/sessiongate /usr/local/bin/sessiongate
 COPY conf/sessiongate.toml /etc/sessiongate/sessiongate.toml
 USER 1000
 EXPOSE 8080 8000 9000 9090
-# The admin listener binds loopback by default; publish it only with --admin 0.0.0.0:9090.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=5s --retries=3 \
+  CMD ["/usr/local/bin/sessiongate", "health", "--admin", "127.0.0.1:9090"]
 ENTRYPOINT ["/usr/local/bin/sessiongate"]
 CMD ["--config", "/etc/sessiongate/sessiongate.toml"]

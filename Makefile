@@ -31,4 +31,4 @@ bench:
 	$(CARGO) bench -p routing
 
 loadtest: build
-	loadtest/run.sh
+	loadtest/bench

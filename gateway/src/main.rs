@@ -56,6 +56,11 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Invoke a runtime through a gateway (the AWS face) and print the answer as it streams.
     Invoke(invoke::InvokeArgs),
+    /// Exit 0 if the gateway's admin `/healthz` answers 200 (container health checks).
+    Health {
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: SocketAddr,
+    },
     /// Run the reference agent (the container contract: HTTP, MCP, A2A).
     Agent {
         #[arg(long, default_value = "0.0.0.0:8080")]
@@ -113,6 +118,7 @@ fn main() -> ExitCode {
             label,
         }),
         Some(Command::Invoke(args)) => invoke::run(args),
+        Some(Command::Health { admin }) => health(admin),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -139,6 +145,23 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::warn!("config: {w}");
     }
     server::run(config, args.config, overrides)
+}
+
+fn health(admin: SocketAddr) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let status = rt.block_on(async {
+        reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(3))
+            .build()?
+            .get(format!("http://{admin}/healthz"))
+            .send()
+            .await
+            .map(|r| r.status())
+    })?;
+    anyhow::ensure!(status.is_success(), "healthz answered {status}");
+    Ok(())
 }
 
 fn check_config(path: &std::path::Path) -> ExitCode {

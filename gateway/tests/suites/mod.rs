@@ -1,4 +1,5 @@
 //! Test suites beyond the data plane, compiled into the one integration-test binary.
 
 mod cli;
+mod dockerfile;
 mod jwt;
