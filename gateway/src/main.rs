@@ -187,13 +187,23 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// Logs go to stderr; `RUST_LOG` filters them (default `info`, without Pingora's chatter and
+/// without the per-request access log: `RUST_LOG=info,sessiongate::access=info` turns it on).
+/// `SESSIONGATE_LOG_FORMAT=json` writes JSON lines.
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pingora=warn"));
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,pingora=warn,sessiongate::access=off")
+        })
+    };
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    if std::env::var("SESSIONGATE_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().with_env_filter(filter()).init();
+    } else {
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_env_filter(filter())
+            .init();
+    }
 }

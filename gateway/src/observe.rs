@@ -2,8 +2,13 @@
 //!
 //! | metric | type | labels |
 //! |---|---|---|
-//! | `sessiongate_requests_total` | counter | listener, route, status |
-//! | `sessiongate_request_duration_seconds` | histogram | listener, route |
+//! | `sessiongate_requests_total` | counter | listener, runtime, route, status |
+//! | `sessiongate_request_duration_seconds` | histogram | listener, runtime, route |
+//! | `sessiongate_upstream_connect_seconds` | histogram | |
+//! | `sessiongate_placement_duration_seconds` | histogram | provider, result |
+//! | `sessiongate_sessions` | gauge | state (active, idle, provisioning) |
+//! | `sessiongate_auth_failures_total` | counter | reason |
+//! | `sessiongate_config_reloads_total` | counter | result |
 //! | `sessiongate_request_bytes_total`, `sessiongate_response_bytes_total` | counter | listener |
 //! | `sessiongate_active_sessions` | gauge | |
 //! | `sessiongate_placements_total` | counter | provider, result |
@@ -32,11 +37,15 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
 pub fn record(shared: &Shared, face: Protocol, session: &Session, ctx: &RequestCtx) {
     let listener = face.as_str();
     let route = ctx.route.map_or("none", |r| r.name());
+    // Runtime names come from the config: a bounded label set (never a session or principal).
+    let runtime = ctx.route.map_or("none".to_owned(), |r| {
+        ctx.snapshot.runtime_name(r.runtime).to_owned()
+    });
     let status = session.response_written().map_or(0, |r| r.status.as_u16());
     let elapsed = ctx.started.elapsed();
-    metrics::counter!("sessiongate_requests_total", "listener" => listener, "route" => route, "status" => status.to_string())
+    metrics::counter!("sessiongate_requests_total", "listener" => listener, "runtime" => runtime.clone(), "route" => route, "status" => status.to_string())
         .increment(1);
-    metrics::histogram!("sessiongate_request_duration_seconds", "listener" => listener, "route" => route)
+    metrics::histogram!("sessiongate_request_duration_seconds", "listener" => listener, "runtime" => runtime, "route" => route)
         .record(elapsed.as_secs_f64());
     metrics::counter!("sessiongate_request_bytes_total", "listener" => listener)
         .increment(ctx.request_body_bytes);
@@ -46,7 +55,7 @@ pub fn record(shared: &Shared, face: Protocol, session: &Session, ctx: &RequestC
     if let Some(e) = &ctx.error {
         metrics::counter!("sessiongate_rejections_total", "reason" => e.reason()).increment(1);
     }
-    tracing::debug!(
+    tracing::info!(
         target: "sessiongate::access",
         listener,
         route,
@@ -54,9 +63,11 @@ pub fn record(shared: &Shared, face: Protocol, session: &Session, ctx: &RequestC
         method = %session.req_header().method,
         path = session.req_header().uri.path(),
         session = ctx.session_id().unwrap_or("-"),
+        principal = ctx.principal.as_ref().map_or("-", |p| p.as_str()),
         request_id = %ctx.request_id,
         backend = ?ctx.peer,
         micros = elapsed.as_micros() as u64,
+        upstream_connect_micros = ctx.upstream_connect.map(|d| d.as_micros() as u64),
         error = ctx.error.as_ref().map(|e| e.reason()),
         "request"
     );

@@ -78,12 +78,30 @@ impl ProxyHttp for Gateway {
         // WebSocket may be quiet for as long as it may last.
         let limits = &ctx.snapshot.config.limits;
         let websocket = ctx.target.is_some_and(|t| t.websocket);
+        ctx.peer_chosen = Some(std::time::Instant::now());
         peer.options.read_timeout = Some(if websocket {
             limits.stream_timeout
         } else {
             limits.request_timeout
         });
         Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (false, Some(start)) = (reused, ctx.peer_chosen) {
+            let took = start.elapsed();
+            ctx.upstream_connect = Some(took);
+            metrics::histogram!("sessiongate_upstream_connect_seconds").record(took.as_secs_f64());
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(

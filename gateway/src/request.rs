@@ -105,11 +105,14 @@ pub async fn admit(
     let provider = snapshot
         .provider(route.runtime, ticket.session().version)
         .ok_or(GatewayError::SessionEnding)?;
+    let placing = std::time::Instant::now();
     let placed = ticket.backend(provider).await;
     if ticket.created {
         let result = if placed.is_ok() { "ok" } else { "error" };
         metrics::counter!("sessiongate_placements_total", "provider" => provider.name(), "result" => result)
             .increment(1);
+        metrics::histogram!("sessiongate_placement_duration_seconds", "provider" => provider.name(), "result" => result)
+            .record(placing.elapsed().as_secs_f64());
     }
     let backend = match placed {
         Ok(b) => b,

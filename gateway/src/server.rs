@@ -146,6 +146,21 @@ impl BackgroundService for Lifecycle {
                     .increment(1);
             }
             metrics::gauge!("sessiongate_active_sessions").set(self.shared.directory.len() as f64);
+            let (mut active, mut idle, mut provisioning) = (0, 0, 0);
+            for s in self.shared.directory.snapshot() {
+                match (s.backend().is_some(), s.inflight()) {
+                    (false, _) => provisioning += 1,
+                    (true, 0) => idle += 1,
+                    (true, _) => active += 1,
+                }
+            }
+            for (state, n) in [
+                ("active", active),
+                ("idle", idle),
+                ("provisioning", provisioning),
+            ] {
+                metrics::gauge!("sessiongate_sessions", "state" => state).set(f64::from(n));
+            }
             self.shared.directory.admission().prune_idle_principals();
             self.shared.metrics.run_upkeep();
         }

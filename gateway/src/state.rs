@@ -246,6 +246,9 @@ pub struct RequestCtx {
     pub stream_expired: bool,
     /// Follows the client's WebSocket frames once the connection is upgraded.
     pub ws_meter: Option<FrameMeter>,
+    /// When the backend address was handed to Pingora, and how long connecting then took.
+    pub peer_chosen: Option<Instant>,
+    pub upstream_connect: Option<std::time::Duration>,
     _inflight: InflightGuard,
 }
 
@@ -268,6 +271,8 @@ impl RequestCtx {
             backend_failed: false,
             stream_expired: false,
             ws_meter: None,
+            peer_chosen: None,
+            upstream_connect: None,
             _inflight: InflightGuard(Arc::clone(shared)),
         }
     }

@@ -1044,3 +1044,43 @@ fn config_reloads_apply_to_new_sessions_and_a_broken_file_changes_nothing() {
         .iter()
         .all(|s| s["runtime"] != "extra")));
 }
+
+#[test]
+fn metrics_have_bounded_labels_and_the_access_log_is_json_lines() {
+    let gw = Gateway::start_with(
+        "",
+        &[
+            ("RUST_LOG", "warn,sessiongate::access=info"),
+            ("SESSIONGATE_LOG_FORMAT", "json"),
+        ],
+    );
+    let sid = session_id("observed");
+    assert_eq!(gw.invoke(Some(&sid), "{}").status, 200);
+    assert_eq!(gw.invoke(Some(&sid), "{}").status, 200);
+    let m = gw.metrics();
+    for want in [
+        r#"sessiongate_requests_total{listener="http",runtime="default",route="invocations",status="200"} 2"#,
+        "sessiongate_upstream_connect_seconds_bucket",
+        r#"sessiongate_placement_duration_seconds_bucket{provider="process",result="ok""#,
+        r#"sessiongate_placements_total{provider="process",result="ok"} 1"#,
+    ] {
+        assert!(m.contains(want), "missing {want}:\n{m}");
+    }
+    assert!(!m.contains(&sid), "a session id leaked into a label");
+    assert!(eventually(Duration::from_secs(3), || gw
+        .metrics()
+        .contains(r#"sessiongate_sessions{state="idle"} 1"#)));
+    let lines: Vec<serde_json::Value> = gw
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["target"] == "sessiongate::access")
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", gw.log());
+    let f = &lines[0]["fields"];
+    assert_eq!(f["session"], sid.as_str());
+    assert_eq!(f["principal"], "anonymous");
+    assert_eq!(f["status"], 200);
+    assert!(f["request_id"].as_str().unwrap().len() >= 32);
+    assert!(f["micros"].as_u64().is_some());
+}

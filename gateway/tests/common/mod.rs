@@ -82,6 +82,16 @@ impl Gateway {
     /// Starts the gateway with `config` (TOML; listener addresses are chosen here) and waits
     /// until its admin `/healthz` answers.
     pub fn start(config: &str) -> Self {
+        Self::start_with(config, &[])
+    }
+
+    /// The gateway's stderr, when started by [`Gateway::start_with`] with logging variables.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.0.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Starts it with extra environment (e.g. `RUST_LOG`), stderr kept in [`Gateway::log`].
+    pub fn start_with(config: &str, env: &[(&str, &str)]) -> Self {
         let dir = TempDir::new();
         let path = dir.write("sessiongate.toml", config);
         let addr = || SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -92,6 +102,12 @@ impl Gateway {
             .args(["--http", &http.to_string(), "--mcp", &mcp.to_string()])
             .args(["--a2a", &a2a.to_string(), "--admin", &admin.to_string()])
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stderr(if env.is_empty() {
+                Stdio::inherit()
+            } else {
+                Stdio::from(std::fs::File::create(dir.0.join("stderr.log")).unwrap())
+            })
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
