@@ -16,7 +16,30 @@ pub struct FileConfig {
     pub server: FileServer,
     pub limits: FileLimits,
     pub sessions: FileSessions,
+    pub telemetry: FileTelemetry,
     pub runtimes: Vec<FileRuntime>,
+}
+
+/// OpenTelemetry trace export. Off unless `otlp_endpoint` is set; read at start-up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileTelemetry {
+    /// OTLP/HTTP collector, e.g. `http://127.0.0.1:4318` (spans go to `…/v1/traces`).
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the spans. Default `sessiongate`.
+    pub service_name: String,
+    /// How often finished spans are sent, milliseconds. Default 1 000.
+    pub export_interval_ms: u64,
+}
+
+impl Default for FileTelemetry {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "sessiongate".into(),
+            export_interval_ms: 1_000,
+        }
+    }
 }
 
 impl Default for FileConfig {
@@ -27,6 +50,7 @@ impl Default for FileConfig {
             server: FileServer::default(),
             limits: FileLimits::default(),
             sessions: FileSessions::default(),
+            telemetry: FileTelemetry::default(),
             runtimes: vec![FileRuntime::default()],
         }
     }

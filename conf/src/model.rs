@@ -12,6 +12,7 @@ pub struct Config {
     pub server: Server,
     pub limits: Limits,
     pub sessions: Sessions,
+    pub telemetry: Telemetry,
     /// At least one; names are unique.
     pub runtimes: Vec<Runtime>,
     /// Index into `runtimes` of the runtime the plain container paths reach.
@@ -79,6 +80,14 @@ pub struct Limits {
     pub stream_timeout: Duration,
     pub websocket_max_frame_bytes: u64,
     pub websocket_max_frames_per_second: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Telemetry {
+    /// The OTLP/HTTP traces URL (`…/v1/traces`); `None`: tracing is off.
+    pub otlp_traces_url: Option<String>,
+    pub service_name: String,
+    pub export_interval: Duration,
 }
 
 #[derive(Debug, Clone)]

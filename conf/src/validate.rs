@@ -151,6 +151,30 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
         10_000_000,
     );
 
+    let t = &f.telemetry;
+    errs.range(
+        "telemetry.export_interval_ms",
+        t.export_interval_ms,
+        10,
+        600_000,
+    );
+    let otlp_traces_url = t.otlp_endpoint.as_ref().map(|e| {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            errs.push(
+                "telemetry.otlp_endpoint",
+                format!("`{e}` is not an http(s) URL"),
+            );
+        }
+        if e.ends_with("/v1/traces") {
+            e.clone()
+        } else {
+            format!("{}/v1/traces", e.trim_end_matches('/'))
+        }
+    });
+    if t.service_name.is_empty() {
+        errs.push("telemetry.service_name", "must not be empty");
+    }
+
     let ses = &f.sessions;
     errs.range(
         "sessions.idle_timeout_secs",
@@ -242,6 +266,11 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
             stream_timeout: Duration::from_secs(lim.stream_timeout_secs),
             websocket_max_frame_bytes: lim.websocket_max_frame_bytes,
             websocket_max_frames_per_second: lim.websocket_max_frames_per_second,
+        },
+        telemetry: Telemetry {
+            otlp_traces_url,
+            service_name: t.service_name.clone(),
+            export_interval: Duration::from_millis(t.export_interval_ms),
         },
         sessions: Sessions {
             idle_timeout: Duration::from_secs(ses.idle_timeout_secs),

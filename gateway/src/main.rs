@@ -22,6 +22,7 @@ mod response;
 mod route;
 mod server;
 mod state;
+mod telemetry;
 mod ws;
 
 use std::net::SocketAddr;

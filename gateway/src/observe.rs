@@ -72,3 +72,41 @@ pub fn record(shared: &Shared, face: Protocol, session: &Session, ctx: &RequestC
         "request"
     );
 }
+
+/// Ends the request's trace span with the request's outcome.
+pub fn finish_span(cx: &opentelemetry::Context, session: &Session, ctx: &RequestCtx) {
+    use opentelemetry::KeyValue;
+    let mut attributes = vec![
+        KeyValue::new("sessiongate.request_id", ctx.request_id.clone()),
+        KeyValue::new("sessiongate.route", ctx.route.map_or("none", |r| r.name())),
+    ];
+    if let Some(r) = ctx.route {
+        attributes.push(KeyValue::new(
+            "sessiongate.runtime",
+            ctx.snapshot.runtime_name(r.runtime).to_owned(),
+        ));
+    }
+    if let Some(t) = &ctx.ticket {
+        attributes.push(KeyValue::new("sessiongate.session.created", t.created));
+        attributes.push(KeyValue::new(
+            "sessiongate.session.version",
+            i64::from(t.session().version),
+        ));
+    }
+    if let Some(peer) = ctx.peer {
+        attributes.push(KeyValue::new("server.address", peer.to_string()));
+    }
+    if let Some(d) = ctx.upstream_connect {
+        attributes.push(KeyValue::new(
+            "sessiongate.upstream.connect_ms",
+            d.as_secs_f64() * 1e3,
+        ));
+    }
+    let status = session.response_written().map_or(0, |r| r.status.as_u16());
+    crate::telemetry::finish(
+        cx,
+        attributes,
+        status,
+        ctx.error.as_ref().map(|e| e.reason()),
+    );
+}

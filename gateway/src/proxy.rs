@@ -27,6 +27,7 @@ use crate::observe;
 use crate::request::{self, Decision};
 use crate::response;
 use crate::state::{RequestCtx, Shared};
+use crate::telemetry;
 use crate::ws::FrameMeter;
 
 /// How long connecting to a backend may take before the request fails with 424.
@@ -50,6 +51,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some(t) = &self.shared.telemetry {
+            ctx.otel = Some(t.request_span(session.req_header(), self.face.as_str()));
+        }
         match request::admit(&self.shared, self.face, session, ctx).await {
             Ok(Decision::Proxy) => Ok(false),
             Ok(Decision::Answer(status, body)) => {
@@ -131,6 +135,10 @@ impl ProxyHttp for Gateway {
             &ctx.request_id,
             allowlist,
         );
+        // With traces on, the backend's work is a child of this request's span.
+        if let Some(tp) = ctx.otel.as_ref().and_then(telemetry::traceparent) {
+            upstream.insert_header(headers::TRACEPARENT, tp)?;
+        }
         Ok(())
     }
 
@@ -248,6 +256,9 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         observe::record(&self.shared, self.face, session, ctx);
+        if let Some(cx) = ctx.otel.take() {
+            observe::finish_span(&cx, session, ctx);
+        }
         if ctx.backend_failed
             && let Some(ticket) = &ctx.ticket
         {

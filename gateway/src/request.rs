@@ -113,6 +113,20 @@ pub async fn admit(
             .increment(1);
         metrics::histogram!("sessiongate_placement_duration_seconds", "provider" => provider.name(), "result" => result)
             .record(placing.elapsed().as_secs_f64());
+        if let Some(cx) = &ctx.otel {
+            crate::telemetry::event(
+                cx,
+                "session.placement",
+                vec![
+                    opentelemetry::KeyValue::new("provider", provider.name()),
+                    opentelemetry::KeyValue::new("result", result),
+                    opentelemetry::KeyValue::new(
+                        "duration_ms",
+                        placing.elapsed().as_secs_f64() * 1e3,
+                    ),
+                ],
+            );
+        }
     }
     let backend = match placed {
         Ok(b) => b,

@@ -95,6 +95,9 @@ pub fn run(
 
     // Normally every backend is already stopped (and children die with their parent thread
     // anyway, by PR_SET_PDEATHSIG); this catches whatever a fast exit left.
+    if let Some(t) = &shared.telemetry {
+        t.shutdown();
+    }
     let leftover = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?

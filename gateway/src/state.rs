@@ -119,6 +119,8 @@ pub struct Shared {
     /// Set on SIGTERM/SIGINT: new requests are refused while in-flight ones finish.
     pub draining: AtomicBool,
     pub metrics: PrometheusHandle,
+    /// Trace export, when configured.
+    pub telemetry: Option<crate::telemetry::Telemetry>,
     /// The config file, when there is one (the embedded default has nothing to reload).
     pub config_path: Option<PathBuf>,
     overrides: ListenerOverrides,
@@ -134,6 +136,13 @@ impl Shared {
         self_exe: PathBuf,
         metrics: PrometheusHandle,
     ) -> Self {
+        let telemetry = match crate::telemetry::Telemetry::start(&config.telemetry) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot set up trace export; tracing is off");
+                None
+            }
+        };
         let slots = SlotRegistry::default();
         let directory = SessionDirectory::new(AdmissionLimits::from(&config.limits));
         let snapshot = Snapshot::build(config, &self_exe, &slots);
@@ -143,6 +152,7 @@ impl Shared {
             inflight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             metrics,
+            telemetry,
             config_path,
             overrides,
             self_exe,
@@ -248,6 +258,8 @@ pub struct RequestCtx {
     pub ws_meter: Option<FrameMeter>,
     /// When the backend address was handed to Pingora, and how long connecting then took.
     pub peer_chosen: Option<Instant>,
+    /// The request's trace span, when traces are exported.
+    pub otel: Option<opentelemetry::Context>,
     pub upstream_connect: Option<std::time::Duration>,
     _inflight: InflightGuard,
 }
@@ -272,6 +284,7 @@ impl RequestCtx {
             stream_expired: false,
             ws_meter: None,
             peer_chosen: None,
+            otel: None,
             upstream_connect: None,
             _inflight: InflightGuard(Arc::clone(shared)),
         }
