@@ -91,6 +91,9 @@ pub struct FileServer {
     pub shutdown_timeout_secs: u64,
     /// Idle connections kept open to each backend. Default 256.
     pub upstream_keepalive_pool_size: usize,
+    /// Unix socket over which a graceful upgrade hands the listening sockets to the new process.
+    /// Default `/tmp/sessiongate-upgrade.sock`.
+    pub upgrade_socket: String,
 }
 
 impl Default for FileServer {
@@ -99,6 +102,7 @@ impl Default for FileServer {
             threads: 2,
             shutdown_timeout_secs: 10,
             upstream_keepalive_pool_size: 256,
+            upgrade_socket: "/tmp/sessiongate-upgrade.sock".into(),
         }
     }
 }

@@ -66,6 +66,7 @@ pub struct Server {
     pub threads: usize,
     pub shutdown_timeout: Duration,
     pub upstream_keepalive_pool_size: usize,
+    pub upgrade_socket: PathBuf,
 }
 
 #[derive(Debug, Clone)]

@@ -254,6 +254,7 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
             threads: s.threads,
             shutdown_timeout: Duration::from_secs(s.shutdown_timeout_secs),
             upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+            upgrade_socket: s.upgrade_socket.clone().into(),
         },
         limits: Limits {
             max_payload_bytes: lim.max_payload_bytes,

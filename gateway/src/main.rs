@@ -96,6 +96,10 @@ struct RunArgs {
     /// Override `listeners.admin`.
     #[arg(long)]
     admin: Option<SocketAddr>,
+    /// Take over the listening sockets of a running sessiongate (graceful upgrade: start this,
+    /// then send the old process SIGQUIT).
+    #[arg(long)]
+    upgrade: bool,
 }
 
 fn main() -> ExitCode {
@@ -145,7 +149,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     for w in config.warnings() {
         tracing::warn!("config: {w}");
     }
-    server::run(config, args.config, overrides)
+    server::run(args.upgrade, config, args.config, overrides)
 }
 
 fn health(admin: SocketAddr) -> anyhow::Result<()> {

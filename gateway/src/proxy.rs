@@ -62,6 +62,9 @@ impl ProxyHttp for Gateway {
             }
             Err(e) => {
                 respond_error(session, self.face, &e, ctx.session_id()).await;
+                if matches!(e, GatewayError::PayloadTooLarge { .. }) {
+                    linger(session).await;
+                }
                 ctx.error = Some(e);
                 Ok(true)
             }
@@ -240,10 +243,7 @@ impl ProxyHttp for Gateway {
             {
                 code = respond_error(session, self.face, &error, ctx.session_id()).await;
                 if matches!(error, GatewayError::PayloadTooLarge { .. }) {
-                    // Like nginx's lingering close: read (and drop) what the client is still
-                    // sending for a moment, so closing does not reset the connection before
-                    // the client has read the 413.
-                    let _ = tokio::time::timeout(LINGER, session.drain_request_body()).await;
+                    linger(session).await;
                 }
             }
             ctx.error = Some(error);
@@ -313,6 +313,12 @@ impl Gateway {
         }
         Ok(())
     }
+}
+
+/// Like nginx's lingering close: after a 413, read (and drop) what the client is still sending
+/// for a moment, so closing does not reset the connection before the client has read the answer.
+async fn linger(session: &mut Session) {
+    let _ = tokio::time::timeout(LINGER, session.drain_request_body()).await;
 }
 
 /// Writes an error for `face`; returns the status written (0 if the client is gone).

@@ -19,6 +19,7 @@ use crate::proxy::Gateway;
 use crate::state::{ListenerOverrides, Shared};
 
 pub fn run(
+    upgrade: bool,
     config: Config,
     config_path: Option<PathBuf>,
     overrides: ListenerOverrides,
@@ -33,6 +34,7 @@ pub fn run(
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: config.server.upstream_keepalive_pool_size,
+        upgrade_sock: config.server.upgrade_socket.to_string_lossy().into_owned(),
         ..ServerConf::default()
     };
     let shared = Arc::new(Shared::new(
@@ -43,7 +45,13 @@ pub fn run(
         metrics,
     ));
 
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), server_conf);
+    // With `--upgrade`, bootstrap takes the listening sockets from the running process (which
+    // hands them over when it gets SIGQUIT) instead of binding them.
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
     for (face, addr) in [
         (Protocol::Http, listeners.http),

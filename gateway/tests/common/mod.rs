@@ -134,6 +134,30 @@ impl Gateway {
         panic!("the gateway did not become healthy");
     }
 
+    /// The arguments this gateway was started with (to start another on the same sockets).
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--config".into(),
+            self._dir
+                .0
+                .join("sessiongate.toml")
+                .to_string_lossy()
+                .into_owned(),
+            "--http".into(),
+            self.http.to_string(),
+            "--mcp".into(),
+            self.mcp.to_string(),
+            "--a2a".into(),
+            self.a2a.to_string(),
+            "--admin".into(),
+            self.admin.to_string(),
+        ]
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        &self._dir.0
+    }
+
     /// Replaces the config file the way editors do: write a new file, rename it over the old.
     pub fn rewrite_config(&self, text: &str) {
         let tmp = self._dir.write("sessiongate.toml.new", text);
