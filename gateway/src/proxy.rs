@@ -62,9 +62,9 @@ impl ProxyHttp for Gateway {
             }
             Err(e) => {
                 respond_error(session, self.face, &e, ctx.session_id()).await;
-                if matches!(e, GatewayError::PayloadTooLarge { .. }) {
-                    linger(session).await;
-                }
+                // The connection closes after an error; read what is left of the request first,
+                // or the unread bytes make the close a reset that can swallow the answer.
+                linger(session).await;
                 ctx.error = Some(e);
                 Ok(true)
             }
@@ -315,8 +315,9 @@ impl Gateway {
     }
 }
 
-/// Like nginx's lingering close: after a 413, read (and drop) what the client is still sending
-/// for a moment, so closing does not reset the connection before the client has read the answer.
+/// Like nginx's lingering close: after an error answer (a 413 above all), read and drop what the
+/// client is still sending, for a moment at most, so closing does not reset the connection
+/// before the client has read the answer.
 async fn linger(session: &mut Session) {
     let _ = tokio::time::timeout(LINGER, session.drain_request_body()).await;
 }

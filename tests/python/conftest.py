@@ -40,24 +40,34 @@ class Gateway:
         if path is None:
             path = workdir / "sessiongate.toml"
             path.write_text(config)
-        self.http, self.mcp, self.a2a, self.admin = (f"127.0.0.1:{free_port()}" for _ in range(4))
-        self.proc = subprocess.Popen(
-            [binary(), "--config", str(path), "--http", self.http, "--mcp", self.mcp,
-             "--a2a", self.a2a, "--admin", self.admin],
-            env={**os.environ, "RUST_LOG": "warn"},
-            stdin=subprocess.DEVNULL,
-        )
+        # A port picked free can be taken by another process before the gateway binds it; the
+        # gateway then exits and the start is tried again on other ports.
+        for _ in range(3):
+            self.http, self.mcp, self.a2a, self.admin = (f"127.0.0.1:{free_port()}" for _ in range(4))
+            self.proc = subprocess.Popen(
+                [binary(), "--config", str(path), "--http", self.http, "--mcp", self.mcp,
+                 "--a2a", self.a2a, "--admin", self.admin],
+                env={**os.environ, "RUST_LOG": "warn"},
+                stdin=subprocess.DEVNULL,
+            )
+            if self._wait_healthy():
+                return
+            self.stop()
+        raise RuntimeError("the gateway did not become healthy")
+
+    def _wait_healthy(self) -> bool:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the gateway exited with {self.proc.returncode}")
+                return False
             try:
-                if http_json(f"http://{self.admin}/healthz")[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("the gateway did not become healthy")
+                status, body = http_json(f"http://{self.admin}/healthz")
+                if status == 200 and isinstance(body, dict) and "draining" in body:
+                    return True
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        return False
 
     def sessions(self) -> list:
         return http_json(f"http://{self.admin}/sessions")[1]["sessions"]

@@ -92,7 +92,20 @@ impl Gateway {
 
     /// Starts it with extra environment (e.g. `RUST_LOG`), stderr kept in [`Gateway::log`].
     pub fn start_with(config: &str, env: &[(&str, &str)]) -> Self {
-        let dir = TempDir::new();
+        // A port picked free can be taken by another test's process before the gateway binds
+        // it; the gateway then exits, and the start is tried again on other ports.
+        let mut config_dir = Some(TempDir::new());
+        for _ in 0..3 {
+            let dir = config_dir.take().unwrap_or_else(TempDir::new);
+            match Self::try_start(dir, config, env) {
+                Ok(gw) => return gw,
+                Err(dir) => config_dir = Some(dir),
+            }
+        }
+        panic!("the gateway did not become healthy");
+    }
+
+    fn try_start(dir: TempDir, config: &str, env: &[(&str, &str)]) -> Result<Self, TempDir> {
         let path = dir.write("sessiongate.toml", config);
         let addr = || SocketAddr::from(([127, 0, 0, 1], free_port()));
         let (http, mcp, a2a, admin) = (addr(), addr(), addr(), addr());
@@ -111,7 +124,7 @@ impl Gateway {
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        let gw = Gateway {
+        let mut gw = Gateway {
             child,
             http,
             mcp,
@@ -119,19 +132,30 @@ impl Gateway {
             admin,
             _dir: dir,
         };
-        gw.wait_healthy();
-        gw
+        if gw.wait_healthy() {
+            return Ok(gw);
+        }
+        let _ = gw.child.kill();
+        let _ = gw.child.wait();
+        let dir = std::mem::replace(&mut gw._dir, TempDir(PathBuf::new()));
+        Err(dir)
     }
 
-    fn wait_healthy(&self) {
+    /// True once this gateway's own `/healthz` answers; false if it exited or took too long.
+    fn wait_healthy(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if curl(&[&format!("http://{}/healthz", self.admin)]).status == 200 {
-                return;
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            let r = curl(&[&format!("http://{}/healthz", self.admin)]);
+            // Another process on a reused port would not answer with the gateway's fields.
+            if r.status == 200 && r.body_text().contains("\"draining\"") {
+                return true;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("the gateway did not become healthy");
+        false
     }
 
     /// The arguments this gateway was started with (to start another on the same sockets).
@@ -402,34 +426,38 @@ pub struct Agent {
 
 impl Agent {
     pub fn start() -> Self {
-        let addr = || SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let (http, mcp, a2a) = (addr(), addr(), addr());
-        let child = Command::new(bin())
-            .args([
-                "agent",
-                "--http",
-                &http.to_string(),
-                "--mcp",
-                &mcp.to_string(),
-            ])
-            .args(["--a2a", &a2a.to_string()])
-            .spawn()
-            .unwrap();
-        let agent = Agent {
-            child,
-            http,
-            mcp,
-            a2a,
-        };
-        assert!(
-            eventually(Duration::from_secs(10), || curl(&[&format!(
-                "http://{http}/ping"
-            )])
-            .status
-                == 200),
-            "agent did not start"
-        );
-        agent
+        // As for the gateway: a port taken between picking and binding means another try.
+        for _ in 0..3 {
+            let addr = || SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let (http, mcp, a2a) = (addr(), addr(), addr());
+            let child = Command::new(bin())
+                .args([
+                    "agent",
+                    "--http",
+                    &http.to_string(),
+                    "--mcp",
+                    &mcp.to_string(),
+                ])
+                .args(["--a2a", &a2a.to_string()])
+                .spawn()
+                .unwrap();
+            let mut agent = Agent {
+                child,
+                http,
+                mcp,
+                a2a,
+            };
+            let up = eventually(Duration::from_secs(10), || {
+                matches!(agent.child.try_wait(), Ok(None))
+                    && curl(&[&format!("http://{http}/ping")])
+                        .body_text()
+                        .contains("time_of_last_update")
+            });
+            if up {
+                return agent;
+            }
+        }
+        panic!("agent did not start");
     }
 
     pub fn toml_endpoint(&self) -> String {
