@@ -90,11 +90,7 @@ impl JwtAuthorizer {
     #[doc(hidden)]
     pub fn with_keys(cfg: &JwtAuth, issuer: &str, jwks: &JwkSet) -> Self {
         let this = Self::new(cfg);
-        let keys = jwks
-            .keys
-            .iter()
-            .filter_map(|jwk| Some((jwk.common.key_id.clone()?, verifying_key(jwk)?)))
-            .collect();
+        let keys = usable_keys(jwks);
         if let Ok(mut k) = this.keys.write() {
             *k = Some(Arc::new(KeySet {
                 issuer: issuer.to_owned(),
@@ -309,11 +305,7 @@ impl JwtAuthorizer {
             .json()
             .await
             .map_err(|e| FetchError(format!("jwks document: {e}")))?;
-        let keys = jwks
-            .keys
-            .iter()
-            .filter_map(|jwk| Some((jwk.common.key_id.clone()?, verifying_key(jwk)?)))
-            .collect::<HashMap<_, _>>();
+        let keys = usable_keys(&jwks);
         tracing::info!(issuer = %discovery.issuer, keys = keys.len(), "fetched signing keys");
         Ok(KeySet {
             issuer: discovery.issuer,
@@ -321,6 +313,14 @@ impl JwtAuthorizer {
             fetched: Instant::now(),
         })
     }
+}
+
+/// The keys of a JWKS that can verify tokens, by `kid` (keys without one cannot be chosen).
+fn usable_keys(jwks: &JwkSet) -> HashMap<String, VerifyingKey> {
+    jwks.keys
+        .iter()
+        .filter_map(|jwk| Some((jwk.common.key_id.clone()?, verifying_key(jwk)?)))
+        .collect()
 }
 
 /// A usable public key, with the algorithms it may verify. Symmetric (`oct`) keys are never
