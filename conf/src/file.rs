@@ -161,6 +161,10 @@ pub struct FileSessions {
     pub max_lifetime_secs: u64,
     /// How often the lifecycle sweep runs, in milliseconds. Default 1 000.
     pub sweep_interval_ms: u64,
+    /// How often each session's backend is asked `GET /ping`, in milliseconds. Default 2 000.
+    pub health_check_interval_ms: u64,
+    /// Failed health checks in a row that end a session. Default 3.
+    pub health_check_failures: u32,
 }
 
 impl Default for FileSessions {
@@ -169,6 +173,8 @@ impl Default for FileSessions {
             idle_timeout_secs: 900,
             max_lifetime_secs: 28_800,
             sweep_interval_ms: 1_000,
+            health_check_interval_ms: 2_000,
+            health_check_failures: 3,
         }
     }
 }

@@ -96,6 +96,8 @@ pub struct Sessions {
     pub idle_timeout: Duration,
     pub max_lifetime: Duration,
     pub sweep_interval: Duration,
+    pub health_check_interval: Duration,
+    pub health_check_failures: u32,
 }
 
 /// The three protocol ports of the container contract.

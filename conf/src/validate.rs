@@ -203,6 +203,18 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
         10,
         60_000,
     );
+    errs.range(
+        "sessions.health_check_interval_ms",
+        ses.health_check_interval_ms,
+        100,
+        600_000,
+    );
+    errs.range(
+        "sessions.health_check_failures",
+        ses.health_check_failures.into(),
+        1,
+        100,
+    );
 
     if f.runtimes.is_empty() {
         errs.push("runtimes", "at least one runtime is needed");
@@ -277,6 +289,8 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
             idle_timeout: Duration::from_secs(ses.idle_timeout_secs),
             max_lifetime: Duration::from_secs(ses.max_lifetime_secs),
             sweep_interval: Duration::from_millis(ses.sweep_interval_ms),
+            health_check_interval: Duration::from_millis(ses.health_check_interval_ms),
+            health_check_failures: ses.health_check_failures,
         },
         runtimes,
         default_runtime,

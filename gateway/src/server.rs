@@ -29,9 +29,10 @@ pub fn run(
     let listeners = config.listeners;
     let server_conf = ServerConf {
         threads: config.server.threads,
-        // Draining happens in `DrainThenStop` before Pingora is told to stop, so Pingora
-        // itself needs no grace period.
-        grace_period_seconds: Some(0),
+        // SIGTERM/SIGINT drain in `DrainThenStop` before Pingora is told to stop; the second of
+        // grace lets requests in flight finish after a graceful upgrade (SIGQUIT), when the
+        // old process stops accepting while the new one serves.
+        grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: config.server.upstream_keepalive_pool_size,
         upgrade_sock: config.server.upgrade_socket.to_string_lossy().into_owned(),

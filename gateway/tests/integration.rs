@@ -1134,3 +1134,27 @@ fn graceful_upgrade_hands_the_sockets_over_without_a_failed_request() {
     unsafe { libc::kill(new.id() as i32, libc::SIGTERM) };
     new.wait().unwrap();
 }
+
+#[test]
+fn a_static_backend_that_stops_answering_ping_ends_its_session() {
+    let mut agent = Agent::start();
+    let gw = Gateway::start(&format!(
+        "[sessions]\nsweep_interval_ms = 100\nhealth_check_interval_ms = 200\nhealth_check_failures = 2\n\
+         [[runtimes]]\nname = \"pool\"\n[runtimes.backend]\nprovider = \"static\"\nendpoints = [{}]\n",
+        agent.toml_endpoint()
+    ));
+    let sid = session_id("health");
+    assert_eq!(gw.invoke(Some(&sid), "{}").status, 200);
+    // Healthy backends keep their sessions across many checks.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(gw.sessions().len(), 1);
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    assert!(eventually(Duration::from_secs(5), || gw
+        .sessions()
+        .is_empty()));
+    assert!(
+        gw.metrics()
+            .contains(r#"sessiongate_sessions_ended_total{reason="unhealthy"} 1"#)
+    );
+}

@@ -80,7 +80,17 @@ pub struct Session {
     backend: OnceCell<Backend>,
     ended: AtomicBool,
     mcp_ids: Mutex<Vec<Box<str>>>,
+    /// What the lifecycle sweep learned from the backend's `/ping`.
+    pub(crate) health: Mutex<HealthState>,
     _reservation: Reservation,
+}
+
+/// The health-check record of one session.
+#[derive(Debug, Default)]
+pub(crate) struct HealthState {
+    pub(crate) failures: u32,
+    pub(crate) last_checked_ms: u64,
+    pub(crate) last: Option<crate::ping::Health>,
 }
 
 impl Session {
@@ -238,6 +248,7 @@ impl SessionDirectory {
                 backend: OnceCell::new(),
                 ended: AtomicBool::new(false),
                 mcp_ids: Mutex::new(Vec::new()),
+                health: Mutex::new(HealthState::default()),
                 _reservation: reservation,
             });
             match self.sessions.entry(id.clone()) {

@@ -1,9 +1,11 @@
 //! The lifecycle sweep: ends sessions that are idle too long, too old, or whose backend died.
 //!
-//! Idle time counts from the later of the last request and the backend's own
-//! `time_of_last_update`; a backend that answers `/ping` with `HealthyBusy` keeps its session
-//! alive (AgentCore's long-running-work contract). Backends are only pinged when their session
-//! is due to end, so a quiet gateway makes no health traffic.
+//! Every `health_check_interval` each placed session's backend is asked `GET /ping` (all at
+//! once, each with a deadline). `HealthyBusy` keeps the session alive (AgentCore's long-running
+//! work contract); `health_check_failures` failures in a row end it. Idle time counts from the
+//! later of the last request and the backend's `time_of_last_update` — but only a timestamp that
+//! came with a change of status counts, so an agent that stamps every ping with the current time
+//! cannot pin its session until the max lifetime.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,14 +13,14 @@ use std::time::Duration;
 use conf::Protocol;
 
 use crate::directory::{EndReason, Session, SessionDirectory, now_ms};
-use crate::ping::ping;
+use crate::ping::{Health, ping};
 
 #[derive(Debug, Clone, Copy)]
 pub struct LifecyclePolicy {
     pub idle_timeout: Duration,
     pub max_lifetime: Duration,
-    /// How long a due session's backend gets to answer `/ping`.
-    pub ping_timeout: Duration,
+    pub health_check_interval: Duration,
+    pub health_check_failures: u32,
 }
 
 impl From<&conf::Sessions> for LifecyclePolicy {
@@ -26,7 +28,8 @@ impl From<&conf::Sessions> for LifecyclePolicy {
         Self {
             idle_timeout: s.idle_timeout,
             max_lifetime: s.max_lifetime,
-            ping_timeout: Duration::from_secs(2),
+            health_check_interval: s.health_check_interval,
+            health_check_failures: s.health_check_failures,
         }
     }
 }
@@ -37,49 +40,156 @@ pub async fn sweep(
     policy: &LifecyclePolicy,
 ) -> Vec<(Arc<Session>, EndReason)> {
     let mut ended = Vec::new();
-    for session in dir.snapshot() {
-        if let Some(reason) = check(dir, &session, policy).await {
-            ended.push((session, reason));
+    let mut due = tokio::task::JoinSet::new();
+    let now = now_ms();
+    for s in dir.snapshot() {
+        let Some(backend) = s.backend() else {
+            continue; // still being placed: the placement deadline governs it
+        };
+        if backend.has_exited() {
+            if dir.end(&s).await {
+                ended.push((s, EndReason::BackendExited));
+            }
+            continue;
+        }
+        if s.age(now) >= policy.max_lifetime {
+            if dir.end(&s).await {
+                ended.push((s, EndReason::MaxLifetime));
+            }
+            continue;
+        }
+        let check_due = s.health.lock().is_ok_and(|h| {
+            now.saturating_sub(h.last_checked_ms) >= policy.health_check_interval.as_millis() as u64
+        });
+        if let (true, Some(addr)) = (check_due, backend.addr(Protocol::Http)) {
+            let timeout = policy.health_check_interval.min(Duration::from_secs(2));
+            due.spawn(async move {
+                let result = ping(addr, timeout).await;
+                (s, result)
+            });
+        }
+    }
+    while let Some(Ok((s, result))) = due.join_next().await {
+        if let Some(reason) = record_health(dir, &s, result.ok(), policy).await {
+            ended.push((s, reason));
+        }
+    }
+    let now = now_ms();
+    for s in dir.snapshot() {
+        let due = s.inflight() == 0 && s.idle_for(now) >= policy.idle_timeout;
+        let Some(addr) = s
+            .backend()
+            .and_then(|b| b.addr(Protocol::Http))
+            .filter(|_| due)
+        else {
+            continue;
+        };
+        // Due to end: ask the backend once more whether it is still working.
+        let answer = ping(addr, Duration::from_secs(2)).await.ok();
+        if let Some(reason) = record_health(dir, &s, answer, policy).await {
+            ended.push((s, reason));
+            continue;
+        }
+        if s.is_ended() {
+            continue;
+        }
+        let reason = if answer.is_some() {
+            EndReason::Idle
+        } else {
+            EndReason::Unhealthy
+        };
+        if dir.end_if_idle(&s, policy.idle_timeout).await {
+            ended.push((s, reason));
         }
     }
     ended
 }
 
-async fn check(
+/// Applies one health-check answer (`None`: no answer). Returns a reason if it ends the session.
+async fn record_health(
     dir: &SessionDirectory,
     s: &Arc<Session>,
+    health: Option<Health>,
     policy: &LifecyclePolicy,
 ) -> Option<EndReason> {
-    let now = now_ms();
-    let backend = s.backend()?; // still being placed: the placement deadline governs it
-    if backend.has_exited() {
-        return dir.end(s).await.then_some(EndReason::BackendExited);
-    }
-    if s.age(now) >= policy.max_lifetime {
-        return dir.end(s).await.then_some(EndReason::MaxLifetime);
-    }
-    if s.inflight() > 0 || s.idle_for(now) < policy.idle_timeout {
-        return None;
-    }
-    // Due to end: ask the backend whether it is still working.
-    match ping(backend.addr(Protocol::Http)?, policy.ping_timeout).await {
-        Ok(h) if h.busy => {
+    let failures = {
+        let Ok(mut h) = s.health.lock() else {
+            return None;
+        };
+        h.last_checked_ms = now_ms();
+        match health {
+            Some(now) => {
+                if let Some(t) = status_change_time(h.last, now) {
+                    s.touch_at_unix_secs(t);
+                }
+                h.last = Some(now);
+                h.failures = 0;
+            }
+            None => h.failures += 1,
+        }
+        h.failures
+    };
+    match health {
+        Some(h) if h.busy => {
             s.touch();
             None
         }
-        Ok(h) => {
-            if let Some(t) = h.time_of_last_update {
-                s.touch_at_unix_secs(t);
-            }
-            dir.end_if_idle(s, policy.idle_timeout)
-                .await
-                .then_some(EndReason::Idle)
-        }
-        Err(e) => {
-            tracing::info!(session = %s.id, error = %e, "backend failed its health probe");
-            dir.end_if_idle(s, policy.idle_timeout)
+        Some(_) => None,
+        None if failures >= policy.health_check_failures => {
+            tracing::info!(session = %s.id, failures, "backend failed its health checks");
+            dir.end_if_idle(s, Duration::ZERO)
                 .await
                 .then_some(EndReason::Unhealthy)
         }
+        None => None,
+    }
+}
+
+/// The `time_of_last_update` worth honouring: only one reported with a change of status (or the
+/// first one seen). A timestamp that advances while the status stays the same is the agent
+/// stamping every ping, which would otherwise keep an idle session forever.
+pub fn status_change_time(previous: Option<Health>, now: Health) -> Option<u64> {
+    let t = now.time_of_last_update?;
+    match previous {
+        None => Some(t),
+        Some(p) if p.busy != now.busy => Some(t),
+        Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(busy: bool, t: u64) -> Health {
+        Health {
+            busy,
+            time_of_last_update: Some(t),
+        }
+    }
+
+    #[test]
+    fn only_status_changes_move_the_idle_clock() {
+        assert_eq!(status_change_time(None, h(false, 10)), Some(10));
+        assert_eq!(
+            status_change_time(Some(h(false, 10)), h(false, 20)),
+            None,
+            "stamped every ping"
+        );
+        assert_eq!(
+            status_change_time(Some(h(true, 10)), h(false, 30)),
+            Some(30),
+            "busy → healthy"
+        );
+        assert_eq!(
+            status_change_time(
+                Some(h(false, 10)),
+                Health {
+                    busy: false,
+                    time_of_last_update: None
+                }
+            ),
+            None
+        );
     }
 }
