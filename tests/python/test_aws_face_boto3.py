@@ -78,10 +78,22 @@ def test_errors_are_botocore_exception_classes(limited):
         c.invoke_agent_runtime(agentRuntimeArn="no-such-runtime", runtimeSessionId=sid(), payload=b"{}")
     with pytest.raises(c.exceptions.ValidationException):
         c.invoke_agent_runtime(agentRuntimeArn=ARN, runtimeSessionId=sid(), payload=b"x" * 2000)
-    first = sid()
-    c.invoke_agent_runtime(agentRuntimeArn=ARN, runtimeSessionId=first, payload=b"{}")
-    with pytest.raises(c.exceptions.ThrottlingException):   # a second new session within the second
-        c.invoke_agent_runtime(agentRuntimeArn=ARN, runtimeSessionId=sid(), payload=b"{}")
+    # Two new sessions at once against one new session per second: one is throttled.
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = [sid(), sid()]
+
+    def start(session):
+        try:
+            client(limited).invoke_agent_runtime(agentRuntimeArn=ARN, runtimeSessionId=session, payload=b"{}")
+            return session
+        except c.exceptions.ThrottlingException:
+            return None
+
+    with ThreadPoolExecutor(2) as pool:
+        started = [s for s in pool.map(start, ids) if s]
+    assert len(started) == 1
+    first = started[0]
     with pytest.raises(c.exceptions.RuntimeClientError) as e:
         c.invoke_agent_runtime(agentRuntimeArn=ARN, runtimeSessionId=first, payload=b'{"status":500}')
     assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 424
