@@ -10,7 +10,7 @@
 //! | `sessiongate_auth_failures_total` | counter | reason |
 //! | `sessiongate_config_reloads_total` | counter | result |
 //! | `sessiongate_request_bytes_total`, `sessiongate_response_bytes_total` | counter | listener |
-//! | `sessiongate_active_sessions` | gauge | |
+//! | `sessiongate_active_sessions` | gauge (set by the lifecycle sweep) | |
 //! | `sessiongate_placements_total` | counter | provider, result |
 //! | `sessiongate_rejections_total` | counter | reason |
 //! | `sessiongate_sessions_ended_total` | counter | reason |
@@ -19,7 +19,7 @@ use conf::Protocol;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use pingora::proxy::Session;
 
-use crate::state::{RequestCtx, Shared};
+use crate::state::RequestCtx;
 
 /// Latency buckets, in seconds: 100 µs to 60 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -34,7 +34,7 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
         .install_recorder()?)
 }
 
-pub fn record(shared: &Shared, face: Protocol, session: &Session, ctx: &RequestCtx) {
+pub fn record(face: Protocol, session: &Session, ctx: &RequestCtx) {
     let listener = face.as_str();
     let route = ctx.route.map_or("none", |r| r.name());
     // Runtime names come from the config: a bounded label set (never a session or principal).
@@ -51,7 +51,6 @@ pub fn record(shared: &Shared, face: Protocol, session: &Session, ctx: &RequestC
         .increment(ctx.request_body_bytes);
     metrics::counter!("sessiongate_response_bytes_total", "listener" => listener)
         .increment(session.body_bytes_sent() as u64);
-    metrics::gauge!("sessiongate_active_sessions").set(shared.directory.len() as f64);
     if let Some(e) = &ctx.error {
         metrics::counter!("sessiongate_rejections_total", "reason" => e.reason()).increment(1);
     }

@@ -255,7 +255,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        observe::record(&self.shared, self.face, session, ctx);
+        observe::record(self.face, session, ctx);
         if let Some(cx) = ctx.otel.take() {
             observe::finish_span(&cx, session, ctx);
         }
