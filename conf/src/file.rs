@@ -197,6 +197,10 @@ pub struct FileRuntime {
     pub backend: Option<FileBackend>,
     /// Versions, each with its own backend. `DEFAULT` reaches the highest.
     pub versions: Vec<FileVersion>,
+    /// This runtime's idle timeout, overriding `sessions.idle_timeout_secs`.
+    pub idle_timeout_secs: Option<u64>,
+    /// This runtime's max session lifetime, overriding `sessions.max_lifetime_secs`.
+    pub max_lifetime_secs: Option<u64>,
     /// Named endpoints (the `qualifier`): a pinned version or a weighted split.
     pub endpoints: Vec<FileRuntimeEndpoint>,
 }
@@ -331,6 +335,8 @@ impl Default for FileRuntime {
             auth: FileAuth::default(),
             backend: None,
             versions: Vec::new(),
+            idle_timeout_secs: None,
+            max_lifetime_secs: None,
             endpoints: Vec::new(),
         }
     }
@@ -340,8 +346,9 @@ impl Default for FileRuntime {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileBackend {
-    /// `process` (spawn one backend per session) or `static` (a pool of deployed runtimes).
-    /// Default `process`.
+    /// `process` (spawn one backend per session), `sandbox` (the same, in its own namespaces
+    /// and cgroup), `microvm` (a QEMU microVM per session) or `static` (a pool of deployed
+    /// runtimes). Default `process`.
     pub provider: String,
 
     /// process: the program to run. Default: this `sessiongate` binary.
@@ -355,6 +362,37 @@ pub struct FileBackend {
     pub ready_timeout_ms: Option<u64>,
     /// process: after SIGTERM, how long before SIGKILL. Default 2 000.
     pub stop_timeout_ms: Option<u64>,
+    /// process, sandbox, microvm: backends kept started and ready, so a new session's first
+    /// byte waits for no spawn or boot. Each serves one session and is destroyed after it. 0..=64,
+    /// default 0.
+    pub warm_pool: Option<u32>,
+
+    /// sandbox: memory limit in MiB (cgroup `memory.max` / `memory.limit_in_bytes`); the sandbox
+    /// is OOM-killed past it. Default 1 024. microvm: the guest's RAM. Default 256.
+    pub memory_mb: Option<u64>,
+    /// sandbox: CPU limit in percent of one core (cgroup CFS quota). Default 100.
+    pub cpu_percent: Option<u32>,
+    /// sandbox: at most this many processes and threads. Default 256.
+    pub max_pids: Option<u32>,
+    /// sandbox: host paths visible read-only inside (everything else is absent). Default
+    /// `["/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc"]`; the command is added by itself.
+    pub read_only: Option<Vec<String>>,
+
+    /// microvm: the guest kernel, an uncompressed `vmlinux` with a PVH entry (see
+    /// `scripts/build-guest`). Required.
+    pub kernel: Option<String>,
+    /// microvm: the guest initramfs (see `scripts/build-guest`). Required.
+    pub initrd: Option<String>,
+    /// microvm: guest vCPUs. Default 1.
+    pub vcpus: Option<u32>,
+    /// microvm: `auto` (KVM when it really works, else software emulation), `kvm` or `tcg`.
+    /// Default `auto`.
+    pub accel: Option<String>,
+    /// microvm: boot one template guest, snapshot it, and start each session's guest from the
+    /// snapshot. Default true.
+    pub snapshot: Option<bool>,
+    /// microvm: the QEMU binary. Default `qemu-system-x86_64`.
+    pub qemu: Option<String>,
 
     /// static: the deployed runtimes, one table each.
     pub endpoints: Option<Vec<FileEndpoint>>,
@@ -371,6 +409,17 @@ impl Default for FileBackend {
             env: None,
             ready_timeout_ms: None,
             stop_timeout_ms: None,
+            warm_pool: None,
+            memory_mb: None,
+            cpu_percent: None,
+            max_pids: None,
+            read_only: None,
+            kernel: None,
+            initrd: None,
+            vcpus: None,
+            accel: None,
+            snapshot: None,
+            qemu: None,
             endpoints: None,
             sessions_per_endpoint: None,
         }

@@ -133,6 +133,9 @@ pub struct Runtime {
     pub versions: Vec<RuntimeVersion>,
     /// `DEFAULT` (the highest version) first, then the named ones.
     pub endpoints: Vec<RuntimeEndpoint>,
+    /// Overrides of `sessions.idle_timeout` / `sessions.max_lifetime` for this runtime.
+    pub idle_timeout: Option<Duration>,
+    pub max_lifetime: Option<Duration>,
 }
 
 impl Runtime {
@@ -252,10 +255,12 @@ impl std::fmt::Debug for Credential {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum BackendSpec {
     Static(StaticPool),
     Process(ProcessSpec),
+    Sandbox(SandboxSpec),
+    Microvm(MicrovmSpec),
 }
 
 impl BackendSpec {
@@ -263,12 +268,54 @@ impl BackendSpec {
         match self {
             BackendSpec::Static(_) => "static",
             BackendSpec::Process(_) => "process",
+            BackendSpec::Sandbox(_) => "sandbox",
+            BackendSpec::Microvm(_) => "microvm",
         }
     }
 }
 
+/// A `process` backend run in its own user, pid, mount, ipc, uts and network namespaces
+/// (bubblewrap), with a read-only view of a few host paths, a private scratch dir, no
+/// capabilities, and cgroup limits. Inside, the agent listens on the contract's own ports; the
+/// gateway reaches them through Unix sockets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxSpec {
+    /// Command, arguments (no placeholders: the contract ports apply inside), environment,
+    /// timeouts and warm pool.
+    pub process: ProcessSpec,
+    pub memory_mb: u64,
+    pub cpu_percent: u32,
+    pub max_pids: u32,
+    pub read_only: Vec<PathBuf>,
+}
+
+/// One QEMU `-M microvm` guest per session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MicrovmSpec {
+    pub qemu: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub memory_mb: u64,
+    pub vcpus: u32,
+    pub accel: Accel,
+    pub snapshot: bool,
+    pub ready_timeout: Duration,
+    pub stop_timeout: Duration,
+    pub warm_pool: usize,
+}
+
+/// How a microVM's CPU runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// KVM when a canary boot shows it really works, software emulation otherwise.
+    Auto,
+    Kvm,
+    /// QEMU's software emulation.
+    Tcg,
+}
+
 /// A pool of already-deployed runtimes; each session takes a slot of one endpoint.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StaticPool {
     /// At least one; no address appears twice.
     pub endpoints: Vec<Endpoint>,
@@ -295,7 +342,7 @@ impl Endpoint {
 }
 
 /// Spawn one backend process per session on loopback ports the gateway picks.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProcessSpec {
     /// `None`: this very binary (`sessiongate agent …`).
     pub command: Option<PathBuf>,
@@ -304,6 +351,8 @@ pub struct ProcessSpec {
     pub env: BTreeMap<String, String>,
     pub ready_timeout: Duration,
     pub stop_timeout: Duration,
+    /// Backends kept ready ahead of demand.
+    pub warm_pool: usize,
 }
 
 /// The arguments that run the built-in reference agent on the chosen addresses.

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::file::{
@@ -316,7 +316,7 @@ fn runtime(errs: &mut Errors, path: &str, r: &FileRuntime, base: &Path) -> Optio
             None
         }
     };
-    let (versions, endpoints) = versions_and_endpoints(errs, path, r);
+    let (versions, endpoints) = versions_and_endpoints(errs, path, r, base);
     let auth = auth(errs, &format!("{path}.auth"), &r.auth, base);
     let allowlist = allowlist(
         errs,
@@ -330,9 +330,18 @@ fn runtime(errs: &mut Errors, path: &str, r: &FileRuntime, base: &Path) -> Optio
             "`Authorization` may be passed on only by a runtime with auth mode `jwt`",
         );
     }
+    let mut lifetime = |key: &str, v: Option<u64>| {
+        v.map(|v| {
+            Duration::from_secs(errs.range(&format!("{path}.{key}"), v, 1, MAX_LIFECYCLE_SECS))
+        })
+    };
+    let idle_timeout = lifetime("idle_timeout_secs", r.idle_timeout_secs);
+    let max_lifetime = lifetime("max_lifetime_secs", r.max_lifetime_secs);
     Some(Runtime {
         name: r.name.clone(),
         protocol: protocol?,
+        idle_timeout,
+        max_lifetime,
         request_header_allowlist: allowlist,
         auth: auth?,
         versions: versions?,
@@ -344,12 +353,13 @@ fn versions_and_endpoints(
     errs: &mut Errors,
     path: &str,
     r: &FileRuntime,
+    base: &Path,
 ) -> (Option<Vec<RuntimeVersion>>, Vec<RuntimeEndpoint>) {
     let mut versions: Vec<Option<RuntimeVersion>> = Vec::new();
     if r.versions.is_empty() {
         let b = r.backend.clone().unwrap_or_default();
         versions.push(
-            backend(errs, &format!("{path}.backend"), &b)
+            backend(errs, &format!("{path}.backend"), &b, base)
                 .map(|backend| RuntimeVersion { number: 1, backend }),
         );
     } else {
@@ -374,9 +384,11 @@ fn versions_and_endpoints(
                 );
             }
             versions.push(
-                backend(errs, &format!("{p}.backend"), &v.backend).map(|backend| RuntimeVersion {
-                    number: v.version,
-                    backend,
+                backend(errs, &format!("{p}.backend"), &v.backend, base).map(|backend| {
+                    RuntimeVersion {
+                        number: v.version,
+                        backend,
+                    }
                 }),
             );
         }
@@ -735,49 +747,188 @@ fn valid_runtime_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn backend(errs: &mut Errors, path: &str, b: &FileBackend) -> Option<BackendSpec> {
+fn backend(errs: &mut Errors, path: &str, b: &FileBackend, base: &Path) -> Option<BackendSpec> {
     // Keys of one provider set on another are mistakes worth reporting, not ignoring.
-    let process_keys = [
-        ("command", b.command.is_some()),
-        ("args", b.args.is_some()),
-        ("env", b.env.is_some()),
-        ("ready_timeout_ms", b.ready_timeout_ms.is_some()),
-        ("stop_timeout_ms", b.stop_timeout_ms.is_some()),
+    let keys = [
+        ("command", b.command.is_some(), "process sandbox"),
+        ("args", b.args.is_some(), "process sandbox"),
+        ("env", b.env.is_some(), "process sandbox"),
+        (
+            "ready_timeout_ms",
+            b.ready_timeout_ms.is_some(),
+            "process sandbox microvm",
+        ),
+        (
+            "stop_timeout_ms",
+            b.stop_timeout_ms.is_some(),
+            "process sandbox microvm",
+        ),
+        (
+            "warm_pool",
+            b.warm_pool.is_some(),
+            "process sandbox microvm",
+        ),
+        ("memory_mb", b.memory_mb.is_some(), "sandbox microvm"),
+        ("cpu_percent", b.cpu_percent.is_some(), "sandbox"),
+        ("max_pids", b.max_pids.is_some(), "sandbox"),
+        ("read_only", b.read_only.is_some(), "sandbox"),
+        ("kernel", b.kernel.is_some(), "microvm"),
+        ("initrd", b.initrd.is_some(), "microvm"),
+        ("vcpus", b.vcpus.is_some(), "microvm"),
+        ("accel", b.accel.is_some(), "microvm"),
+        ("snapshot", b.snapshot.is_some(), "microvm"),
+        ("qemu", b.qemu.is_some(), "microvm"),
+        ("endpoints", b.endpoints.is_some(), "static"),
+        (
+            "sessions_per_endpoint",
+            b.sessions_per_endpoint.is_some(),
+            "static",
+        ),
     ];
-    let static_keys = [
-        ("endpoints", b.endpoints.is_some()),
-        ("sessions_per_endpoint", b.sessions_per_endpoint.is_some()),
-    ];
-    let mut foreign = |keys: &[(&str, bool)], provider: &str| {
-        for (key, set) in keys {
-            if *set {
-                errs.push(
-                    format!("{path}.{key}"),
-                    format!("applies to another provider, not `{provider}`"),
-                );
-            }
+    let provider = b.provider.as_str();
+    if !["process", "sandbox", "microvm", "static"].contains(&provider) {
+        errs.push(
+            format!("{path}.provider"),
+            format!("`{provider}` is not one of process, sandbox, microvm, static"),
+        );
+        return None;
+    }
+    for (key, set, applies) in keys {
+        if set && !applies.split(' ').any(|p| p == provider) {
+            errs.push(
+                format!("{path}.{key}"),
+                format!("applies to {applies}, not `{provider}`"),
+            );
+        }
+    }
+    let ms = |errs: &mut Errors, key: &str, v: Option<u64>, default: u64| {
+        Duration::from_millis(errs.range(
+            &format!("{path}.{key}"),
+            v.unwrap_or(default),
+            10,
+            600_000,
+        ))
+    };
+    let warm_pool = errs.range(
+        &format!("{path}.warm_pool"),
+        b.warm_pool.unwrap_or(0).into(),
+        0,
+        64,
+    ) as usize;
+    let process = |errs: &mut Errors, default_args: fn() -> Vec<String>| {
+        if b.command.as_deref() == Some("") {
+            errs.push(format!("{path}.command"), "must not be empty");
+        }
+        ProcessSpec {
+            command: b.command.as_ref().map(Into::into),
+            args: b.args.clone().unwrap_or_else(default_args),
+            env: b.env.clone().unwrap_or_default(),
+            ready_timeout: ms(errs, "ready_timeout_ms", b.ready_timeout_ms, 10_000),
+            stop_timeout: Duration::from_millis(errs.range(
+                &format!("{path}.stop_timeout_ms"),
+                b.stop_timeout_ms.unwrap_or(2_000),
+                0,
+                600_000,
+            )),
+            warm_pool,
         }
     };
-    match b.provider.as_str() {
-        "process" => {
-            foreign(&static_keys, "process");
-            let ready = b.ready_timeout_ms.unwrap_or(10_000);
-            errs.range(&format!("{path}.ready_timeout_ms"), ready, 10, 600_000);
-            let stop = b.stop_timeout_ms.unwrap_or(2_000);
-            errs.range(&format!("{path}.stop_timeout_ms"), stop, 0, 600_000);
-            if b.command.as_deref() == Some("") {
-                errs.push(format!("{path}.command"), "must not be empty");
+    match provider {
+        "process" => Some(BackendSpec::Process(process(errs, default_agent_args))),
+        "sandbox" => {
+            let process = process(errs, || vec!["agent".to_owned()]);
+            let read_only: Vec<PathBuf> = b
+                .read_only
+                .clone()
+                .unwrap_or_else(|| {
+                    ["/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc"]
+                        .map(String::from)
+                        .to_vec()
+                })
+                .into_iter()
+                .map(PathBuf::from)
+                .collect();
+            for (i, p) in read_only.iter().enumerate() {
+                if !p.is_absolute() {
+                    errs.push(
+                        format!("{path}.read_only[{i}]"),
+                        format!("`{}` is not an absolute path", p.display()),
+                    );
+                }
             }
-            Some(BackendSpec::Process(ProcessSpec {
-                command: b.command.as_ref().map(Into::into),
-                args: b.args.clone().unwrap_or_else(default_agent_args),
-                env: b.env.clone().unwrap_or_default(),
-                ready_timeout: Duration::from_millis(ready),
-                stop_timeout: Duration::from_millis(stop),
+            Some(BackendSpec::Sandbox(SandboxSpec {
+                process,
+                memory_mb: errs.range(
+                    &format!("{path}.memory_mb"),
+                    b.memory_mb.unwrap_or(1_024),
+                    16,
+                    1 << 20,
+                ),
+                cpu_percent: errs.range(
+                    &format!("{path}.cpu_percent"),
+                    b.cpu_percent.unwrap_or(100).into(),
+                    1,
+                    25_600,
+                ) as u32,
+                max_pids: errs.range(
+                    &format!("{path}.max_pids"),
+                    b.max_pids.unwrap_or(256).into(),
+                    8,
+                    1 << 20,
+                ) as u32,
+                read_only,
             }))
         }
-        "static" => {
-            foreign(&process_keys, "static");
+        "microvm" => {
+            let accel = match b.accel.as_deref().unwrap_or("auto") {
+                "auto" => Accel::Auto,
+                "kvm" => Accel::Kvm,
+                "tcg" => Accel::Tcg,
+                other => {
+                    errs.push(
+                        format!("{path}.accel"),
+                        format!("`{other}` is not one of auto, kvm, tcg"),
+                    );
+                    Accel::Auto
+                }
+            };
+            let mut file = |key: &str, v: &Option<String>| {
+                let Some(v) = v.as_deref().filter(|v| !v.is_empty()) else {
+                    errs.push(
+                        format!("{path}.{key}"),
+                        "a microvm needs it (build one with scripts/build-guest)",
+                    );
+                    return None;
+                };
+                Some(base.join(v))
+            };
+            let kernel = file("kernel", &b.kernel);
+            let initrd = file("initrd", &b.initrd);
+            Some(BackendSpec::Microvm(MicrovmSpec {
+                qemu: b.qemu.as_deref().unwrap_or("qemu-system-x86_64").into(),
+                memory_mb: errs.range(
+                    &format!("{path}.memory_mb"),
+                    b.memory_mb.unwrap_or(256),
+                    96,
+                    1 << 20,
+                ),
+                vcpus: errs.range(&format!("{path}.vcpus"), b.vcpus.unwrap_or(1).into(), 1, 64)
+                    as u32,
+                accel,
+                snapshot: b.snapshot.unwrap_or(true),
+                ready_timeout: ms(errs, "ready_timeout_ms", b.ready_timeout_ms, 120_000),
+                stop_timeout: Duration::from_millis(errs.range(
+                    &format!("{path}.stop_timeout_ms"),
+                    b.stop_timeout_ms.unwrap_or(2_000),
+                    0,
+                    600_000,
+                )),
+                warm_pool,
+                kernel: kernel?,
+                initrd: initrd?,
+            }))
+        }
+        _ => {
             let per = b.sessions_per_endpoint.unwrap_or(1);
             errs.range(
                 &format!("{path}.sessions_per_endpoint"),
@@ -797,6 +948,7 @@ fn backend(errs: &mut Errors, path: &str, b: &FileBackend) -> Option<BackendSpec
                     format!("{path}.endpoints"),
                     "a static pool needs at least one endpoint",
                 );
+                return None;
             }
             let mut seen = HashSet::new();
             let endpoints: Vec<Option<Endpoint>> = list
@@ -808,13 +960,6 @@ fn backend(errs: &mut Errors, path: &str, b: &FileBackend) -> Option<BackendSpec
                 endpoints: endpoints.into_iter().collect::<Option<_>>()?,
                 sessions_per_endpoint: per,
             }))
-        }
-        other => {
-            errs.push(
-                format!("{path}.provider"),
-                format!("`{other}` is not one of process, static"),
-            );
-            None
         }
     }
 }

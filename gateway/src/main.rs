@@ -10,7 +10,6 @@
 
 mod admin;
 
-mod agent;
 mod authn;
 mod error;
 mod headers;
@@ -20,6 +19,7 @@ mod proxy;
 mod request;
 mod response;
 mod route;
+mod sandbox_init;
 mod server;
 mod state;
 mod telemetry;
@@ -63,20 +63,10 @@ enum Command {
         admin: SocketAddr,
     },
     /// Run the reference agent (the container contract: HTTP, MCP, A2A).
-    Agent {
-        #[arg(long, default_value = "0.0.0.0:8080")]
-        http: SocketAddr,
-        #[arg(long, default_value = "0.0.0.0:8000")]
-        mcp: SocketAddr,
-        #[arg(long, default_value = "0.0.0.0:9000")]
-        a2a: SocketAddr,
-        /// Serve MCP statelessly (no `Mcp-Session-Id` of its own).
-        #[arg(long)]
-        mcp_stateless: bool,
-        /// A label every invocation answer carries (e.g. a version).
-        #[arg(long)]
-        label: Option<String>,
-    },
+    Agent(agent::AgentAddrs),
+    /// Inside a sandbox: run the agent command and relay its contract ports to Unix sockets.
+    #[command(hide = true)]
+    SandboxInit(sandbox_init::Args),
 }
 
 #[derive(Args, Clone, Default)]
@@ -109,19 +99,8 @@ fn main() -> ExitCode {
         None => run(cli.run),
         Some(Command::Run(args)) => run(args),
         Some(Command::CheckConfig { file }) => return check_config(&file),
-        Some(Command::Agent {
-            http,
-            mcp,
-            a2a,
-            mcp_stateless,
-            label,
-        }) => agent::run(agent::AgentAddrs {
-            http,
-            mcp,
-            a2a,
-            mcp_stateless,
-            label,
-        }),
+        Some(Command::Agent(addrs)) => agent::run(addrs),
+        Some(Command::SandboxInit(args)) => return sandbox_init::run(args),
         Some(Command::Invoke(args)) => invoke::run(args),
         Some(Command::Health { admin }) => health(admin),
     };

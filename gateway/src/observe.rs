@@ -92,7 +92,7 @@ pub fn finish_span(cx: &opentelemetry::Context, session: &Session, ctx: &Request
             i64::from(t.session().version),
         ));
     }
-    if let Some(peer) = ctx.peer {
+    if let Some(peer) = &ctx.peer {
         attributes.push(KeyValue::new("server.address", peer.to_string()));
     }
     if let Some(d) = ctx.upstream_connect {

@@ -20,6 +20,7 @@ use conf::Protocol;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::{ErrorSource, ErrorType};
+use routing::provider::BackendAddr;
 
 use crate::error::GatewayError;
 use crate::headers;
@@ -76,10 +77,21 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let addr = ctx
-            .peer
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no backend was chosen"))?;
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let mut peer = match &ctx.peer {
+            Some(BackendAddr::Tcp(addr)) => HttpPeer::new(*addr, false, String::new()),
+            Some(BackendAddr::Unix(path)) => {
+                let path = path.to_str().ok_or_else(|| {
+                    Error::explain(ErrorType::InternalError, "backend socket path is not UTF-8")
+                })?;
+                HttpPeer::new_uds(path, false, String::new())?
+            }
+            None => {
+                return Err(Error::explain(
+                    ErrorType::InternalError,
+                    "no backend was chosen",
+                ));
+            }
+        };
         peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
         // No idle timer shorter than the contract's: a synchronous request may take 15 min, a
         // WebSocket may be quiet for as long as it may last.

@@ -151,6 +151,7 @@ pub async fn admit(
     ctx.peer = Some(
         backend
             .addr(target.protocol)
+            .cloned()
             .ok_or(GatewayError::ProtocolNotServed)?,
     );
     ctx.ticket = Some(ticket);

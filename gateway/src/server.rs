@@ -122,6 +122,27 @@ struct Lifecycle {
     shared: Arc<Shared>,
 }
 
+impl Lifecycle {
+    /// Tops up warm pools and reports them, with each microVM runtime's acceleration.
+    fn tend_providers(&self, snapshot: &crate::state::Snapshot) {
+        for (runtime, versions) in snapshot.config.runtimes.iter().zip(&snapshot.providers) {
+            for (version, provider) in runtime.versions.iter().zip(versions) {
+                provider.refill();
+                let labels = [
+                    ("runtime", runtime.name.clone()),
+                    ("version", version.number.to_string()),
+                    ("provider", provider.name().to_owned()),
+                ];
+                metrics::gauge!("sessiongate_warm_backends", &labels).set(provider.warm() as f64);
+                if let Some(accel) = provider.accel() {
+                    metrics::gauge!("sessiongate_microvm_accel", "runtime" => runtime.name.clone(), "accel" => accel)
+                        .set(1.0);
+                }
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl BackgroundService for Lifecycle {
     async fn start(&self, mut shutdown: ShutdownWatch) {
@@ -140,9 +161,10 @@ impl BackgroundService for Lifecycle {
                 tick = tokio::time::interval(interval);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             }
-            let policy = LifecyclePolicy::from(&sessions);
             // Sessions of a runtime a reload removed end once nothing is in flight.
             let snapshot = self.shared.snapshot();
+            let policy = LifecyclePolicy::from(&*snapshot.config);
+            self.tend_providers(&snapshot);
             for s in self.shared.directory.snapshot() {
                 if !snapshot.runtime_names.iter().any(|n| *n == s.runtime)
                     && self.shared.directory.end_if_idle(&s, Duration::ZERO).await

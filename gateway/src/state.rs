@@ -10,6 +10,7 @@ use auth::Principal;
 use bytes::Bytes;
 use conf::{BackendSpec, Config, ConfigErrors};
 use metrics_exporter_prometheus::PrometheusHandle;
+use routing::provider::BackendAddr;
 use routing::provider::SlotRegistry;
 use routing::{AdmissionLimits, BackendProvider, SessionDirectory, SessionId, Ticket};
 
@@ -22,8 +23,11 @@ use crate::ws::FrameMeter;
 /// snapshot current when it arrives and keeps it to its end.
 pub struct Snapshot {
     pub config: Arc<Config>,
-    /// One provider per runtime version: `providers[runtime][version index]`.
-    pub providers: Vec<Vec<BackendProvider>>,
+    /// One provider per runtime version: `providers[runtime][version index]`. A reload keeps
+    /// the provider (and its warm pool) of a version whose backend spec did not change.
+    pub providers: Vec<Vec<Arc<BackendProvider>>>,
+    /// The specs the providers were made from (after the gateway's additions).
+    specs: Vec<Vec<BackendSpec>>,
     /// One authenticator per runtime.
     pub authenticators: Vec<Authenticator>,
     /// Runtime names, shared with the sessions that belong to them.
@@ -31,8 +35,13 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    fn build(config: Config, self_exe: &Path, slots: &SlotRegistry) -> Self {
-        let providers = config
+    fn build(
+        config: Config,
+        self_exe: &Path,
+        slots: &SlotRegistry,
+        previous: Option<&Snapshot>,
+    ) -> Self {
+        let specs: Vec<Vec<BackendSpec>> = config
             .runtimes
             .iter()
             .enumerate()
@@ -41,14 +50,36 @@ impl Snapshot {
                     .iter()
                     .map(|v| {
                         let mut spec = v.backend.clone();
-                        if let BackendSpec::Process(p) = &mut spec {
-                            // As AgentCore does: the agent learns the URL clients reach it at
-                            // (A2A agent cards advertise it), unless the runtime sets its own.
-                            p.env
-                                .entry("AGENTCORE_RUNTIME_URL".into())
+                        // As AgentCore does: the agent learns the URL clients reach it at
+                        // (A2A agent cards advertise it), unless the runtime sets its own.
+                        let env = match &mut spec {
+                            BackendSpec::Process(p) => Some(&mut p.env),
+                            BackendSpec::Sandbox(s) => Some(&mut s.process.env),
+                            BackendSpec::Static(_) | BackendSpec::Microvm(_) => None,
+                        };
+                        if let Some(env) = env {
+                            env.entry("AGENTCORE_RUNTIME_URL".into())
                                 .or_insert_with(|| public_url(&config, i));
                         }
-                        BackendProvider::new(&spec, self_exe, slots)
+                        spec
+                    })
+                    .collect()
+            })
+            .collect();
+        let providers = config
+            .runtimes
+            .iter()
+            .zip(&specs)
+            .map(|(r, specs)| {
+                r.versions
+                    .iter()
+                    .zip(specs)
+                    .map(|(v, spec)| {
+                        previous
+                            .and_then(|p| p.same_provider(&r.name, v.number, spec))
+                            .unwrap_or_else(|| {
+                                Arc::new(BackendProvider::new(spec, self_exe, slots))
+                            })
                     })
                     .collect()
             })
@@ -65,8 +96,28 @@ impl Snapshot {
                 .map(|r| Arc::from(r.name.as_str()))
                 .collect(),
             providers,
+            specs,
             config: Arc::new(config),
         }
+    }
+
+    /// This snapshot's provider of `runtime` version `number`, if it was made from `spec`.
+    fn same_provider(
+        &self,
+        runtime: &str,
+        number: u32,
+        spec: &BackendSpec,
+    ) -> Option<Arc<BackendProvider>> {
+        let r = self
+            .config
+            .runtimes
+            .iter()
+            .position(|r| r.name == runtime)?;
+        let v = self.config.runtimes[r]
+            .versions
+            .iter()
+            .position(|v| v.number == number)?;
+        (self.specs.get(r)?.get(v)? == spec).then(|| Arc::clone(&self.providers[r][v]))
     }
 
     pub fn runtime_name(&self, index: usize) -> &str {
@@ -82,7 +133,7 @@ impl Snapshot {
             .versions
             .iter()
             .position(|v| v.number == number)?;
-        self.providers.get(index)?.get(v)
+        self.providers.get(index)?.get(v).map(|p| &**p)
     }
 }
 
@@ -145,7 +196,7 @@ impl Shared {
         };
         let slots = SlotRegistry::default();
         let directory = SessionDirectory::new(AdmissionLimits::from(&config.limits));
-        let snapshot = Snapshot::build(config, &self_exe, &slots);
+        let snapshot = Snapshot::build(config, &self_exe, &slots, None);
         Self {
             snapshot: RwLock::new(Arc::new(snapshot)),
             directory,
@@ -193,7 +244,12 @@ impl Shared {
         self.directory
             .admission()
             .set_limits(AdmissionLimits::from(&config.limits));
-        let fresh = Arc::new(Snapshot::build(config, &self.self_exe, &self.slots));
+        let fresh = Arc::new(Snapshot::build(
+            config,
+            &self.self_exe,
+            &self.slots,
+            Some(&old),
+        ));
         match self.snapshot.write() {
             Ok(mut s) => *s = fresh,
             Err(poisoned) => *poisoned.into_inner() = fresh,
@@ -246,7 +302,7 @@ pub struct RequestCtx {
     pub verified_body: Option<Bytes>,
     /// Holds the session in flight; dropped with the context, after `logging`.
     pub ticket: Option<Ticket>,
-    pub peer: Option<SocketAddr>,
+    pub peer: Option<BackendAddr>,
     pub request_body_bytes: u64,
     /// The failure the client is told about, when there is one.
     pub error: Option<GatewayError>,

@@ -88,7 +88,13 @@ fn benches(c: &mut Criterion) {
             |sid| {
                 rt.block_on(async {
                     let t = dir.open(&sid, &runtime, 1, &anon, true).unwrap();
-                    black_box(t.backend(&provider).await.unwrap().endpoint.http);
+                    black_box(
+                        t.backend(&provider)
+                            .await
+                            .unwrap()
+                            .addr(conf::Protocol::Http)
+                            .is_some(),
+                    );
                     // End it so the pool never fills: placement + release per iteration.
                     dir.end(t.session()).await;
                 })

@@ -15,12 +15,14 @@ use conf::Protocol;
 use crate::directory::{EndReason, Session, SessionDirectory, now_ms};
 use crate::ping::{Health, ping};
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LifecyclePolicy {
     pub idle_timeout: Duration,
     pub max_lifetime: Duration,
     pub health_check_interval: Duration,
     pub health_check_failures: u32,
+    /// Runtimes with their own idle timeout / max lifetime: `(name, idle, max)`.
+    pub runtimes: Vec<(String, Duration, Duration)>,
 }
 
 impl From<&conf::Sessions> for LifecyclePolicy {
@@ -30,7 +32,37 @@ impl From<&conf::Sessions> for LifecyclePolicy {
             max_lifetime: s.max_lifetime,
             health_check_interval: s.health_check_interval,
             health_check_failures: s.health_check_failures,
+            runtimes: Vec::new(),
         }
+    }
+}
+
+impl From<&conf::Config> for LifecyclePolicy {
+    fn from(c: &conf::Config) -> Self {
+        let mut policy = Self::from(&c.sessions);
+        policy.runtimes = c
+            .runtimes
+            .iter()
+            .filter(|r| r.idle_timeout.is_some() || r.max_lifetime.is_some())
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    r.idle_timeout.unwrap_or(policy.idle_timeout),
+                    r.max_lifetime.unwrap_or(policy.max_lifetime),
+                )
+            })
+            .collect();
+        policy
+    }
+}
+
+impl LifecyclePolicy {
+    /// `(idle timeout, max lifetime)` of a runtime's sessions.
+    pub fn timeouts(&self, runtime: &str) -> (Duration, Duration) {
+        self.runtimes
+            .iter()
+            .find(|(name, ..)| name == runtime)
+            .map_or((self.idle_timeout, self.max_lifetime), |&(_, i, m)| (i, m))
     }
 }
 
@@ -52,7 +84,8 @@ pub async fn sweep(
             }
             continue;
         }
-        if s.age(now) >= policy.max_lifetime {
+        let (_, max_lifetime) = policy.timeouts(&s.runtime);
+        if s.age(now) >= max_lifetime {
             if dir.end(&s).await {
                 ended.push((s, EndReason::MaxLifetime));
             }
@@ -61,10 +94,10 @@ pub async fn sweep(
         let check_due = s.health.lock().is_ok_and(|h| {
             now.saturating_sub(h.last_checked_ms) >= policy.health_check_interval.as_millis() as u64
         });
-        if let (true, Some(addr)) = (check_due, backend.addr(Protocol::Http)) {
+        if let (true, Some(addr)) = (check_due, backend.addr(Protocol::Http).cloned()) {
             let timeout = policy.health_check_interval.min(Duration::from_secs(2));
             due.spawn(async move {
-                let result = ping(addr, timeout).await;
+                let result = ping(&addr, timeout).await;
                 (s, result)
             });
         }
@@ -76,16 +109,17 @@ pub async fn sweep(
     }
     let now = now_ms();
     for s in dir.snapshot() {
-        let due = s.inflight() == 0 && s.idle_for(now) >= policy.idle_timeout;
+        let (idle_timeout, _) = policy.timeouts(&s.runtime);
+        let due = s.inflight() == 0 && s.idle_for(now) >= idle_timeout;
         let Some(addr) = s
             .backend()
-            .and_then(|b| b.addr(Protocol::Http))
+            .and_then(|b| b.addr(Protocol::Http).cloned())
             .filter(|_| due)
         else {
             continue;
         };
         // Due to end: ask the backend once more whether it is still working.
-        let answer = ping(addr, Duration::from_secs(2)).await.ok();
+        let answer = ping(&addr, Duration::from_secs(2)).await.ok();
         if let Some(reason) = record_health(dir, &s, answer, policy).await {
             ended.push((s, reason));
             continue;
@@ -98,7 +132,7 @@ pub async fn sweep(
         } else {
             EndReason::Unhealthy
         };
-        if dir.end_if_idle(&s, policy.idle_timeout).await {
+        if dir.end_if_idle(&s, idle_timeout).await {
             ended.push((s, reason));
         }
     }

@@ -1,12 +1,14 @@
 //! `GET /ping`, the container contract's health probe.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::provider::BackendAddr;
 
 /// What a backend said about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,21 +32,35 @@ pub enum PingError {
 }
 
 /// Probes `http://addr/ping` once, within `timeout`.
-pub async fn ping(addr: SocketAddr, timeout: Duration) -> Result<Health, PingError> {
-    tokio::time::timeout(timeout, ping_inner(addr))
+pub async fn ping(addr: &BackendAddr, timeout: Duration) -> Result<Health, PingError> {
+    let probe = async {
+        match addr {
+            BackendAddr::Tcp(a) => {
+                let stream = TcpStream::connect(a).await.map_err(PingError::Connect)?;
+                ping_over(stream, &a.to_string()).await
+            }
+            BackendAddr::Unix(p) => {
+                let stream = UnixStream::connect(p).await.map_err(PingError::Connect)?;
+                ping_over(stream, "localhost").await
+            }
+        }
+    };
+    tokio::time::timeout(timeout, probe)
         .await
         .map_err(|_| PingError::Timeout(timeout))?
 }
 
-async fn ping_inner(addr: SocketAddr) -> Result<Health, PingError> {
-    let stream = TcpStream::connect(addr).await.map_err(PingError::Connect)?;
+async fn ping_over<S>(stream: S, host: &str) -> Result<Health, PingError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| PingError::Http(e.to_string()))?;
     // The connection task ends by itself when the response has been read and `sender` dropped.
     tokio::spawn(conn);
     let req = http::Request::get("/ping")
-        .header(http::header::HOST, addr.to_string())
+        .header(http::header::HOST, host)
         .body(Empty::<Bytes>::new())
         .map_err(|e| PingError::Http(e.to_string()))?;
     let resp = sender

@@ -44,12 +44,27 @@ async fn same_id_same_backend_distinct_ids_distinct_backends() {
     for n in 0..4 {
         let t = dir.open(&id(n), &rt(0), 1, &anon, true).unwrap();
         assert!(t.created);
-        let addr = t.backend(&provider).await.unwrap().endpoint.http;
-        assert!(seen.insert(addr), "two sessions share {addr}");
+        let addr = t
+            .backend(&provider)
+            .await
+            .unwrap()
+            .addr(conf::Protocol::Http)
+            .cloned()
+            .unwrap();
+        assert!(seen.insert(addr.clone()), "two sessions share {addr}");
         drop(t);
         let again = dir.open(&id(n), &rt(0), 1, &anon, true).unwrap();
         assert!(!again.created);
-        assert_eq!(again.backend(&provider).await.unwrap().endpoint.http, addr);
+        assert_eq!(
+            again
+                .backend(&provider)
+                .await
+                .unwrap()
+                .addr(conf::Protocol::Http)
+                .cloned()
+                .unwrap(),
+            addr
+        );
     }
 }
 
@@ -152,7 +167,12 @@ async fn concurrent_first_requests_share_one_placement() {
             let t = dir
                 .open(&id(3), &rt(0), 1, &Principal::anonymous(), true)
                 .unwrap();
-            t.backend(&provider).await.unwrap().endpoint.http
+            t.backend(&provider)
+                .await
+                .unwrap()
+                .addr(conf::Protocol::Http)
+                .cloned()
+                .unwrap()
         });
     }
     let addrs: std::collections::HashSet<_> = tasks.join_all().await.into_iter().collect();

@@ -1,53 +1,155 @@
 //! Backend providers: where a new session's isolated backend comes from.
 //!
-//! | provider | a session gets | released by |
-//! |---|---|---|
-//! | [`StaticProvider`] | a slot of a configured endpoint (a deployed runtime) | freeing the slot |
-//! | [`ProcessProvider`] | a freshly spawned process on loopback ports, ready once `/ping` is 200 | SIGTERM, then SIGKILL, to its process group |
+//! | provider | a session gets | isolated by | released by |
+//! |---|---|---|---|
+//! | [`StaticProvider`] | a slot of a configured endpoint (a deployed runtime) | whatever runs it | freeing the slot |
+//! | [`ProcessProvider`] | a fresh process on loopback ports | nothing but the process boundary | SIGTERM, then SIGKILL, to its process group |
+//! | [`SandboxProvider`] | a fresh process in its own namespaces and cgroup, reached over Unix sockets | user, pid, mount, ipc, uts, net namespaces; cgroup limits; no capabilities | the same, then its cgroup and scratch dir go |
+//! | [`MicrovmProvider`] | a fresh QEMU microVM, booted or restored from a snapshot | a virtual machine (KVM, or software emulation) | the same, then its state dir goes |
+//!
+//! Every spawning provider can keep a warm pool; every backend is ready only once `GET /ping`
+//! answers 200.
 
+mod addr;
+mod cgroup;
+mod child;
+mod microvm;
 mod process;
+mod sandbox;
 mod static_pool;
+mod warm;
 
-use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+pub use addr::{Addrs, BackendAddr};
+pub use microvm::{MicrovmProvider, kvm_usable};
 pub use process::ProcessProvider;
+pub use sandbox::SandboxProvider;
 pub use static_pool::{SlotRegistry, StaticProvider};
 
-use conf::{BackendSpec, Endpoint, Protocol};
+use conf::{BackendSpec, Protocol};
+use warm::WarmPool;
 
-/// One runtime's source of backends. An enum, not a trait object: the set is closed and the
-/// placement path stays free of dynamic dispatch and boxing.
+/// One runtime version's source of backends. An enum, not a trait object: the set is closed
+/// and the placement path stays free of dynamic dispatch.
 #[derive(Debug)]
 pub enum BackendProvider {
     Static(StaticProvider),
+    Spawned(SpawnedProvider),
+}
+
+/// A provider that starts a backend per session, with its warm pool.
+#[derive(Debug)]
+pub struct SpawnedProvider {
+    spawner: Arc<Spawner>,
+    pool: Option<Arc<WarmPool>>,
+}
+
+#[derive(Debug)]
+pub enum Spawner {
     Process(ProcessProvider),
+    Sandbox(SandboxProvider),
+    Microvm(MicrovmProvider),
+}
+
+impl Spawner {
+    async fn spawn(&self) -> Result<Backend, PlacementError> {
+        match self {
+            Self::Process(p) => p.place().await,
+            Self::Sandbox(p) => p.place().await,
+            Self::Microvm(p) => p.place().await,
+        }
+    }
 }
 
 impl BackendProvider {
-    /// `self_exe` is what a `process` runtime without `command` runs: this gateway's binary.
-    /// Static pools count their sessions in `slots`, which outlives config reloads.
+    /// `self_exe` is what a runtime without `command` runs: this gateway's binary. Static pools
+    /// count their sessions in `slots`, which outlives config reloads.
     pub fn new(spec: &BackendSpec, self_exe: &Path, slots: &SlotRegistry) -> Self {
-        match spec {
-            BackendSpec::Static(pool) => Self::Static(StaticProvider::new(pool, slots)),
-            BackendSpec::Process(p) => Self::Process(ProcessProvider::new(p, self_exe)),
-        }
+        let (spawner, warm) = match spec {
+            BackendSpec::Static(pool) => return Self::Static(StaticProvider::new(pool, slots)),
+            BackendSpec::Process(p) => (
+                Spawner::Process(ProcessProvider::new(p, self_exe)),
+                p.warm_pool,
+            ),
+            BackendSpec::Sandbox(s) => (
+                Spawner::Sandbox(SandboxProvider::new(s, self_exe)),
+                s.process.warm_pool,
+            ),
+            BackendSpec::Microvm(m) => (Spawner::Microvm(MicrovmProvider::new(m)), m.warm_pool),
+        };
+        Self::Spawned(SpawnedProvider {
+            spawner: Arc::new(spawner),
+            pool: (warm > 0).then(|| Arc::new(WarmPool::new(warm))),
+        })
     }
 
-    pub const fn name(&self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match self {
             Self::Static(_) => "static",
-            Self::Process(_) => "process",
+            Self::Spawned(s) => match &*s.spawner {
+                Spawner::Process(_) => "process",
+                Spawner::Sandbox(_) => "sandbox",
+                Spawner::Microvm(_) => "microvm",
+            },
         }
     }
 
-    /// Provides a backend for a new session. Never blocks the thread; a process backend is
-    /// awaited until it answers `/ping` or its ready timeout passes.
+    /// Provides a backend for a new session: a pooled one when ready, else a fresh one (awaited
+    /// until it answers `/ping` or its ready timeout passes). Never blocks the thread.
     pub async fn place(&self) -> Result<Backend, PlacementError> {
         match self {
             Self::Static(p) => p.place(),
-            Self::Process(p) => p.place().await,
+            Self::Spawned(s) => {
+                if let Some(pool) = &s.pool {
+                    let pooled = pool.take();
+                    pool.refill(&s.spawner);
+                    if let Some(b) = pooled {
+                        return Ok(b);
+                    }
+                }
+                s.spawner.spawn().await
+            }
+        }
+    }
+
+    /// Tops the warm pool up (the lifecycle sweep calls it on every tick).
+    pub fn refill(&self) {
+        if let Self::Spawned(SpawnedProvider {
+            spawner,
+            pool: Some(pool),
+        }) = self
+        {
+            pool.refill(spawner);
+        }
+    }
+
+    /// How a microVM provider's guests run (`kvm` or `tcg`), once decided.
+    pub fn accel(&self) -> Option<&'static str> {
+        match self {
+            Self::Spawned(s) => match &*s.spawner {
+                Spawner::Microvm(m) => m.accel_in_use(),
+                _ => None,
+            },
+            Self::Static(_) => None,
+        }
+    }
+
+    /// Backends ready in the warm pool.
+    pub fn warm(&self) -> usize {
+        match self {
+            Self::Spawned(SpawnedProvider { pool: Some(p), .. }) => p.ready(),
+            _ => 0,
+        }
+    }
+}
+
+impl Drop for SpawnedProvider {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            pool.close();
         }
     }
 }
@@ -60,53 +162,70 @@ pub enum PlacementError {
     Ports(std::io::Error),
     #[error("cannot spawn the backend: {0}")]
     Spawn(std::io::Error),
+    #[error("cannot set up the backend's isolation: {0}")]
+    Isolation(std::io::Error),
     #[error("the backend exited before it was ready ({0})")]
     ExitedEarly(std::process::ExitStatus),
     #[error("the backend did not answer GET /ping with 200 within {0:?}")]
     NotReady(Duration),
+    #[error("the guest: {0}")]
+    Guest(String),
 }
 
 /// A session's backend: its addresses and the lease that keeps it reserved.
 #[derive(Debug)]
 pub struct Backend {
-    pub endpoint: Endpoint,
+    addrs: Addrs,
     lease: Lease,
 }
 
 #[derive(Debug)]
 enum Lease {
     Slot(static_pool::SlotLease),
-    Process(process::ProcessLease),
+    Process(child::ChildLease),
+    Sandbox(child::ChildLease),
+    Microvm(child::ChildLease),
 }
 
 impl Backend {
     /// The backend's address for one protocol port; `None` when it does not serve it.
-    pub fn addr(&self, protocol: Protocol) -> Option<SocketAddr> {
-        self.endpoint.addr(protocol)
+    pub fn addr(&self, protocol: Protocol) -> Option<&BackendAddr> {
+        self.addrs.get(protocol)
     }
 
-    /// True once a process backend has exited on its own. Static endpoints never exit.
-    pub fn has_exited(&self) -> bool {
+    fn child(&self) -> Option<&child::ChildLease> {
         match &self.lease {
-            Lease::Slot(_) => false,
-            Lease::Process(p) => p.has_exited(),
+            Lease::Slot(_) => None,
+            Lease::Process(c) | Lease::Sandbox(c) | Lease::Microvm(c) => Some(c),
         }
+    }
+
+    /// True once a spawned backend has exited on its own. Static endpoints never exit.
+    pub fn has_exited(&self) -> bool {
+        self.child().is_some_and(child::ChildLease::has_exited)
+    }
+
+    /// True when the kernel killed the backend for exceeding its memory limit (sandboxes).
+    pub fn oom_killed(&self) -> bool {
+        self.child().is_some_and(child::ChildLease::oom_killed)
     }
 
     /// Releases the backend: frees the slot, or stops the process (SIGTERM, then SIGKILL after
-    /// the stop timeout). Idempotent.
+    /// the stop timeout) and removes what it leaves behind. Idempotent.
     pub async fn release(&self) {
         match &self.lease {
             Lease::Slot(s) => s.release(),
-            Lease::Process(p) => p.stop().await,
+            Lease::Process(c) | Lease::Sandbox(c) | Lease::Microvm(c) => c.stop().await,
         }
     }
 
-    /// What the backend is, for logs and the admin API: `static` or `process <pid>`.
+    /// What the backend is, for logs and the admin API: `static`, `process <pid>`, ….
     pub fn describe(&self) -> String {
         match &self.lease {
             Lease::Slot(_) => "static".to_owned(),
-            Lease::Process(p) => format!("process {}", p.pid()),
+            Lease::Process(c) => format!("process {}", c.pid()),
+            Lease::Sandbox(c) => format!("sandbox {}", c.pid()),
+            Lease::Microvm(c) => format!("microvm {}", c.pid()),
         }
     }
 }

@@ -58,7 +58,7 @@ impl StaticProvider {
             });
             if taken.is_ok() {
                 return Ok(Backend {
-                    endpoint: pool.endpoints[index],
+                    addrs: pool.endpoints[index].into(),
                     lease: Lease::Slot(SlotLease {
                         pool: Arc::clone(pool),
                         index,
@@ -132,17 +132,17 @@ mod tests {
         let a = p.place().unwrap();
         let b = p.place().unwrap();
         let c = p.place().unwrap();
-        let mut ports = vec![
-            a.endpoint.http.port(),
-            b.endpoint.http.port(),
-            c.endpoint.http.port(),
-        ];
+        let port = |b: &Backend| match b.addr(conf::Protocol::Http) {
+            Some(crate::provider::BackendAddr::Tcp(a)) => a.port(),
+            other => panic!("not TCP: {other:?}"),
+        };
+        let mut ports = vec![port(&a), port(&b), port(&c)];
         ports.sort();
         assert_eq!(ports, [10_000, 10_001, 10_002]);
         assert!(matches!(p.place(), Err(PlacementError::PoolExhausted)));
-        let freed = b.endpoint.http;
+        let freed = port(&b);
         drop(b);
-        assert_eq!(p.place().unwrap().endpoint.http, freed);
+        assert_eq!(port(&p.place().unwrap()), freed);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `sessiongate agent`: the reference agent, a real server speaking the whole container
+//! `sessiongate agent` (or the small static `sessiongate-agent`): the reference agent, a real server speaking the whole container
 //! contract. It is the embedded default backend and what the tests run against.
 //!
 //! - HTTP (`--http`, default `0.0.0.0:8080`): `POST /invocations`, `GET /ping`, `GET /ws`;
@@ -9,6 +9,7 @@
 //! served it.
 
 mod a2a;
+pub mod guest;
 mod http_face;
 mod mcp;
 
@@ -22,14 +23,20 @@ use axum::Router;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
-#[derive(Debug, Clone)]
+/// Where the agent listens, and how it behaves.
+#[derive(Debug, Clone, clap::Args)]
 pub struct AgentAddrs {
+    #[arg(long, default_value = "0.0.0.0:8080")]
     pub http: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:8000")]
     pub mcp: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:9000")]
     pub a2a: SocketAddr,
     /// Serve MCP statelessly: assign no `Mcp-Session-Id`, accept any.
+    #[arg(long)]
     pub mcp_stateless: bool,
     /// A label every invocation answer carries (e.g. the runtime version).
+    #[arg(long)]
     pub label: Option<String>,
 }
 

@@ -1,0 +1,175 @@
+//! What the spawning providers share: a child process started in its own process group that
+//! dies with the gateway, readiness by a real `GET /ping`, and a lease that stops the process
+//! and then removes what it leaves behind (cgroups, scratch and socket dirs).
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use super::BackendAddr;
+use super::PlacementError;
+use super::cgroup::Cgroup;
+use crate::ping::ping;
+
+/// Makes `cmd` start in its own process group (a terminal's Ctrl-C reaches the gateway, which
+/// stops children in order), get SIGKILL if the gateway dies (even by SIGKILL), and be killed
+/// if its handle is dropped. Call it after any other `pre_exec`: a credential change clears
+/// the parent-death signal, so it must be set last.
+pub(super) fn guard(cmd: &mut Command) {
+    cmd.kill_on_drop(true).process_group(0);
+    // SAFETY: the closure runs in the forked child before exec and only makes one
+    // async-signal-safe syscall.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Waits until `GET /ping` on `addr` answers 200, the child exits, or `timeout` passes. Each
+/// try has its own short deadline: behind QEMU's user-mode networking a connect succeeds
+/// before the guest listens, and the request then hangs.
+pub(super) async fn wait_ready(
+    child: &mut Child,
+    addr: &BackendAddr,
+    timeout: Duration,
+) -> Result<(), PlacementError> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(PlacementError::ExitedEarly(status));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(PlacementError::NotReady(timeout));
+        }
+        if ping(addr, left.min(Duration::from_secs(1))).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(pause.min(left)).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// What outlives a backend's process until the lease removes it.
+#[derive(Debug, Default)]
+pub(super) struct Remains {
+    pub cgroup: Option<Cgroup>,
+    /// A per-backend directory (scratch space, sockets, VM state): removed whole.
+    pub dir: Option<PathBuf>,
+}
+
+impl Drop for Remains {
+    /// Kills whatever is left in the cgroup, removes it, and removes the directory. Blocking.
+    fn drop(&mut self) {
+        if let Some(cg) = self.cgroup.take() {
+            cg.destroy();
+        }
+        if let Some(dir) = self.dir.take()
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a backend's directory");
+        }
+    }
+}
+
+/// A running backend process. Stopped once: by `stop`, or by SIGKILL when dropped; its
+/// remains are cleaned either way.
+#[derive(Debug)]
+pub(super) struct ChildLease {
+    pid: u32,
+    child: Mutex<Option<Child>>,
+    stop_timeout: Duration,
+    remains: Mutex<Option<Remains>>,
+}
+
+impl ChildLease {
+    pub(super) fn new(child: Child, stop_timeout: Duration, remains: Remains) -> Self {
+        Self {
+            pid: child.id().unwrap_or(0),
+            child: Mutex::new(Some(child)),
+            stop_timeout,
+            remains: Mutex::new(Some(remains)),
+        }
+    }
+
+    pub(super) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub(super) fn has_exited(&self) -> bool {
+        let Ok(mut guard) = self.child.lock() else {
+            return true;
+        };
+        match guard.as_mut() {
+            None => true,
+            Some(c) => !matches!(c.try_wait(), Ok(None)),
+        }
+    }
+
+    /// What the memory cgroup says: true if the kernel killed something for exceeding it.
+    pub(super) fn oom_killed(&self) -> bool {
+        self.remains
+            .lock()
+            .ok()
+            .and_then(|r| {
+                r.as_ref()
+                    .and_then(|r| r.cgroup.as_ref().map(Cgroup::oom_killed))
+            })
+            .unwrap_or(false)
+    }
+
+    /// SIGTERM to the process group, then SIGKILL if it has not exited within the stop timeout;
+    /// then the remains go. Idempotent.
+    pub(super) async fn stop(&self) {
+        let child = self.child.lock().ok().and_then(|mut c| c.take());
+        if let Some(mut child) = child
+            && let Ok(None) = child.try_wait()
+        {
+            signal_group(self.pid, libc::SIGTERM);
+            if tokio::time::timeout(self.stop_timeout, child.wait())
+                .await
+                .is_err()
+            {
+                signal_group(self.pid, libc::SIGKILL);
+                let _ = child.wait().await;
+            }
+        }
+        let remains = self.remains.lock().ok().and_then(|mut r| r.take());
+        if let Some(remains) = remains {
+            let _ = tokio::task::spawn_blocking(move || drop(remains)).await;
+        }
+    }
+}
+
+impl Drop for ChildLease {
+    fn drop(&mut self) {
+        let child = self.child.lock().ok().and_then(|mut c| c.take());
+        if let Some(child) = child {
+            // Signal the group while the unreaped leader still pins its id, then let
+            // kill_on_drop and tokio's orphan reaper finish the leader.
+            signal_group(self.pid, libc::SIGKILL);
+            drop(child);
+        }
+    }
+}
+
+pub(super) fn signal_group(pid: u32, signal: libc::c_int) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    if pid > 0 {
+        // SAFETY: kill(2) with a negative pid signals that process group; no memory involved.
+        unsafe {
+            libc::kill(-pid, signal);
+        }
+    }
+}
