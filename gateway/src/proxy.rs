@@ -20,6 +20,7 @@ use conf::Protocol;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::{ErrorSource, ErrorType};
+use routing::directory::EndReason;
 use routing::provider::BackendAddr;
 
 use crate::error::GatewayError;
@@ -278,8 +279,14 @@ impl ProxyHttp for Gateway {
             let s = Arc::clone(ticket.session());
             let shared = Arc::clone(&self.shared);
             tokio::spawn(async move {
+                let reason = match s.backend() {
+                    Some(b) if b.oom_killed() => EndReason::OutOfMemory,
+                    Some(b) if b.has_exited() => EndReason::BackendExited,
+                    _ => EndReason::Unhealthy,
+                };
                 if shared.directory.end(&s).await {
-                    metrics::counter!("sessiongate_sessions_ended_total", "reason" => "unhealthy")
+                    tracing::info!(session = %s.id, reason = reason.as_str(), "session ended");
+                    metrics::counter!("sessiongate_sessions_ended_total", "reason" => reason.as_str())
                         .increment(1);
                 }
             });

@@ -45,6 +45,8 @@ pub enum EndReason {
     Idle,
     MaxLifetime,
     BackendExited,
+    /// The backend was killed for exceeding its memory limit.
+    OutOfMemory,
     Unhealthy,
     PlacementFailed,
     Stopped,
@@ -57,6 +59,7 @@ impl EndReason {
             EndReason::Idle => "idle",
             EndReason::MaxLifetime => "max_lifetime",
             EndReason::BackendExited => "backend_exited",
+            EndReason::OutOfMemory => "out_of_memory",
             EndReason::Unhealthy => "unhealthy",
             EndReason::PlacementFailed => "placement_failed",
             EndReason::Stopped => "stopped",

@@ -79,8 +79,13 @@ pub async fn sweep(
             continue; // still being placed: the placement deadline governs it
         };
         if backend.has_exited() {
+            let reason = if backend.oom_killed() {
+                EndReason::OutOfMemory
+            } else {
+                EndReason::BackendExited
+            };
             if dir.end(&s).await {
-                ended.push((s, EndReason::BackendExited));
+                ended.push((s, reason));
             }
             continue;
         }

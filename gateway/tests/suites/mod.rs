@@ -3,3 +3,4 @@
 mod cli;
 mod dockerfile;
 mod jwt;
+mod sandbox;

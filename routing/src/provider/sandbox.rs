@@ -35,7 +35,6 @@ use super::{Addrs, Backend, Lease, PlacementError};
 /// Where the gateway's binary appears inside a sandbox (it runs `sandbox-init`, and is the
 /// agent unless `command` names another).
 const INNER_EXE: &str = "/run/sessiongate/sessiongate";
-const INNER_SOCKETS: &str = "/run/sessiongate/sockets";
 /// `nobody`: the host identity of sandboxes started by a root gateway.
 const NOBODY: u32 = 65_534;
 
@@ -114,6 +113,7 @@ impl SandboxProvider {
     }
 
     fn bwrap_args(&self, exe: &Path, dir: &Path) -> Vec<OsString> {
+        let sockets = dir.join("sockets");
         let mut a: Vec<OsString> = Vec::with_capacity(64);
         let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
             a.extend(items.iter().map(|i| i.as_ref().to_owned()));
@@ -129,6 +129,14 @@ impl SandboxProvider {
             &"--clearenv",
             &"--hostname",
             &"sandbox",
+            // Mounts apply in order: the fresh /proc, /dev and /tmp first, so a read-only
+            // path under /tmp (a venv, say) is bound on top of the tmpfs, not hidden by it.
+            &"--proc",
+            &"/proc",
+            &"--dev",
+            &"/dev",
+            &"--tmpfs",
+            &"/tmp",
         ]);
         for path in &self.spec.read_only {
             push(&[&"--ro-bind-try", path, path]);
@@ -147,18 +155,14 @@ impl SandboxProvider {
             &"--ro-bind",
             &exe,
             &INNER_EXE,
-            &"--proc",
-            &"/proc",
-            &"--dev",
-            &"/dev",
-            &"--tmpfs",
-            &"/tmp",
             &"--bind",
             &dir.join("scratch"),
             &"/scratch",
+            // At the same path as outside: a Unix socket's peer name is the path it was bound
+            // at, and Pingora reuses a connection only if that name matches the one it dialled.
             &"--bind",
-            &dir.join("sockets"),
-            &INNER_SOCKETS,
+            &sockets,
+            &sockets,
             &"--chdir",
             &"/scratch",
             &"--setenv",
@@ -179,7 +183,7 @@ impl SandboxProvider {
             &INNER_EXE,
             &"sandbox-init",
             &"--sockets",
-            &INNER_SOCKETS,
+            &sockets,
             &"--",
             &program,
         ]);
