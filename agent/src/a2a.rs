@@ -67,9 +67,9 @@ async fn rpc(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bytes) -
             let mut answer = json!({
                 "kind": "message",
                 "role": "agent",
-                "messageId": uuid::Uuid::new_v4().to_string(),
+                "messageId": crate::random_uuid().to_string(),
                 "parts": [{ "kind": "text", "text": text }],
-                "metadata": { "instance": agent.instance, "session_id": session },
+                "metadata": { "instance": agent.instance(), "session_id": session },
             });
             if let Some(ctx) = message.get("contextId") {
                 answer["contextId"] = ctx.clone();

@@ -17,8 +17,8 @@ use std::path::Path;
 
 use anyhow::Context;
 
-const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
-const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+const RNDADDENTROPY: libc::Ioctl = 0x4008_5203;
+const RNDRESEEDCRNG: libc::Ioctl = 0x5207;
 
 pub fn control(port: &Path) -> anyhow::Result<()> {
     let tty = OpenOptions::new()
@@ -83,8 +83,8 @@ fn reseed(seed: &[u8]) -> anyhow::Result<()> {
 
 fn set_clock(unix_ms: u64) -> anyhow::Result<()> {
     let ts = libc::timespec {
-        tv_sec: libc::time_t::try_from(unix_ms / 1000)?,
-        tv_nsec: libc::c_long::try_from((unix_ms % 1000) * 1_000_000)?,
+        tv_sec: (unix_ms / 1000).try_into()?,
+        tv_nsec: ((unix_ms % 1000) * 1_000_000).try_into()?,
     };
     // SAFETY: a valid timespec on the stack.
     if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {

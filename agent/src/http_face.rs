@@ -63,7 +63,7 @@ async fn invocations(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: 
         }
     }
     let seen = json!({
-        "instance": agent.instance,
+        "instance": agent.instance(),
         "label": agent.label,
         "session_id": header_str(&headers, SESSION_ID),
         "request_id": header_str(&headers, REQUEST_ID),

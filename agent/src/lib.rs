@@ -16,7 +16,7 @@ mod mcp;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -42,7 +42,9 @@ pub struct AgentAddrs {
 
 /// One agent process's state.
 pub(crate) struct Agent {
-    pub instance: String,
+    /// Drawn from the kernel on first use, not at start: a microVM restored from a snapshot
+    /// taken after start gets its own (see [`random_uuid`]).
+    instance: OnceLock<String>,
     pub a2a_url: String,
     /// Requests and background tasks running now.
     busy: AtomicUsize,
@@ -54,6 +56,12 @@ pub(crate) struct Agent {
 }
 
 impl Agent {
+    /// This agent's id, unique per process (and per restored microVM clone).
+    pub fn instance(&self) -> &str {
+        self.instance
+            .get_or_init(|| random_uuid().simple().to_string())
+    }
+
     /// Counts work as running until the guard drops; `/ping` says HealthyBusy meanwhile.
     pub fn work(self: &Arc<Self>) -> WorkGuard {
         if self.busy.fetch_add(1, Ordering::AcqRel) == 0 {
@@ -107,7 +115,7 @@ pub fn run(addrs: AgentAddrs) -> anyhow::Result<()> {
 
 async fn serve(addrs: AgentAddrs) -> anyhow::Result<()> {
     let agent = Arc::new(Agent {
-        instance: uuid::Uuid::new_v4().simple().to_string(),
+        instance: OnceLock::new(),
         a2a_url: std::env::var("AGENTCORE_RUNTIME_URL")
             .unwrap_or_else(|_| format!("http://{}/", addrs.a2a)),
         busy: AtomicUsize::new(0),
@@ -153,4 +161,25 @@ async fn stop_signal() {
         // Without handlers the default action (exit) applies; just never resolve.
         _ => std::future::pending().await,
     }
+}
+
+/// A v4 UUID from the kernel's generator, never from a user-space one: a user-space generator
+/// seeded before a microVM snapshot would hand every clone the same sequence, while the
+/// kernel's is reseeded in each clone after restore.
+pub fn random_uuid() -> uuid::Uuid {
+    let mut bytes = [0u8; 16];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        let rest = &mut bytes[filled..];
+        // SAFETY: getrandom(2) writes at most `rest.len()` bytes into `rest`.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        match usize::try_from(n) {
+            Ok(n) => filled += n,
+            Err(_) if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {
+            }
+            // getrandom(2) fails only for bad arguments or before the pool is ever seeded.
+            Err(_) => return uuid::Uuid::new_v4(),
+        }
+    }
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
 }

@@ -43,7 +43,7 @@ async fn server_stream(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> R
     let hello = json!({
         "jsonrpc": "2.0",
         "method": "notifications/message",
-        "params": { "level": "info", "data": { "instance": agent.instance } },
+        "params": { "level": "info", "data": { "instance": agent.instance() } },
     });
     let first = futures_util::stream::once(async move {
         Ok::<_, std::convert::Infallible>(format!("data: {hello}\n\n"))
@@ -146,7 +146,7 @@ async fn handle(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bytes
                 .iter()
                 .find(|v| **v == asked)
                 .unwrap_or(&SUPPORTED_VERSIONS[0]);
-            let new_session = uuid::Uuid::new_v4().simple().to_string();
+            let new_session = crate::random_uuid().simple().to_string();
             if let Ok(mut set) = agent.mcp_sessions.lock() {
                 set.insert(new_session.clone());
             }
@@ -154,7 +154,7 @@ async fn handle(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bytes
                 "protocolVersion": version,
                 "capabilities": { "tools": { "listChanged": false } },
                 "serverInfo": { "name": "sessiongate-agent", "version": env!("CARGO_PKG_VERSION") },
-                "instructions": format!("Reference agent instance {}", agent.instance),
+                "instructions": format!("Reference agent instance {}", agent.instance()),
             });
             let mut resp = rpc_result(id, result);
             if !agent.mcp_stateless
@@ -181,7 +181,7 @@ async fn handle(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bytes
                     "content": [{ "type": "text", "text": text }],
                     "structuredContent": {
                         "text": text,
-                        "instance": agent.instance,
+                        "instance": agent.instance(),
                         "session_id": runtime_session,
                     },
                     "isError": false,

@@ -64,7 +64,7 @@ pub fn record(face: Protocol, session: &Session, ctx: &RequestCtx) {
         session = ctx.session_id().unwrap_or("-"),
         principal = ctx.principal.as_ref().map_or("-", |p| p.as_str()),
         request_id = %ctx.request_id,
-        backend = ?ctx.peer,
+        backend = ctx.peer.as_ref().map(ToString::to_string),
         micros = elapsed.as_micros() as u64,
         upstream_connect_micros = ctx.upstream_connect.map(|d| d.as_micros() as u64),
         error = ctx.error.as_ref().map(|e| e.reason()),

@@ -3,4 +3,5 @@
 mod cli;
 mod dockerfile;
 mod jwt;
+mod microvm;
 mod sandbox;

@@ -2,8 +2,8 @@
 //! dies with the gateway, readiness by a real `GET /ping`, and a lease that stops the process
 //! and then removes what it leaves behind (cgroups, scratch and socket dirs).
 
-use std::path::PathBuf;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::process::{Child, Command};
@@ -172,4 +172,32 @@ pub(super) fn signal_group(pid: u32, signal: libc::c_int) {
             libc::kill(-pid, signal);
         }
     }
+}
+
+/// The gateway's directory for backend state (`$TMPDIR/sessiongate-<pid>`): sandboxes' scratch
+/// and socket dirs, microVMs' sockets and snapshot. Each backend's lease removes its own
+/// subdirectory; the directory itself goes when the gateway exits normally. Mode 0711:
+/// a sandbox user may pass through to its own subdirectory but list no other.
+pub(super) fn state_root() -> std::io::Result<&'static Path> {
+    static ROOT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        use std::os::unix::fs::DirBuilderExt;
+        let root = std::env::temp_dir().join(format!("sessiongate-{}", std::process::id()));
+        std::fs::DirBuilder::new()
+            .mode(0o711)
+            .create(&root)
+            .map_err(|e| format!("{}: {e}", root.display()))?;
+        extern "C" fn remove_root() {
+            if let Some(Ok(root)) = ROOT.get() {
+                let _ = std::fs::remove_dir_all(root);
+            }
+        }
+        // SAFETY: registers a plain function; it runs once, at normal process exit.
+        unsafe {
+            libc::atexit(remove_root);
+        }
+        Ok(root)
+    })
+    .as_deref()
+    .map_err(|e| std::io::Error::other(e.clone()))
 }

@@ -19,7 +19,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -29,7 +28,7 @@ use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 use tokio::sync::OnceCell;
 
-use super::child::{ChildLease, Remains, guard, wait_ready};
+use super::child::{ChildLease, Remains, guard, state_root, wait_ready};
 use super::process::reserve_endpoint;
 use super::{Addrs, Backend, Lease, PlacementError};
 
@@ -422,17 +421,4 @@ async fn save(qmp: &Path, state: &Path) -> Result<(), String> {
 
 fn shell_quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
-}
-
-/// The gateway's directory of guest state (sockets, templates), removed with each guest.
-fn state_root() -> std::io::Result<&'static Path> {
-    static ROOT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        let root = std::env::temp_dir().join(format!("sessiongate-vm-{}", std::process::id()));
-        std::fs::create_dir_all(&root)
-            .map(|()| root)
-            .map_err(|e| e.to_string())
-    })
-    .as_deref()
-    .map_err(|e| std::io::Error::other(e.clone()))
 }

@@ -29,7 +29,7 @@ use conf::SandboxSpec;
 use tokio::process::Command;
 
 use super::cgroup::{Cgroup, Hierarchy, Limits};
-use super::child::{ChildLease, Remains, guard, wait_ready};
+use super::child::{ChildLease, Remains, guard, state_root, wait_ready};
 use super::{Addrs, Backend, Lease, PlacementError};
 
 /// Where the gateway's binary appears inside a sandbox (it runs `sandbox-init`, and is the
@@ -232,39 +232,15 @@ fn state_dir(self_exe: &Path) -> Result<&'static State, std::io::Error> {
 
 fn make_state(self_exe: &Path) -> std::io::Result<State> {
     // SAFETY: geteuid(2) cannot fail and touches no memory.
-    let uid = if unsafe { libc::geteuid() } == 0 {
-        NOBODY
-    } else {
-        // SAFETY: as above.
-        unsafe { libc::geteuid() }
-    };
-    let root = std::env::temp_dir().join(format!("sessiongate-{}", std::process::id()));
-    // 0711: sandbox users may pass through to their own directory, not list the others.
-    std::fs::DirBuilder::new().mode(0o711).create(&root)?;
+    let euid = unsafe { libc::geteuid() };
+    let uid = if euid == 0 { NOBODY } else { euid };
+    let root = state_root()?.to_owned();
     let exe = root.join("sessiongate");
     if std::fs::hard_link(self_exe, &exe).is_err() {
         std::fs::copy(self_exe, &exe)?;
     }
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))?;
-    remove_at_exit(root.clone());
     Ok(State { root, exe, uid })
-}
-
-/// The state directory goes when the gateway exits normally; every sandbox in it is removed by
-/// its lease before.
-fn remove_at_exit(root: PathBuf) {
-    static ROOT: OnceLock<PathBuf> = OnceLock::new();
-    if ROOT.set(root).is_ok() {
-        extern "C" fn cleanup() {
-            if let Some(root) = ROOT.get() {
-                let _ = std::fs::remove_dir_all(root);
-            }
-        }
-        // SAFETY: registers a plain function; it runs once at normal process exit.
-        unsafe {
-            libc::atexit(cleanup);
-        }
-    }
 }
 
 fn chown(path: &Path, uid: u32) -> std::io::Result<()> {
