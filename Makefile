@@ -5,8 +5,11 @@
 
 CARGO ?= cargo
 PYTEST_ARGS ?= -q
+# Where cargo builds (CARGO_TARGET_DIR or ./target), and the microVM guest built beside it.
+TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+GUEST_DIR ?= $(TARGET_DIR)/guest
 
-.PHONY: run test test-rust test-python build bench loadtest
+.PHONY: run test test-rust test-python build guest bench loadtest
 
 run:
 	scripts/setup
@@ -20,12 +23,16 @@ test: test-rust test-python
 
 test-rust:
 	scripts/setup --test
-	$(CARGO) test --release --workspace
+	scripts/build-guest --out "$(GUEST_DIR)"
+	SESSIONGATE_GUEST_DIR="$(GUEST_DIR)" $(CARGO) test --release --workspace
 
 test-python: build
 	scripts/setup --test
-	SESSIONGATE_BIN="$$($(CARGO) metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/sessiongate" \
+	SESSIONGATE_BIN="$(TARGET_DIR)/release/sessiongate" \
 		.venv/bin/python -m pytest $(PYTEST_ARGS) tests/python
+
+guest:
+	scripts/build-guest --out "$(GUEST_DIR)"
 
 bench:
 	$(CARGO) bench -p routing

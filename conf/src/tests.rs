@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use super::*;
 
 #[test]
@@ -268,5 +270,102 @@ split = [{ version = 3, weight = 1 }]
         "runtimes[0].endpoints[1]",
     ] {
         assert!(paths.contains(&want), "missing {want} in {paths:?}");
+    }
+}
+
+#[test]
+fn sandbox_and_microvm_backends_parse_with_their_defaults() {
+    let c = parse(
+        r#"
+[[runtimes]]
+name = "boxed"
+idle_timeout_secs = 60
+[runtimes.backend]
+provider = "sandbox"
+warm_pool = 2
+memory_mb = 256
+
+[[runtimes]]
+name = "vm"
+max_lifetime_secs = 3600
+[runtimes.backend]
+provider = "microvm"
+kernel = "/guest/vmlinux"
+initrd = "guest/initrd.cpio"
+accel = "tcg"
+"#,
+    )
+    .unwrap();
+    let BackendSpec::Sandbox(s) = &c.runtimes[0].versions[0].backend else {
+        panic!("not a sandbox")
+    };
+    assert_eq!((s.memory_mb, s.cpu_percent, s.max_pids), (256, 100, 256));
+    assert_eq!(s.process.warm_pool, 2);
+    assert_eq!(
+        s.process.args,
+        ["agent"],
+        "the contract's own ports apply inside"
+    );
+    assert!(
+        s.read_only
+            .iter()
+            .any(|p| p == std::path::Path::new("/usr"))
+    );
+    assert_eq!(c.runtimes[0].idle_timeout, Some(Duration::from_secs(60)));
+    assert_eq!(c.runtimes[0].max_lifetime, None);
+    let BackendSpec::Microvm(m) = &c.runtimes[1].versions[0].backend else {
+        panic!("not a microvm")
+    };
+    assert_eq!(m.accel, Accel::Tcg);
+    assert!(m.snapshot);
+    assert_eq!((m.memory_mb, m.vcpus, m.warm_pool), (256, 1, 0));
+    assert_eq!(m.kernel, std::path::Path::new("/guest/vmlinux"));
+    assert!(m.initrd.ends_with("guest/initrd.cpio"));
+    assert_eq!(c.runtimes[1].max_lifetime, Some(Duration::from_secs(3600)));
+}
+
+#[test]
+fn isolation_settings_are_checked_with_their_paths() {
+    let errs = parse(
+        r#"
+[[runtimes]]
+name = "a"
+idle_timeout_secs = 0
+[runtimes.backend]
+provider = "sandbox"
+warm_pool = 65
+memory_mb = 1
+read_only = ["usr"]
+kernel = "/vmlinux"
+
+[[runtimes]]
+name = "b"
+[runtimes.backend]
+provider = "microvm"
+accel = "hvf"
+cpu_percent = 50
+
+[[runtimes]]
+name = "c"
+[runtimes.backend]
+provider = "firecracker"
+"#,
+    )
+    .unwrap_err()
+    .0;
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    for want in [
+        "runtimes[0].idle_timeout_secs",
+        "runtimes[0].backend.warm_pool",
+        "runtimes[0].backend.memory_mb",
+        "runtimes[0].backend.read_only[0]",
+        "runtimes[0].backend.kernel",
+        "runtimes[1].backend.accel",
+        "runtimes[1].backend.cpu_percent",
+        "runtimes[1].backend.kernel",
+        "runtimes[1].backend.initrd",
+        "runtimes[2].backend.provider",
+    ] {
+        assert!(paths.contains(&want), "no error at {want}: {errs:?}");
     }
 }

@@ -4,4 +4,5 @@ mod cli;
 mod dockerfile;
 mod jwt;
 mod microvm;
+mod pools;
 mod sandbox;
