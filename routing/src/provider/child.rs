@@ -33,8 +33,9 @@ pub(super) fn guard(cmd: &mut Command) {
 }
 
 /// Waits until `GET /ping` on `addr` answers 200, the child exits, or `timeout` passes. Each
-/// try has its own short deadline: behind QEMU's user-mode networking a connect succeeds
-/// before the guest listens, and the request then hangs.
+/// try has its own short deadline (100 ms for the first 2 s, then 1 s): behind QEMU's
+/// user-mode networking a connect succeeds before the guest listens, and that request then
+/// hangs instead of failing.
 pub(super) async fn wait_ready(
     child: &mut Child,
     addr: &BackendAddr,
@@ -42,6 +43,7 @@ pub(super) async fn wait_ready(
 ) -> Result<(), PlacementError> {
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(1);
+    let started = Instant::now();
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(PlacementError::ExitedEarly(status));
@@ -50,7 +52,12 @@ pub(super) async fn wait_ready(
         if left.is_zero() {
             return Err(PlacementError::NotReady(timeout));
         }
-        if ping(addr, left.min(Duration::from_secs(1))).await.is_ok() {
+        let per_try = if started.elapsed() < Duration::from_secs(2) {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(1)
+        };
+        if ping(addr, left.min(per_try)).await.is_ok() {
             return Ok(());
         }
         tokio::time::sleep(pause.min(left)).await;

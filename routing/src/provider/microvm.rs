@@ -231,8 +231,16 @@ impl Vm {
         spec: &MicrovmSpec,
         timeout: Duration,
     ) -> Result<Backend, PlacementError> {
+        let started = std::time::Instant::now();
         wait_ready(&mut self.child, &self.addrs.http, timeout).await?;
+        let answered = started.elapsed();
         let configured = configure(&self.dir.join("serial.sock")).await;
+        tracing::debug!(
+            restored = self.restored,
+            ping_ms = answered.as_millis() as u64,
+            configured_ms = started.elapsed().as_millis() as u64,
+            "microVM ready"
+        );
         match configured {
             Ok(()) => {}
             // A clone that did not take fresh entropy would share the template's: refuse it.

@@ -32,6 +32,9 @@ pub use static_pool::{SlotRegistry, StaticProvider};
 use conf::{BackendSpec, Protocol};
 use warm::WarmPool;
 
+/// How long after a warm backend is taken its replacement starts.
+const REFILL_DELAY: Duration = Duration::from_millis(100);
+
 /// One runtime version's source of backends. An enum, not a trait object: the set is closed
 /// and the placement path stays free of dynamic dispatch.
 #[derive(Debug)]
@@ -104,11 +107,13 @@ impl BackendProvider {
             Self::Static(p) => p.place(),
             Self::Spawned(s) => {
                 if let Some(pool) = &s.pool {
-                    let pooled = pool.take();
-                    pool.refill(&s.spawner);
-                    if let Some(b) = pooled {
+                    if let Some(b) = pool.take() {
+                        // The replacement starts once this session's first request is under
+                        // way, not competing with it for the CPU.
+                        pool.refill_after(&s.spawner, REFILL_DELAY);
                         return Ok(b);
                     }
+                    pool.refill(&s.spawner);
                 }
                 s.spawner.spawn().await
             }

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::{Backend, Spawner};
 
@@ -75,6 +76,18 @@ impl WarmPool {
                 pool.filling.fetch_sub(1, Ordering::AcqRel);
             });
         }
+    }
+
+    /// Refills after `delay`, in the background.
+    pub(super) fn refill_after(self: &Arc<Self>, spawner: &Arc<Spawner>, delay: Duration) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let (pool, spawner) = (Arc::clone(self), Arc::clone(spawner));
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            pool.refill(&spawner);
+        });
     }
 
     /// Destroys the pooled backends; spawns still under way destroy theirs when they finish.
