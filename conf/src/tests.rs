@@ -138,6 +138,8 @@ fn every_example_config_is_valid() {
         include_str!("../static-pool.toml"),
         include_str!("../custom-agent.toml"),
         include_str!("../jwt.toml"),
+        include_str!("../sandbox.toml"),
+        include_str!("../microvm.toml"),
     ] {
         parse(text).unwrap();
     }

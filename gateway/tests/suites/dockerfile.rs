@@ -40,6 +40,19 @@ fn every_copied_path_exists_and_the_built_binary_is_the_one_run() {
             );
         }
     }
+    // A workspace member left out of the build context fails `cargo build --locked`.
+    let manifest = std::fs::read_to_string(Path::new(ROOT).join("Cargo.toml")).unwrap();
+    let members = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("members = "))
+        .unwrap();
+    for member in members.trim_matches(['[', ']']).split(',') {
+        let member = member.trim().trim_matches('"');
+        assert!(
+            text.contains(&format!("COPY {member} {member}")),
+            "the build does not copy workspace member {member}"
+        );
+    }
     assert!(text.contains("--bin sessiongate"));
     assert_eq!(exec_form("ENTRYPOINT"), ["/usr/local/bin/sessiongate"]);
     assert!(text.contains("USER 1000"), "runs as non-root");
