@@ -159,7 +159,11 @@ impl Ticket {
         let backend = self
             .session
             .backend
-            .get_or_try_init(|| provider.place())
+            .get_or_try_init(|| async {
+                let backend = provider.place().await?;
+                backend.assign(self.session.id.as_str());
+                Ok(backend)
+            })
             .await
             .map_err(TicketError::Placement)?;
         if self.session.is_ended() {

@@ -338,9 +338,18 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
+    #[track_caller]
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        match serde_json::from_slice(&self.body) {
+            Ok(v) => v,
+            // A panic here (not in a closure) is reported at the caller's line.
+            Err(e) => panic!(
+                "not JSON ({e}): status {}, headers {:?}, body {:?}",
+                self.status,
+                self.headers,
+                String::from_utf8_lossy(&self.body)
+            ),
+        }
     }
 
     pub fn body_text(&self) -> String {

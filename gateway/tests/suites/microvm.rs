@@ -71,9 +71,26 @@ fn microvm_sessions_answer_from_their_own_guest_and_leave_no_qemu_behind() {
     let (pa, pb) = (qemu_pid(&gw, &a), qemu_pid(&gw, &b));
     assert_ne!(pa, pb);
     assert!(alive(pa) && alive(pb));
-    // Sticky: A's next request reaches A's guest.
+    // Sticky: A's next request reaches A's guest, on every face.
     let again = gw.invoke(Some(&a), "{}");
     assert_eq!(again.json()["instance"], first.json()["instance"]);
+    let init = crate::mcp_call(&gw, &[format!("{SESSION_HEADER}: {a}")], crate::INITIALIZE);
+    assert_eq!(init.status, 200, "{}", init.body_text());
+    let mcp_id = init.header("mcp-session-id").unwrap().to_owned();
+    let call = crate::mcp_call(
+        &gw,
+        &[format!("Mcp-Session-Id: {mcp_id}")],
+        crate::ECHO_CALL,
+    );
+    assert_eq!(
+        call.json()["result"]["structuredContent"]["instance"],
+        first.json()["instance"]
+    );
+    let a2a = crate::a2a_send(&gw, &a, "hello");
+    assert_eq!(
+        a2a.json()["result"]["metadata"]["instance"],
+        first.json()["instance"]
+    );
     let m = gw.metrics();
     assert!(
         m.contains("sessiongate_microvm_accel{")

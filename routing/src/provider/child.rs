@@ -112,6 +112,14 @@ impl ChildLease {
         self.pid
     }
 
+    /// The backend's own directory, while it lives.
+    pub(super) fn dir(&self) -> Option<PathBuf> {
+        self.remains
+            .lock()
+            .ok()
+            .and_then(|r| r.as_ref().and_then(|r| r.dir.clone()))
+    }
+
     pub(super) fn has_exited(&self) -> bool {
         let Ok(mut guard) = self.child.lock() else {
             return true;

@@ -342,18 +342,39 @@ pub fn kvm_usable() -> Result<(), String> {
     Err("the CPU has no vmx/svm flag".into())
 }
 
+/// Tells a guest its session id (`/run/session-id` inside), in the background.
+pub(super) fn send_session(serial: PathBuf, session: String) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return;
+    }
+    tokio::spawn(async move {
+        let line = format!("sessiongate-config session={session}\n");
+        if let Err(e) = talk(&serial, &line).await {
+            tracing::debug!(error = %e, "guest did not take its session id");
+        }
+    });
+}
+
 /// Sends the session config over the guest's serial port and waits for its acknowledgement.
 async fn configure(serial: &Path) -> Result<(), String> {
+    let mut seed = [0u8; 32];
+    getrandom(&mut seed)?;
+    let seed: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+    let clock = crate::directory::now_ms();
+    talk(
+        serial,
+        &format!("sessiongate-config seed={seed} clock={clock}\n"),
+    )
+    .await
+}
+
+/// One config line to the guest, answered by `sessiongate-config-ok` (or `-error …`).
+async fn talk(serial: &Path, line: &str) -> Result<(), String> {
     let talk = async {
         let stream = UnixStream::connect(serial)
             .await
             .map_err(|e| e.to_string())?;
         let (read, mut write) = stream.into_split();
-        let mut seed = [0u8; 32];
-        getrandom(&mut seed)?;
-        let seed: String = seed.iter().map(|b| format!("{b:02x}")).collect();
-        let clock = crate::directory::now_ms();
-        let line = format!("sessiongate-config seed={seed} clock={clock}\n");
         write
             .write_all(line.as_bytes())
             .await

@@ -205,6 +205,16 @@ impl Backend {
         }
     }
 
+    /// Tells the backend which session it now serves. A microVM guest learns it over its serial
+    /// port, in the background: the request does not wait (every request carries the id too).
+    pub fn assign(&self, session: &str) {
+        if let Lease::Microvm(c) = &self.lease
+            && let Some(dir) = c.dir()
+        {
+            microvm::send_session(dir.join("serial.sock"), session.to_owned());
+        }
+    }
+
     /// True once a spawned backend has exited on its own. Static endpoints never exit.
     pub fn has_exited(&self) -> bool {
         self.child().is_some_and(child::ChildLease::has_exited)
