@@ -95,7 +95,7 @@ impl AdminApp {
                 json!({ "message": "Session not found" }),
             );
         };
-        if self.shared.directory.end(&session).await {
+        if self.shared.directory.stop(&session).await {
             metrics::counter!("sessiongate_sessions_ended_total", "reason" => "stopped")
                 .increment(1);
         }

@@ -33,6 +33,8 @@ pub enum GatewayError {
     PoolExhausted,
     #[error("the session is ending")]
     SessionEnding,
+    #[error("the session was stopped while the request was in flight")]
+    SessionStopped,
     #[error("the runtime's backend could not be started")]
     BackendStartFailed,
     #[error("the runtime does not serve this protocol")]
@@ -140,6 +142,12 @@ impl GatewayError {
                 "Session operation in progress, please retry".into(),
                 Some(1),
             ),
+            SessionStopped => (
+                409,
+                "RetryableConflictException",
+                "The session was stopped while this request was in flight".into(),
+                None,
+            ),
             BackendStartFailed => (
                 424,
                 "RuntimeClientError",
@@ -236,6 +244,7 @@ impl GatewayError {
             Rejected(r) => r.reason(),
             PoolExhausted => "pool_exhausted",
             SessionEnding => "session_ending",
+            SessionStopped => "session_stopped",
             BackendStartFailed => "backend_start_failed",
             ProtocolNotServed => "protocol_not_served",
             BackendUnreachable => "backend_unreachable",

@@ -238,6 +238,12 @@ impl ProxyHttp for Gateway {
                 ErrorSource::Upstream if matches!(e.etype(), ErrorType::ReadTimedout) => {
                     Some(GatewayError::BackendTimeout)
                 }
+                // Its session was stopped under it: the backend is gone on purpose.
+                ErrorSource::Upstream
+                    if ctx.ticket.as_ref().is_some_and(|t| t.session().is_ended()) =>
+                {
+                    Some(GatewayError::SessionStopped)
+                }
                 ErrorSource::Upstream => {
                     ctx.backend_failed = true;
                     Some(GatewayError::BackendUnreachable)

@@ -237,7 +237,7 @@ async fn stop_session(
         .get(id.as_str())
         .filter(|s| s.runtime == *runtime && s.principal == *principal)
         .ok_or(GatewayError::SessionNotFound)?;
-    if shared.directory.end(&found).await {
+    if shared.directory.stop(&found).await {
         metrics::counter!("sessiongate_sessions_ended_total", "reason" => "stopped").increment(1);
     }
     Ok(Decision::Answer(

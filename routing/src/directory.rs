@@ -316,6 +316,20 @@ impl SessionDirectory {
         self.release(session).await
     }
 
+    /// Stops a session at once (StopRuntimeSession, the admin API): requests in flight lose
+    /// their backend, which is killed without a grace period. False if it already ended.
+    pub async fn stop(&self, session: &Arc<Session>) -> bool {
+        self.sessions
+            .remove_if(&session.id, |_, s| Arc::ptr_eq(s, session));
+        if !self.retire(session) {
+            return false;
+        }
+        if let Some(b) = session.backend() {
+            b.release_now().await;
+        }
+        true
+    }
+
     /// Ends a session only if it is still idle for at least `idle` with nothing in flight,
     /// checked atomically against requests that are about to use it.
     pub async fn end_if_idle(&self, session: &Arc<Session>, idle: Duration) -> bool {

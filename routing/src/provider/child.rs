@@ -145,15 +145,23 @@ impl ChildLease {
     /// SIGTERM to the process group, then SIGKILL if it has not exited within the stop timeout;
     /// then the remains go. Idempotent.
     pub(super) async fn stop(&self) {
+        self.stop_within(self.stop_timeout).await;
+    }
+
+    /// SIGKILL to the process group at once; then the remains go. Idempotent.
+    pub(super) async fn kill(&self) {
+        self.stop_within(Duration::ZERO).await;
+    }
+
+    async fn stop_within(&self, grace: Duration) {
         let child = self.child.lock().ok().and_then(|mut c| c.take());
         if let Some(mut child) = child
             && let Ok(None) = child.try_wait()
         {
-            signal_group(self.pid, libc::SIGTERM);
-            if tokio::time::timeout(self.stop_timeout, child.wait())
-                .await
-                .is_err()
-            {
+            if !grace.is_zero() {
+                signal_group(self.pid, libc::SIGTERM);
+            }
+            if grace.is_zero() || tokio::time::timeout(grace, child.wait()).await.is_err() {
                 signal_group(self.pid, libc::SIGKILL);
                 let _ = child.wait().await;
             }

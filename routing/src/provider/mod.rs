@@ -234,6 +234,14 @@ impl Backend {
         }
     }
 
+    /// Releases the backend without a grace period: a process is killed at once (SIGKILL).
+    pub async fn release_now(&self) {
+        match &self.lease {
+            Lease::Slot(s) => s.release(),
+            Lease::Process(c) | Lease::Sandbox(c) | Lease::Microvm(c) => c.kill().await,
+        }
+    }
+
     /// What the backend is, for logs and the admin API: `static`, `process <pid>`, ….
     pub fn describe(&self) -> String {
         match &self.lease {
