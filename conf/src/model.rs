@@ -299,6 +299,9 @@ pub struct MicrovmSpec {
     pub vcpus: u32,
     pub accel: Accel,
     pub snapshot: bool,
+    /// The agent's environment, passed on the kernel command line (the kernel hands unknown
+    /// `KEY=value` parameters to init, which the agent inherits).
+    pub env: BTreeMap<String, String>,
     pub ready_timeout: Duration,
     pub stop_timeout: Duration,
     pub warm_pool: usize,

@@ -371,3 +371,29 @@ provider = "firecracker"
         assert!(paths.contains(&want), "no error at {want}: {errs:?}");
     }
 }
+
+#[test]
+fn microvm_env_must_fit_a_kernel_command_line() {
+    let errs = parse(
+        r#"
+[[runtimes]]
+name = "vm"
+[runtimes.backend]
+provider = "microvm"
+kernel = "/k"
+initrd = "/i"
+env = { LOG_LEVEL = "debug", console = "ttyS1", GREETING = "hello world" }
+"#,
+    )
+    .unwrap_err()
+    .0;
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "runtimes[0].backend.env.GREETING",
+            "runtimes[0].backend.env.console"
+        ],
+        "{errs:?}"
+    );
+}

@@ -752,7 +752,7 @@ fn backend(errs: &mut Errors, path: &str, b: &FileBackend, base: &Path) -> Optio
     let keys = [
         ("command", b.command.is_some(), "process sandbox"),
         ("args", b.args.is_some(), "process sandbox"),
-        ("env", b.env.is_some(), "process sandbox"),
+        ("env", b.env.is_some(), "process sandbox microvm"),
         (
             "ready_timeout_ms",
             b.ready_timeout_ms.is_some(),
@@ -892,6 +892,23 @@ fn backend(errs: &mut Errors, path: &str, b: &FileBackend, base: &Path) -> Optio
                     Accel::Auto
                 }
             };
+            let env = b.env.clone().unwrap_or_default();
+            for (k, v) in &env {
+                // Upper case: kernel parameters are lower case, and the kernel keeps those.
+                let key_ok = k.starts_with(|c: char| c.is_ascii_uppercase() || c == '_')
+                    && k.chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+                if !key_ok
+                    || v.is_empty()
+                    || v.chars()
+                        .any(|c| c.is_whitespace() || c == '"' || !c.is_ascii_graphic())
+                {
+                    errs.push(
+                        format!("{path}.env.{k}"),
+                        "goes on the guest kernel's command line: a name of upper-case letters, digits and _, and a non-empty value without spaces or quotes",
+                    );
+                }
+            }
             let mut file = |key: &str, v: &Option<String>| {
                 let Some(v) = v.as_deref().filter(|v| !v.is_empty()) else {
                     errs.push(
@@ -916,6 +933,7 @@ fn backend(errs: &mut Errors, path: &str, b: &FileBackend, base: &Path) -> Optio
                     as u32,
                 accel,
                 snapshot: b.snapshot.unwrap_or(true),
+                env,
                 ready_timeout: ms(errs, "ready_timeout_ms", b.ready_timeout_ms, 120_000),
                 stop_timeout: Duration::from_millis(errs.range(
                     &format!("{path}.stop_timeout_ms"),

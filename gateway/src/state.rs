@@ -55,7 +55,8 @@ impl Snapshot {
                         let env = match &mut spec {
                             BackendSpec::Process(p) => Some(&mut p.env),
                             BackendSpec::Sandbox(s) => Some(&mut s.process.env),
-                            BackendSpec::Static(_) | BackendSpec::Microvm(_) => None,
+                            BackendSpec::Microvm(m) => Some(&mut m.env),
+                            BackendSpec::Static(_) => None,
                         };
                         if let Some(env) = env {
                             env.entry("AGENTCORE_RUNTIME_URL".into())

@@ -86,6 +86,19 @@ fn microvm_sessions_answer_from_their_own_guest_and_leave_no_qemu_behind() {
         call.json()["result"]["structuredContent"]["instance"],
         first.json()["instance"]
     );
+    // The guest's agent card points clients back at the gateway (AGENTCORE_RUNTIME_URL reaches
+    // the agent through the kernel command line).
+    let card = curl(&[
+        "-H",
+        &format!("{SESSION_HEADER}: {a}"),
+        &gw.url(gw.a2a, "/.well-known/agent-card.json"),
+    ]);
+    assert_eq!(
+        card.json()["url"],
+        format!("http://{}/", gw.a2a),
+        "{}",
+        card.body_text()
+    );
     let a2a = crate::a2a_send(&gw, &a, "hello");
     assert_eq!(
         a2a.json()["result"]["metadata"]["instance"],

@@ -263,6 +263,9 @@ impl Vm {
 /// The command line every guest of a provider shares (a restore needs the same machine).
 fn machine_args(spec: &MicrovmSpec, accel: Accel) -> Vec<String> {
     let mut append = String::from("console=ttyS0 quiet panic=-1 reboot=t");
+    // The kernel hands `KEY=value` parameters it does not know to init's environment, which the
+    // agent inherits (config validation keeps keys upper-case, clear of kernel parameters).
+    let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let (machine, accel_args): (&str, &[&str]) = if accel == Accel::Kvm {
         (
             "microvm,x-option-roms=off,rtc=off",
@@ -298,7 +301,11 @@ fn machine_args(spec: &MicrovmSpec, accel: Accel) -> Vec<String> {
         "-initrd".into(),
         spec.initrd.display().to_string(),
         "-append".into(),
-        append,
+        if env.is_empty() {
+            append
+        } else {
+            format!("{append} {}", env.join(" "))
+        },
         "-device".into(),
         "virtio-rng-device".into(),
     ]);
