@@ -25,11 +25,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && cp target/release/sessiongate /usr/local/bin/sessiongate
 
 FROM debian:bookworm-slim
-# bubblewrap: the `sandbox` provider (the container must allow user namespaces, e.g. Docker's
+# bubblewrap + slirp4netns: the `sandbox` provider and its egress (the container must allow user namespaces, e.g. Docker's
 # --security-opt seccomp=unconfined --security-opt apparmor=unconfined). The `microvm` provider
 # needs qemu-system-x86 and a guest from scripts/build-guest: add them in an image of your own.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates bubblewrap \
+ && apt-get install -y --no-install-recommends ca-certificates bubblewrap slirp4netns \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 1000 --no-create-home --shell /usr/sbin/nologin sessiongate
 COPY --from=build /usr/local/bin/sessiongate /usr/local/bin/sessiongate

@@ -374,6 +374,9 @@ pub struct FileBackend {
     pub cpu_percent: Option<u32>,
     /// sandbox: at most this many processes and threads. Default 256.
     pub max_pids: Option<u32>,
+    /// sandbox: internet access through user-mode networking (`slirp4netns`), the host's
+    /// loopback excluded. Default true; false leaves the sandbox only its own loopback.
+    pub egress: Option<bool>,
     /// sandbox: host paths visible read-only inside (everything else is absent). Default
     /// `["/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc"]`; the command is added by itself.
     pub read_only: Option<Vec<String>>,
@@ -414,6 +417,7 @@ impl Default for FileBackend {
             cpu_percent: None,
             max_pids: None,
             read_only: None,
+            egress: None,
             kernel: None,
             initrd: None,
             vcpus: None,

@@ -287,6 +287,8 @@ pub struct SandboxSpec {
     pub cpu_percent: u32,
     pub max_pids: u32,
     pub read_only: Vec<PathBuf>,
+    /// Outbound network through `slirp4netns` (never to the host's loopback).
+    pub egress: bool,
 }
 
 /// One QEMU `-M microvm` guest per session.

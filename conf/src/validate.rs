@@ -772,6 +772,7 @@ fn backend(errs: &mut Errors, path: &str, b: &FileBackend, base: &Path) -> Optio
         ("cpu_percent", b.cpu_percent.is_some(), "sandbox"),
         ("max_pids", b.max_pids.is_some(), "sandbox"),
         ("read_only", b.read_only.is_some(), "sandbox"),
+        ("egress", b.egress.is_some(), "sandbox"),
         ("kernel", b.kernel.is_some(), "microvm"),
         ("initrd", b.initrd.is_some(), "microvm"),
         ("vcpus", b.vcpus.is_some(), "microvm"),
@@ -877,6 +878,7 @@ fn backend(errs: &mut Errors, path: &str, b: &FileBackend, base: &Path) -> Optio
                     1 << 20,
                 ) as u32,
                 read_only,
+                egress: b.egress.unwrap_or(true),
             }))
         }
         "microvm" => {

@@ -74,7 +74,7 @@ fn stop(gw: &Gateway, sid: &str) {
 #[test]
 fn sandboxed_sessions_see_only_their_own_files_processes_and_sockets() {
     let probe = Probe::new();
-    let gw = Gateway::start(&probe.config(""));
+    let gw = Gateway::start(&probe.config("egress = false"));
     let (a, b) = (session_id("sandbox-a"), session_id("sandbox-b"));
 
     ask(
@@ -291,5 +291,77 @@ fn all_three_faces_reach_a_sandboxed_reference_agent() {
             .as_str()
             .unwrap()
             .starts_with("sandbox ")
+    );
+}
+
+/// This host's address on its default route (not loopback), without sending anything.
+fn host_address() -> std::net::IpAddr {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    s.connect("192.0.2.1:9").unwrap();
+    s.local_addr().unwrap().ip()
+}
+
+#[test]
+fn a_sandbox_with_egress_reaches_the_network_but_not_the_hosts_loopback() {
+    let probe = Probe::new();
+    let gw = Gateway::start(&probe.config(""));
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sid = session_id("egress");
+    let me = ask(&gw, &sid, json!({"op": "whoami"}));
+    assert_eq!(me["interfaces"], json!(["lo", "tap0"]), "{me}");
+    let out = ask(
+        &gw,
+        &sid,
+        json!({"op": "connect_tcp", "host": host_address().to_string(), "port": port}),
+    );
+    assert_eq!(
+        out["connected"],
+        true,
+        "egress to {}: {out}",
+        host_address()
+    );
+    let lo = ask(
+        &gw,
+        &sid,
+        json!({"op": "connect_tcp", "host": "127.0.0.1", "port": port}),
+    );
+    assert_eq!(lo["connected"], false, "the host's loopback: {lo}");
+    let gw_lo = ask(
+        &gw,
+        &sid,
+        json!({"op": "connect_tcp", "host": "10.0.2.2", "port": gw.admin.port()}),
+    );
+    assert_eq!(
+        gw_lo["connected"], false,
+        "the gateway's loopback admin port: {gw_lo}"
+    );
+    // Its network helper goes with it.
+    let pid = gw.pid();
+    let r = curl(&[
+        "-X",
+        "DELETE",
+        &format!("http://{}/sessions/{sid}", gw.admin),
+    ]);
+    assert_eq!(r.status, 200);
+    let slirps = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                std::fs::read_to_string(e.path().join("stat")).is_ok_and(|st| {
+                    st.contains("(slirp4netns)")
+                        && st
+                            .rsplit(')')
+                            .next()
+                            .and_then(|r| r.split_whitespace().nth(1))
+                            == Some(&pid.to_string())
+                })
+            })
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || slirps() == 0),
+        "slirp4netns outlived its sandbox"
     );
 }

@@ -71,6 +71,19 @@ pub(super) struct Remains {
     pub cgroup: Option<Cgroup>,
     /// A per-backend directory (scratch space, sockets, VM state): removed whole.
     pub dir: Option<PathBuf>,
+    /// A helper process of the backend's (a sandbox's `slirp4netns`): killed on drop.
+    pub helper: Option<tokio::process::Child>,
+}
+
+impl Remains {
+    /// Remains that are, so far, one directory.
+    pub fn in_dir(dir: PathBuf) -> Self {
+        Self {
+            cgroup: None,
+            dir: Some(dir),
+            helper: None,
+        }
+    }
 }
 
 impl Drop for Remains {

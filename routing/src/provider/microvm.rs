@@ -148,10 +148,7 @@ impl MicrovmProvider {
         );
         Ok(Template {
             state,
-            _remains: Remains {
-                cgroup: None,
-                dir: Some(keep),
-            },
+            _remains: Remains::in_dir(keep),
         })
     }
 }
@@ -177,10 +174,7 @@ impl Vm {
             .map_err(PlacementError::Isolation)?
             .join(format!("vm-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
         std::fs::create_dir(&dir).map_err(PlacementError::Isolation)?;
-        let remains = Remains {
-            cgroup: None,
-            dir: Some(dir.clone()),
-        };
+        let remains = Remains::in_dir(dir.clone());
         let ports = reserve_endpoint().map_err(PlacementError::Ports)?;
         let forward = |host: Option<std::net::SocketAddr>, guest: u16| {
             host.map(|h| format!(",hostfwd=tcp:{}:{}-:{guest}", h.ip(), h.port()))

@@ -54,7 +54,8 @@ pub struct SpawnedProvider {
 pub enum Spawner {
     Process(ProcessProvider),
     Sandbox(SandboxProvider),
-    Microvm(MicrovmProvider),
+    /// Boxed: its template and acceleration cells make it several times the others' size.
+    Microvm(Box<MicrovmProvider>),
 }
 
 impl Spawner {
@@ -81,7 +82,10 @@ impl BackendProvider {
                 Spawner::Sandbox(SandboxProvider::new(s, self_exe)),
                 s.process.warm_pool,
             ),
-            BackendSpec::Microvm(m) => (Spawner::Microvm(MicrovmProvider::new(m)), m.warm_pool),
+            BackendSpec::Microvm(m) => (
+                Spawner::Microvm(Box::new(MicrovmProvider::new(m))),
+                m.warm_pool,
+            ),
         };
         Self::Spawned(SpawnedProvider {
             spawner: Arc::new(spawner),

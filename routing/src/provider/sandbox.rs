@@ -18,12 +18,13 @@
 //! memory limit is OOM-killed, `sandbox-init` exits with it, and the session ends.
 
 use std::ffi::OsString;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use conf::SandboxSpec;
 use tokio::process::Command;
@@ -64,10 +65,7 @@ impl SandboxProvider {
             .root
             .join(format!("sandbox-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
         // From here on, dropping `remains` removes the directory and the cgroup.
-        let mut remains = Remains {
-            cgroup: None,
-            dir: Some(dir.clone()),
-        };
+        let mut remains = Remains::in_dir(dir.clone());
         for d in [&dir, &dir.join("scratch"), &dir.join("sockets")] {
             std::fs::DirBuilder::new()
                 .mode(0o700)
@@ -87,21 +85,40 @@ impl SandboxProvider {
         let join_fds = cgroup.join_fds();
         remains.cgroup = Some(cgroup);
 
+        // With egress, bwrap reports its child (`--info-fd`) and waits (`--block-fd`) until
+        // slirp4netns has given the new network namespace its interface.
+        let handshake = if self.spec.egress {
+            Some(Handshake::new().map_err(PlacementError::Isolation)?)
+        } else {
+            None
+        };
         let mut cmd = Command::new("bwrap");
-        cmd.args(self.bwrap_args(&state.exe, &dir))
+        cmd.args(self.bwrap_args(&state.exe, &dir, handshake.as_ref()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
-        let uid = state.uid;
-        let drop_to_nobody = uid == NOBODY;
-        // SAFETY: the closure runs in the forked child before exec; write(2), setgroups(2),
-        // setgid(2) and setuid(2) are async-signal-safe, and it touches no heap memory (the
-        // fd list was built before the fork).
+        let drop_to_nobody = state.uid == NOBODY;
+        let inherit: Vec<RawFd> = handshake
+            .as_ref()
+            .map(Handshake::child_fds)
+            .unwrap_or_default();
+        // SAFETY: the closure runs in the forked child before exec; fcntl(2), write(2),
+        // setgroups(2), setgid(2) and setuid(2) are async-signal-safe, and it touches no heap
+        // memory (both fd lists were built before the fork).
         unsafe {
-            cmd.pre_exec(move || join_then_drop(&join_fds, drop_to_nobody));
+            cmd.pre_exec(move || join_then_drop(&join_fds, &inherit, drop_to_nobody));
         }
         guard(&mut cmd);
         let mut child = cmd.spawn().map_err(PlacementError::Spawn)?;
+        if let Some(handshake) = handshake {
+            let deadline = self.spec.process.ready_timeout;
+            remains.helper = Some(
+                tokio::time::timeout(deadline, handshake.connect(child.id().unwrap_or(0)))
+                    .await
+                    .map_err(|_| PlacementError::NotReady(deadline))?
+                    .map_err(PlacementError::Isolation)?,
+            );
+        }
         let addrs = Addrs::unix_in(&dir.join("sockets"));
         wait_ready(&mut child, &addrs.http, self.spec.process.ready_timeout).await?;
         let lease = ChildLease::new(child, self.spec.process.stop_timeout, remains);
@@ -112,7 +129,7 @@ impl SandboxProvider {
         })
     }
 
-    fn bwrap_args(&self, exe: &Path, dir: &Path) -> Vec<OsString> {
+    fn bwrap_args(&self, exe: &Path, dir: &Path, handshake: Option<&Handshake>) -> Vec<OsString> {
         let sockets = dir.join("sockets");
         let mut a: Vec<OsString> = Vec::with_capacity(64);
         let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
@@ -178,6 +195,13 @@ impl SandboxProvider {
         for (k, v) in &p.env {
             push(&[&"--setenv", k, v]);
         }
+        if let Some(h) = handshake {
+            let (info, block) = (
+                h.info_w.as_raw_fd().to_string(),
+                h.block_r.as_raw_fd().to_string(),
+            );
+            push(&[&"--info-fd", &info, &"--block-fd", &block]);
+        }
         push(&[
             &"--",
             &INNER_EXE,
@@ -192,8 +216,19 @@ impl SandboxProvider {
     }
 }
 
-/// In the child, before exec: join the cgroup, then give up root for `nobody`.
-fn join_then_drop(join_fds: &[RawFd], drop_to_nobody: bool) -> std::io::Result<()> {
+/// In the child, before exec: keep the handshake pipes open across exec, join the cgroup, then
+/// give up root for `nobody`.
+fn join_then_drop(
+    join_fds: &[RawFd],
+    inherit: &[RawFd],
+    drop_to_nobody: bool,
+) -> std::io::Result<()> {
+    for &fd in inherit {
+        // SAFETY: clears FD_CLOEXEC on a descriptor we own; no memory involved.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
     for &fd in join_fds {
         // SAFETY: writing one byte from a static buffer to an open descriptor.
         if unsafe { libc::write(fd, c"0".as_ptr().cast(), 1) } != 1 {
@@ -245,4 +280,149 @@ fn make_state(self_exe: &Path) -> std::io::Result<State> {
 
 fn chown(path: &Path, uid: u32) -> std::io::Result<()> {
     std::os::unix::fs::chown(path, Some(uid), Some(uid))
+}
+
+/// The pipes of bwrap's egress handshake.
+struct Handshake {
+    /// bwrap writes `{"child-pid": N, …}` here.
+    info_r: OwnedFd,
+    info_w: OwnedFd,
+    /// bwrap runs the command once a byte arrives here.
+    block_r: OwnedFd,
+    block_w: OwnedFd,
+}
+
+impl Handshake {
+    fn new() -> std::io::Result<Self> {
+        let (info_r, info_w) = pipe()?;
+        let (block_r, block_w) = pipe()?;
+        Ok(Self {
+            info_r,
+            info_w,
+            block_r,
+            block_w,
+        })
+    }
+
+    /// The ends bwrap keeps.
+    fn child_fds(&self) -> Vec<RawFd> {
+        vec![self.info_w.as_raw_fd(), self.block_r.as_raw_fd()]
+    }
+
+    /// Once bwrap has started: learns its child's pid, gives that network namespace an
+    /// interface with slirp4netns (its own host loopback refused), then lets bwrap run the
+    /// command. Returns the slirp4netns process, which lives as long as the sandbox (it joins
+    /// the sandbox's process group, so stopping the sandbox stops it).
+    async fn connect(self, bwrap_pid: u32) -> std::io::Result<tokio::process::Child> {
+        let Handshake {
+            info_r,
+            info_w,
+            block_r,
+            block_w,
+        } = self;
+        drop((info_w, block_r)); // bwrap's ends: ours closed, so EOF means bwrap is gone
+        let info = tokio::task::spawn_blocking(move || read_until(info_r, b'}'))
+            .await
+            .map_err(std::io::Error::other)??;
+        let pid = child_pid(&info).ok_or_else(|| {
+            std::io::Error::other(format!("bwrap reported no child pid: {info:?}"))
+        })?;
+        // bwrap's child brings up its loopback while we read the pid; two netlink talkers on
+        // one namespace at once make bwrap fail. The loopback's local route exists once its
+        // address is set and the link is up.
+        let loopback_up = || {
+            std::fs::read_to_string(format!("/proc/{pid}/net/fib_trie"))
+                .is_ok_and(|t| t.contains("127.0.0.1"))
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !loopback_up() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(std::io::Error::other(
+                    "the sandbox's loopback did not come up",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let (ready_r, ready_w) = pipe()?;
+        let mut cmd = Command::new("slirp4netns");
+        cmd.args(["--configure", "--mtu=65520", "--disable-host-loopback"])
+            .args(["--netns-type=path", "--ready-fd"])
+            .arg(ready_w.as_raw_fd().to_string())
+            .arg(format!("/proc/{pid}/ns/net"))
+            .arg("tap0")
+            .stdin(Stdio::null())
+            // It narrates every tap fd it passes; failures show as no ready byte.
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .process_group(i32::try_from(bwrap_pid).unwrap_or(0));
+        let ready_fd = ready_w.as_raw_fd();
+        // SAFETY: the closure runs in the forked child before exec and makes two
+        // async-signal-safe syscalls.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fcntl(ready_fd, libc::F_SETFD, 0) != 0
+                    || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let slirp = cmd.spawn().map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("egress needs slirp4netns (Debian: slirp4netns), or egress = false: {e}"),
+            )
+        })?;
+        drop(ready_w);
+        let ready = tokio::task::spawn_blocking(move || read_until(ready_r, b'1'))
+            .await
+            .map_err(std::io::Error::other)??;
+        if !ready.contains(&b'1') {
+            return Err(std::io::Error::other(
+                "slirp4netns could not set up the sandbox's network",
+            ));
+        }
+        let mut block = std::fs::File::from(block_w);
+        std::io::Write::write_all(&mut block, b"1")?;
+        Ok(slirp)
+    }
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2(2) fills the two-element array on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Reads from a pipe until `end` arrives or the writer closes it (at most 64 KB). Blocking.
+fn read_until(fd: OwnedFd, end: u8) -> std::io::Result<Vec<u8>> {
+    let mut file = std::fs::File::from(fd);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.contains(&end) && got.len() < 65_536 {
+        let n = std::io::Read::read(&mut file, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    Ok(got)
+}
+
+/// `"child-pid": 1234` from bwrap's info JSON.
+fn child_pid(info: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(info).ok()?;
+    let rest = &text[text.find("\"child-pid\"")? + "\"child-pid\"".len()..];
+    let digits: String = rest
+        .trim_start_matches(|c: char| c == ':' || c.is_whitespace())
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
 }
