@@ -139,6 +139,7 @@ def main():
         ("process + warm pool", 'provider = "process"\n', a.n, 2),
         ("sandbox", 'provider = "sandbox"\n', a.n, 0),
         ("sandbox + warm pool", 'provider = "sandbox"\n', a.n, 2),
+        ("sandbox without egress", 'provider = "sandbox"\negress = false\n', a.n, 0),
         ("microvm existing session", vm, a.vm_n, 0),
         ("microvm cold boot", vm + "snapshot = false\n", a.vm_n, 0),
         ("microvm from snapshot", vm, a.vm_n, 0),
