@@ -426,3 +426,31 @@ fn child_pid(info: &[u8]) -> Option<u32> {
         .collect();
     digits.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bwraps_info_gives_the_child_pid() {
+        let info = b"{\n    \"child-pid\": 21679,\n    \"cgroup-namespace\": 4026532182\n}\n";
+        assert_eq!(child_pid(info), Some(21_679));
+        assert_eq!(child_pid(b"{\"child-pid\":7}"), Some(7));
+        assert_eq!(child_pid(b"{}"), None);
+        assert_eq!(child_pid(b"{\"child-pid\": \"x\"}"), None);
+    }
+
+    #[test]
+    fn read_until_stops_at_the_marker_or_the_end() {
+        let (r, w) = pipe().unwrap();
+        let mut w = std::fs::File::from(w);
+        std::io::Write::write_all(&mut w, b"{\"a\":1}").unwrap();
+        assert_eq!(read_until(r, b'}').unwrap(), b"{\"a\":1}");
+        let (r, w) = pipe().unwrap();
+        drop(w);
+        assert!(
+            read_until(r, b'1').unwrap().is_empty(),
+            "EOF: the writer is gone"
+        );
+    }
+}
