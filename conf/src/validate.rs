@@ -810,6 +810,12 @@ fn backend(errs: &mut Errors, path: &str, b: &FileBackend, base: &Path) -> Optio
             600_000,
         ))
     };
+    let stop_timeout = Duration::from_millis(errs.range(
+        &format!("{path}.stop_timeout_ms"),
+        b.stop_timeout_ms.unwrap_or(2_000),
+        0,
+        600_000,
+    ));
     let warm_pool = errs.range(
         &format!("{path}.warm_pool"),
         b.warm_pool.unwrap_or(0).into(),
@@ -825,12 +831,7 @@ fn backend(errs: &mut Errors, path: &str, b: &FileBackend, base: &Path) -> Optio
             args: b.args.clone().unwrap_or_else(default_args),
             env: b.env.clone().unwrap_or_default(),
             ready_timeout: ms(errs, "ready_timeout_ms", b.ready_timeout_ms, 10_000),
-            stop_timeout: Duration::from_millis(errs.range(
-                &format!("{path}.stop_timeout_ms"),
-                b.stop_timeout_ms.unwrap_or(2_000),
-                0,
-                600_000,
-            )),
+            stop_timeout,
             warm_pool,
         }
     };
@@ -937,12 +938,7 @@ fn backend(errs: &mut Errors, path: &str, b: &FileBackend, base: &Path) -> Optio
                 snapshot: b.snapshot.unwrap_or(true),
                 env,
                 ready_timeout: ms(errs, "ready_timeout_ms", b.ready_timeout_ms, 120_000),
-                stop_timeout: Duration::from_millis(errs.range(
-                    &format!("{path}.stop_timeout_ms"),
-                    b.stop_timeout_ms.unwrap_or(2_000),
-                    0,
-                    600_000,
-                )),
+                stop_timeout,
                 warm_pool,
                 kernel: kernel?,
                 initrd: initrd?,
