@@ -28,7 +28,7 @@ test-rust:
 
 test-python: build
 	scripts/setup --test
-	SESSIONGATE_BIN="$(TARGET_DIR)/release/sessiongate" \
+	SESSIONGATE_BIN="$(TARGET_DIR)/release/sessiongate" SESSIONGATE_GUEST_DIR="$(GUEST_DIR)" \
 		.venv/bin/python -m pytest $(PYTEST_ARGS) tests/python
 
 guest:

@@ -115,3 +115,44 @@ def test_get_stream_and_delete_stay_on_the_sessions_backend(gateway):
     assert httpx2.delete(url, headers={"Mcp-Session-Id": mcp_id}).status_code == 200
     after = httpx2.post(url, headers={**ACCEPT, "Mcp-Session-Id": mcp_id}, json=ECHO)
     assert after.status_code == 404
+
+
+def test_sdk_sessions_in_sandboxes_and_microvms(tmp_path):
+    """The SDK sees the same MCP server whatever isolates the session: a sandbox (namespaces +
+    cgroup, reached over a Unix socket) or a microVM (QEMU, restored from a snapshot)."""
+    import os
+    from pathlib import Path
+
+    from conftest import binary
+
+    guest = Path(os.environ.get("SESSIONGATE_GUEST_DIR", Path(binary()).parents[1] / "guest"))
+    assert (guest / "vmlinux").exists(), f"no microVM guest in {guest}: run make guest"
+    gw = gateway_with(
+        tmp_path,
+        f"""
+[[runtimes]]
+name = "boxed"
+protocol = "mcp"
+[runtimes.backend]
+provider = "sandbox"
+
+[[runtimes]]
+name = "vm"
+protocol = "mcp"
+[runtimes.backend]
+provider = "microvm"
+kernel = "{guest}/vmlinux"
+initrd = "{guest}/initrd.cpio"
+ready_timeout_ms = 180000
+""",
+    )
+    try:
+        for runtime, kind in (("boxed", "sandbox"), ("vm", "microvm")):
+            sid = f"mcp-sdk-{kind}-{uuid.uuid4()}"
+            url = f"http://{gw.http}/runtimes/{runtime}/invocations"
+            seen = asyncio.run(echo_twice(url, {SESSION_HEADER: sid}))
+            assert seen["session_id"] == sid
+            backend = next(s["backend"] for s in gw.sessions() if s["id"] == sid)
+            assert backend.startswith(kind + " "), backend
+    finally:
+        gw.stop()
