@@ -313,7 +313,7 @@ impl SessionDirectory {
     pub async fn end(&self, session: &Arc<Session>) -> bool {
         self.sessions
             .remove_if(&session.id, |_, s| Arc::ptr_eq(s, session));
-        self.release(session).await
+        self.release(session, false).await
     }
 
     /// Stops a session at once (StopRuntimeSession, the admin API): requests in flight lose
@@ -321,13 +321,7 @@ impl SessionDirectory {
     pub async fn stop(&self, session: &Arc<Session>) -> bool {
         self.sessions
             .remove_if(&session.id, |_, s| Arc::ptr_eq(s, session));
-        if !self.retire(session) {
-            return false;
-        }
-        if let Some(b) = session.backend() {
-            b.release_now().await;
-        }
-        true
+        self.release(session, true).await
     }
 
     /// Ends a session only if it is still idle for at least `idle` with nothing in flight,
@@ -337,15 +331,18 @@ impl SessionDirectory {
         let removed = self.sessions.remove_if(&session.id, |_, s| {
             Arc::ptr_eq(s, session) && s.inflight() == 0 && s.idle_for(now) >= idle
         });
-        removed.is_some() && self.release(session).await
+        removed.is_some() && self.release(session, false).await
     }
 
-    async fn release(&self, session: &Session) -> bool {
+    /// Retires the session and releases its backend: gracefully, or `at_once` (no grace).
+    async fn release(&self, session: &Session, at_once: bool) -> bool {
         if !self.retire(session) {
             return false;
         }
-        if let Some(b) = session.backend() {
-            b.release().await;
+        match session.backend() {
+            Some(b) if at_once => b.release_now().await,
+            Some(b) => b.release().await,
+            None => {}
         }
         true
     }

@@ -108,7 +108,6 @@ fn sandboxed_sessions_see_only_their_own_files_processes_and_sockets() {
         pids.len() <= 4 && pids.iter().all(|&p| p < 16),
         "B sees only its own few processes: {pids:?}"
     );
-    assert!(!pids.contains(&u64::from(gw.pid())) || gw.pid() < 16);
     let a_sock = a_dir.join("sockets/http.sock");
     let c = ask(&gw, &b, json!({"op": "connect_unix", "path": a_sock}));
     assert_eq!(c["connected"], false, "A's socket from B: {c}");
@@ -171,6 +170,25 @@ fn a_sandbox_past_its_memory_limit_is_killed_and_its_session_ends() {
     // Everyone else carries on, and the hog's id gets a fresh sandbox.
     ask(&gw, &other, json!({"op": "whoami"}));
     ask(&gw, &hog, json!({"op": "alloc", "mb": 8}));
+}
+
+#[test]
+fn a_sandbox_cannot_start_more_than_max_pids_processes() {
+    let probe = Probe::new();
+    let gw = Gateway::start(&probe.config("max_pids = 16\negress = false"));
+    let sid = session_id("forker");
+    let out = ask(&gw, &sid, json!({"op": "spawn", "n": 40}));
+    let spawned = out["spawned"].as_u64().unwrap();
+    assert!(
+        spawned < 16,
+        "16 pids for everything, yet {spawned} children: {out}"
+    );
+    assert!(
+        out["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{out}"
+    );
+    // The limit refuses new processes; it does not end the session.
+    ask(&gw, &sid, json!({"op": "whoami"}));
 }
 
 /// What a gateway leaves on the host: processes running from its state dir, that dir's

@@ -306,8 +306,13 @@ fn machine_args(spec: &MicrovmSpec, accel: Accel) -> Vec<String> {
     a
 }
 
-/// The host's TSC rate in kHz, as the guest should assume it.
+/// The host's TSC rate in kHz, as the guest should assume it (read once).
 fn tsc_khz() -> u64 {
+    static KHZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *KHZ.get_or_init(read_tsc_khz)
+}
+
+fn read_tsc_khz() -> u64 {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
