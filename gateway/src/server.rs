@@ -92,6 +92,7 @@ pub fn run(
         },
     ));
 
+    exit_if_a_listener_dies();
     tracing::info!(
         http = %listeners.http, mcp = %listeners.mcp, a2a = %listeners.a2a, admin = %listeners.admin,
         "sessiongate listening"
@@ -115,6 +116,23 @@ pub fn run(
         tracing::info!(leftover, "stopped the remaining backends");
     }
     Ok(())
+}
+
+/// Pingora runs each listening service on a thread named after it, and a listener that cannot
+/// bind (address in use) panics that thread alone: the process would live on, its admin port
+/// healthy, one face silently missing. A gateway that cannot serve all its faces exits instead.
+fn exit_if_a_listener_dies() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        let thread = std::thread::current();
+        if let Some(name) = thread.name()
+            && ["http", "mcp", "a2a", "admin"].contains(&name)
+        {
+            tracing::error!(listener = name, "a listener failed; exiting");
+            std::process::exit(1);
+        }
+    }));
 }
 
 /// The lifecycle sweep, every `sessions.sweep_interval`.

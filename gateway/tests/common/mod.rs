@@ -149,8 +149,18 @@ impl Gateway {
                 return false;
             }
             let r = curl(&[&format!("http://{}/healthz", self.admin)]);
-            // Another process on a reused port would not answer with the gateway's fields.
-            if r.status == 200 && r.body_text().contains("\"draining\"") {
+            // Another process on a reused port would not answer with the gateway's fields, and
+            // every face must be this gateway's too: a listener still waiting for its address
+            // refuses, another process's answers without the gateway's error type.
+            if r.status == 200
+                && r.body_text().contains("\"draining\"")
+                && [self.http, self.mcp, self.a2a].iter().all(|face| {
+                    let probe = format!("http://{face}/sessiongate-listener-probe");
+                    curl(&["-m", "2", &probe])
+                        .header("x-amzn-ErrorType")
+                        .is_some()
+                })
+            {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(50));
