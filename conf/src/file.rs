@@ -17,7 +17,33 @@ pub struct FileConfig {
     pub limits: FileLimits,
     pub sessions: FileSessions,
     pub telemetry: FileTelemetry,
+    pub admin: FileAdmin,
+    pub aws: FileAws,
+    /// At least one. Deliberately no default here: a file that declares no runtime (an empty
+    /// or truncated file above all) is refused, never read as the embedded default.
+    #[serde(default)]
     pub runtimes: Vec<FileRuntime>,
+}
+
+/// The admin listener's protection.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileAdmin {
+    /// A file holding a bearer token (its first line). When set, every admin request but
+    /// `GET /healthz` needs `Authorization: Bearer <token>`. Relative paths are relative to this
+    /// config file. Default: none (the admin listener is protected by its address alone).
+    pub token_file: Option<String>,
+}
+
+/// The AWS identity the AWS-compatible face answers as. ARNs in `/runtimes/{arn}/…` must name
+/// this region and account when they are set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileAws {
+    /// e.g. `us-east-1`. Default: any region.
+    pub region: Option<String>,
+    /// Twelve digits. Default: any account.
+    pub account_id: Option<String>,
 }
 
 /// OpenTelemetry trace export. Off unless `otlp_endpoint` is set; read at start-up.
@@ -51,6 +77,8 @@ impl Default for FileConfig {
             limits: FileLimits::default(),
             sessions: FileSessions::default(),
             telemetry: FileTelemetry::default(),
+            admin: FileAdmin::default(),
+            aws: FileAws::default(),
             runtimes: vec![FileRuntime::default()],
         }
     }
@@ -117,6 +145,9 @@ pub struct FileLimits {
     pub max_active_sessions: usize,
     /// Sessions alive at once for one principal. Default 1 000.
     pub max_sessions_per_principal: usize,
+    /// Sessions alive at once for one anonymous client address (runtimes with auth `none`
+    /// count callers by address). Default 100.
+    pub max_sessions_per_anonymous_address: usize,
     /// Requests in flight at once in one session (an open WebSocket counts). Default 32.
     pub max_inflight_per_session: u32,
     /// New sessions started per second, all principals together. Default 25.
@@ -132,6 +163,19 @@ pub struct FileLimits {
     pub websocket_max_frame_bytes: u64,
     /// WebSocket frames a client may send per second (over: close 1008). Default 250.
     pub websocket_max_frames_per_second: u32,
+    /// Client connections open at once, all faces together; more are closed at once. 0: as many
+    /// as the file-descriptor limit leaves room for (half of it, less a reserve). Default 0.
+    pub max_connections: usize,
+    /// A request's head (request line and headers) must arrive whole within this many seconds
+    /// of its first byte. Default 10.
+    pub header_timeout_secs: u64,
+    /// An idle keep-alive connection is closed after this many seconds. Default 60.
+    pub keepalive_timeout_secs: u64,
+    /// Longest pause between two reads of a request body, seconds (over: 408). Default 30.
+    pub body_timeout_secs: u64,
+    /// A request body slower than this on average, once it has taken `body_timeout_secs`, is
+    /// refused with 408. 0 turns the check off. Default 1 024.
+    pub min_body_bytes_per_sec: u64,
 }
 
 impl Default for FileLimits {
@@ -140,6 +184,7 @@ impl Default for FileLimits {
             max_payload_bytes: 100_000_000,
             max_active_sessions: 1_000,
             max_sessions_per_principal: 1_000,
+            max_sessions_per_anonymous_address: 100,
             max_inflight_per_session: 32,
             new_sessions_per_second: 25,
             requests_per_second_per_principal: 1_000,
@@ -147,6 +192,11 @@ impl Default for FileLimits {
             stream_timeout_secs: 3_600,
             websocket_max_frame_bytes: 65_536,
             websocket_max_frames_per_second: 250,
+            max_connections: 0,
+            header_timeout_secs: 10,
+            keepalive_timeout_secs: 60,
+            body_timeout_secs: 30,
+            min_body_bytes_per_sec: 1_024,
         }
     }
 }

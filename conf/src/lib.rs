@@ -9,6 +9,7 @@ mod model;
 mod validate;
 
 pub use model::*;
+pub use validate::valid_region;
 
 use std::fmt;
 use std::path::Path;

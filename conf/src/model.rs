@@ -13,6 +13,8 @@ pub struct Config {
     pub limits: Limits,
     pub sessions: Sessions,
     pub telemetry: Telemetry,
+    pub admin: Admin,
+    pub aws: Aws,
     /// At least one; names are unique.
     pub runtimes: Vec<Runtime>,
     /// Index into `runtimes` of the runtime the plain container paths reach.
@@ -47,6 +49,33 @@ impl Config {
             .collect()
     }
 
+    /// How `new` would take authentication away, compared with this config: a runtime that
+    /// required it and would not, or a new runtime without it where every runtime required it.
+    /// One line per finding; empty when nothing weakens. A reload refuses these unless the
+    /// operator allows them explicitly (a truncated file must never turn authentication off).
+    pub fn auth_weakened_by(&self, new: &Config) -> Vec<String> {
+        let all_authenticated = self
+            .runtimes
+            .iter()
+            .all(|r| !matches!(r.auth, InboundAuth::None));
+        new.runtimes
+            .iter()
+            .filter(|r| matches!(r.auth, InboundAuth::None))
+            .filter_map(|r| match self.runtimes.iter().find(|o| o.name == r.name) {
+                Some(old) if !matches!(old.auth, InboundAuth::None) => Some(format!(
+                    "runtime `{}` from auth `{}` to `none`",
+                    r.name,
+                    old.auth.mode()
+                )),
+                None if all_authenticated => Some(format!(
+                    "new runtime `{}` with auth `none` where every runtime required authentication",
+                    r.name
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The runtime called `name`, if any.
     pub fn runtime_index(&self, name: &str) -> Option<usize> {
         self.runtimes.iter().position(|r| r.name == name)
@@ -74,6 +103,7 @@ pub struct Limits {
     pub max_payload_bytes: u64,
     pub max_active_sessions: usize,
     pub max_sessions_per_principal: usize,
+    pub max_sessions_per_anonymous_address: usize,
     pub max_inflight_per_session: u32,
     pub new_sessions_per_second: u32,
     pub requests_per_second_per_principal: u32,
@@ -81,6 +111,35 @@ pub struct Limits {
     pub stream_timeout: Duration,
     pub websocket_max_frame_bytes: u64,
     pub websocket_max_frames_per_second: u32,
+    /// `None`: as many as the descriptor limit allows (decided at start-up).
+    pub max_connections: Option<usize>,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub body_timeout: Duration,
+    /// Bytes per second; 0 is off.
+    pub min_body_bytes_per_sec: u64,
+}
+
+/// The admin listener's protection.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Admin {
+    /// The bearer token every admin request but `GET /healthz` must carry, if set.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// The AWS region and account ARNs must name (either may be open).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Aws {
+    pub region: Option<String>,
+    pub account_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,6 +239,9 @@ impl RuntimeEndpoint {
 /// Most allow-listed headers per runtime, and the longest value passed (AgentCore's limits).
 pub const MAX_ALLOWLISTED_HEADERS: usize = 20;
 pub const MAX_ALLOWLISTED_VALUE_BYTES: usize = 4096;
+/// Most `X-Amzn-Bedrock-AgentCore-Runtime-Custom-*` headers one request may carry (each value
+/// held to [`MAX_ALLOWLISTED_VALUE_BYTES`] like an allow-listed one).
+pub const MAX_CUSTOM_HEADERS: usize = 20;
 
 /// How a runtime authenticates its callers.
 #[derive(Debug, Clone)]

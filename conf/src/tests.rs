@@ -21,9 +21,58 @@ fn embedded_default_is_valid_and_documented_values_hold() {
 }
 
 #[test]
-fn empty_file_is_the_embedded_default() {
-    let c = parse("").unwrap();
-    assert_eq!(c.runtimes[0].name, "default");
+fn a_file_without_runtimes_is_refused_never_read_as_the_default() {
+    // An empty or truncated file used to become the embedded default: every configured
+    // runtime gone, authentication off.
+    for text in ["", "\n", "[limits]\nmax_active_sessions = 5\n"] {
+        let errs = parse(text).unwrap_err().0;
+        assert_eq!(errs.len(), 1, "{text:?}: {errs:?}");
+        assert_eq!(errs[0].path, "runtimes");
+        assert!(errs[0].message.contains("no runtime"), "{}", errs[0].message);
+    }
+}
+
+#[test]
+fn connection_deadlines_have_defaults_and_bounds() {
+    let c = Config::embedded_default();
+    assert_eq!(c.limits.header_timeout.as_secs(), 10);
+    assert_eq!(c.limits.keepalive_timeout.as_secs(), 60);
+    assert_eq!(c.limits.body_timeout.as_secs(), 30);
+    assert_eq!(c.limits.min_body_bytes_per_sec, 1_024);
+    assert_eq!(c.limits.max_connections, None);
+    let errs = parse(
+        "[limits]\nheader_timeout_secs = 0\nbody_timeout_secs = 99999\n[[runtimes]]\nname = 'a'\n",
+    )
+    .unwrap_err()
+    .0;
+    let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["limits.header_timeout_secs", "limits.body_timeout_secs"]
+    );
+}
+
+#[test]
+fn aws_identity_and_admin_token_are_checked() {
+    let dir = std::env::temp_dir().join(format!("sg-conf-admin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("short"), "abc\n").unwrap();
+    std::fs::write(dir.join("good"), "0123456789abcdef-token\nignored\n").unwrap();
+    let cfg = |token: &str, region: &str, account: &str| {
+        let text = format!(
+            "[admin]\ntoken_file = '{token}'\n[aws]\nregion = '{region}'\naccount_id = '{account}'\n[[runtimes]]\nname = 'a'\n"
+        );
+        validate::validate(parse_file(&text).unwrap(), &dir)
+    };
+    let c = cfg("good", "eu-west-1", "123456789012").unwrap();
+    assert_eq!(c.admin.token.as_deref(), Some("0123456789abcdef-token"));
+    assert!(!format!("{:?}", c.admin).contains("0123456789abcdef"), "never in Debug");
+    assert_eq!(c.aws.region.as_deref(), Some("eu-west-1"));
+    let errs = cfg("short", "EU_WEST", "12345").unwrap_err().0;
+    let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["admin.token_file", "aws.region", "aws.account_id"]);
+    assert!(cfg("missing", "us-east-1", "123456789012").is_err());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -203,6 +252,8 @@ fn unauthenticated_public_runtimes_are_warned_about() {
 http = \"127.0.0.1:1\"
 mcp = \"127.0.0.1:2\"
 a2a = \"[::1]:3\"
+[[runtimes]]
+name = \"default\"
 ",
     )
     .unwrap();
@@ -396,4 +447,30 @@ env = { LOG_LEVEL = "debug", console = "ttyS1", GREETING = "hello world" }
         ],
         "{errs:?}"
     );
+}
+
+#[test]
+fn taking_authentication_away_is_found() {
+    let dir = std::env::temp_dir().join(format!("sg-conf-downgrade-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("creds.toml"),
+        "[[credentials]]\naccess_key_id = 'AKIDEXAMPLE'\nsecret_access_key = 's'\nprincipal = 'p'\n",
+    )
+    .unwrap();
+    let load = |text: &str| validate::validate(parse_file(text).unwrap(), &dir).unwrap();
+    let sigv4 = "[runtimes.auth]\nmode = 'sigv4'\ncredentials_file = 'creds.toml'\n";
+    let old = load(&format!("[[runtimes]]\nname = 'a'\n{sigv4}"));
+    assert!(old.auth_weakened_by(&old).is_empty());
+    let none = load("[[runtimes]]\nname = 'a'\n");
+    let found = old.auth_weakened_by(&none);
+    assert_eq!(found.len(), 1);
+    assert!(found[0].contains("`a` from auth `sigv4` to `none`"), "{found:?}");
+    // A new unauthenticated runtime beside authenticated ones weakens too…
+    let added = load(&format!("[[runtimes]]\nname = 'a'\n{sigv4}[[runtimes]]\nname = 'b'\n"));
+    assert_eq!(old.auth_weakened_by(&added).len(), 1);
+    // …but not where unauthenticated runtimes already ran, and strengthening is fine.
+    assert!(none.auth_weakened_by(&added).is_empty());
+    assert!(none.auth_weakened_by(&old).is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
 }

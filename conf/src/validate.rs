@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::file::{
-    FileAuth, FileBackend, FileClaim, FileConfig, FileCredentials, FileEndpoint, FileRuntime,
+    FileAdmin, FileAuth, FileAws, FileBackend, FileClaim, FileConfig, FileCredentials,
+    FileEndpoint, FileRuntime,
 };
 use crate::model::*;
 use crate::{ConfigError, ConfigErrors};
@@ -109,6 +110,12 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
         10_000_000,
     );
     errs.range(
+        "limits.max_sessions_per_anonymous_address",
+        lim.max_sessions_per_anonymous_address as u64,
+        1,
+        10_000_000,
+    );
+    errs.range(
         "limits.max_inflight_per_session",
         lim.max_inflight_per_session.into(),
         1,
@@ -150,6 +157,33 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
         1,
         10_000_000,
     );
+    errs.range(
+        "limits.max_connections",
+        lim.max_connections as u64,
+        0,
+        10_000_000,
+    );
+    errs.range(
+        "limits.header_timeout_secs",
+        lim.header_timeout_secs,
+        1,
+        600,
+    );
+    errs.range(
+        "limits.keepalive_timeout_secs",
+        lim.keepalive_timeout_secs,
+        1,
+        3_600,
+    );
+    errs.range("limits.body_timeout_secs", lim.body_timeout_secs, 1, 3_600);
+    errs.range(
+        "limits.min_body_bytes_per_sec",
+        lim.min_body_bytes_per_sec,
+        0,
+        1 << 30,
+    );
+    let admin_protection = admin(&mut errs, &f.admin, base);
+    let aws = aws(&mut errs, &f.aws);
 
     let t = &f.telemetry;
     errs.range(
@@ -217,7 +251,11 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
     );
 
     if f.runtimes.is_empty() {
-        errs.push("runtimes", "at least one runtime is needed");
+        errs.push(
+            "runtimes",
+            "no runtime is declared: a config file needs at least one [[runtimes]] table (an \
+             empty or cut-short file is refused; run without --config for the embedded default)",
+        );
     }
     let mut names = HashSet::new();
     let runtimes: Vec<Option<Runtime>> = f
@@ -272,6 +310,7 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
             max_payload_bytes: lim.max_payload_bytes,
             max_active_sessions: lim.max_active_sessions,
             max_sessions_per_principal: lim.max_sessions_per_principal,
+            max_sessions_per_anonymous_address: lim.max_sessions_per_anonymous_address,
             max_inflight_per_session: lim.max_inflight_per_session,
             new_sessions_per_second: lim.new_sessions_per_second,
             requests_per_second_per_principal: lim.requests_per_second_per_principal,
@@ -279,7 +318,14 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
             stream_timeout: Duration::from_secs(lim.stream_timeout_secs),
             websocket_max_frame_bytes: lim.websocket_max_frame_bytes,
             websocket_max_frames_per_second: lim.websocket_max_frames_per_second,
+            max_connections: (lim.max_connections > 0).then_some(lim.max_connections),
+            header_timeout: Duration::from_secs(lim.header_timeout_secs),
+            keepalive_timeout: Duration::from_secs(lim.keepalive_timeout_secs),
+            body_timeout: Duration::from_secs(lim.body_timeout_secs),
+            min_body_bytes_per_sec: lim.min_body_bytes_per_sec,
         },
+        admin: admin_protection,
+        aws,
         telemetry: Telemetry {
             otlp_traces_url,
             service_name: t.service_name.clone(),
@@ -295,6 +341,62 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
         runtimes,
         default_runtime,
     })
+}
+
+/// The admin token, read from its file (first line, trimmed; at least 16 characters).
+fn admin(errs: &mut Errors, a: &FileAdmin, base: &Path) -> Admin {
+    let Some(file) = &a.token_file else {
+        return Admin::default();
+    };
+    let path = base.join(file);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let token = text.lines().next().unwrap_or_default().trim().to_owned();
+            if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                errs.push(
+                    "admin.token_file",
+                    format!(
+                        "{}: the token (first line) must be at least 16 visible ASCII characters",
+                        path.display()
+                    ),
+                );
+            }
+            Admin { token: Some(token) }
+        }
+        Err(e) => {
+            errs.push(
+                "admin.token_file",
+                format!("cannot read {}: {e}", path.display()),
+            );
+            Admin::default()
+        }
+    }
+}
+
+fn aws(errs: &mut Errors, a: &FileAws) -> Aws {
+    if let Some(region) = &a.region
+        && !valid_region(region)
+    {
+        errs.push("aws.region", format!("`{region}` is not an AWS region name"));
+    }
+    if let Some(account) = &a.account_id
+        && !(account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()))
+    {
+        errs.push("aws.account_id", format!("`{account}` is not 12 digits"));
+    }
+    Aws {
+        region: a.region.clone(),
+        account_id: a.account_id.clone(),
+    }
+}
+
+/// `us-east-1`, `eu-central-2`, `us-gov-west-1`: lower-case words and digits joined by `-`.
+pub fn valid_region(region: &str) -> bool {
+    (3..=32).contains(&region.len())
+        && region
+            .split('-')
+            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+        && region.contains('-')
 }
 
 fn runtime(errs: &mut Errors, path: &str, r: &FileRuntime, base: &Path) -> Option<Runtime> {

@@ -9,7 +9,7 @@ use auth::Principal;
 use conf::{Endpoint, StaticPool};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use routing::provider::StaticProvider;
-use routing::{AdmissionLimits, BackendProvider, SessionDirectory, SessionId};
+use routing::{AdmissionLimits, BackendProvider, Caller, SessionDirectory, SessionId};
 
 const LIVE_SESSIONS: u32 = 100_000;
 
@@ -17,6 +17,7 @@ fn limits() -> AdmissionLimits {
     AdmissionLimits {
         max_active_sessions: 10_000_000,
         max_sessions_per_principal: 10_000_000,
+        max_sessions_per_anonymous_address: 10_000_000,
         max_inflight_per_session: 1_000,
         new_sessions_per_second: 1_000_000,
         requests_per_second_per_principal: 1_000_000,
@@ -51,7 +52,7 @@ fn benches(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let anon = Principal::anonymous();
+    let anon = Caller::authenticated(Principal::anonymous());
     let runtime = runtime_name(0);
 
     // A directory holding LIVE_SESSIONS placed sessions.

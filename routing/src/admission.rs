@@ -1,7 +1,12 @@
-//! Admission limits: how many sessions may exist, per principal and in all, and how fast new
+//! Admission limits: how many sessions may exist, per caller and in all, and how fast new
 //! ones may start. (In-flight requests per session are counted on the session itself.)
+//!
+//! Callers are counted by their [`Caller::quota`] key: the principal for authenticated callers,
+//! the client address for anonymous ones (a runtime with auth `none`), so one anonymous client
+//! can neither spend every other client's request rate nor fill every session slot.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -12,9 +17,9 @@ use dashmap::DashMap;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     #[error("the gateway's active session limit is reached")]
-    ActiveSessions,
-    #[error("this principal's active session limit is reached")]
-    PrincipalSessions,
+    ActiveSessions { retry_after: Duration },
+    #[error("this caller's active session limit is reached")]
+    PrincipalSessions { retry_after: Duration },
     #[error("new sessions are starting faster than allowed")]
     SessionRate { retry_after: Duration },
     #[error("too many requests are in flight in this session")]
@@ -27,11 +32,44 @@ impl Rejection {
     /// A short stable name for metrics labels.
     pub const fn reason(&self) -> &'static str {
         match self {
-            Rejection::ActiveSessions => "active_sessions",
-            Rejection::PrincipalSessions => "principal_sessions",
+            Rejection::ActiveSessions { .. } => "active_sessions",
+            Rejection::PrincipalSessions { .. } => "principal_sessions",
             Rejection::SessionRate { .. } => "session_rate",
             Rejection::SessionInflight => "session_inflight",
             Rejection::PrincipalRate { .. } => "principal_rate",
+        }
+    }
+}
+
+/// Who a request is: the principal that owns its sessions, and the key it is counted under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub principal: Principal,
+    /// The principal itself, or `anonymous@<client address>` for anonymous callers.
+    pub quota: Principal,
+    pub anonymous: bool,
+}
+
+impl Caller {
+    /// An authenticated caller: counted as itself.
+    pub fn authenticated(principal: Principal) -> Self {
+        Self {
+            quota: principal.clone(),
+            principal,
+            anonymous: false,
+        }
+    }
+
+    /// A caller of a runtime without authentication, counted by its address.
+    pub fn anonymous(addr: Option<IpAddr>) -> Self {
+        let quota = match addr {
+            Some(ip) => Principal::new(&format!("anonymous@{ip}")),
+            None => Principal::anonymous(),
+        };
+        Self {
+            principal: Principal::anonymous(),
+            quota,
+            anonymous: true,
         }
     }
 }
@@ -40,6 +78,8 @@ impl Rejection {
 pub struct AdmissionLimits {
     pub max_active_sessions: usize,
     pub max_sessions_per_principal: usize,
+    /// Sessions one anonymous client address may hold at once.
+    pub max_sessions_per_anonymous_address: usize,
     pub max_inflight_per_session: u32,
     pub new_sessions_per_second: u32,
     pub requests_per_second_per_principal: u32,
@@ -50,6 +90,7 @@ impl From<&conf::Limits> for AdmissionLimits {
         Self {
             max_active_sessions: l.max_active_sessions,
             max_sessions_per_principal: l.max_sessions_per_principal,
+            max_sessions_per_anonymous_address: l.max_sessions_per_anonymous_address,
             max_inflight_per_session: l.max_inflight_per_session,
             new_sessions_per_second: l.new_sessions_per_second,
             requests_per_second_per_principal: l.requests_per_second_per_principal,
@@ -64,6 +105,10 @@ pub struct Admission {
     per_principal: DashMap<Principal, usize>,
     rate: RwLock<TokenBucket>,
     principal_rates: DashMap<Principal, TokenBucket>,
+    /// When a session could next end (Unix ms), in all and per quota key: the honest
+    /// `Retry-After` of a quota refusal. Kept by the lifecycle sweep.
+    next_end_ms: AtomicU64,
+    next_end_per_key: DashMap<Principal, u64>,
 }
 
 impl Admission {
@@ -74,6 +119,8 @@ impl Admission {
             per_principal: DashMap::new(),
             rate: RwLock::new(TokenBucket::new(limits.new_sessions_per_second)),
             principal_rates: DashMap::new(),
+            next_end_ms: AtomicU64::new(0),
+            next_end_per_key: DashMap::new(),
         }
     }
 
@@ -127,34 +174,43 @@ impl Admission {
         self.active.load(Ordering::Acquire)
     }
 
-    /// Admits one new session for `principal`, or says which limit stops it. The returned
+    /// Admits one new session for `caller`, or says which limit stops it. The returned
     /// reservation gives the counts back when dropped, with the session that owns it.
-    pub fn admit_session(
-        self: &Arc<Self>,
-        principal: &Principal,
-    ) -> Result<Reservation, Rejection> {
+    pub fn admit_session(self: &Arc<Self>, caller: &Caller) -> Result<Reservation, Rejection> {
         let l = self.limits();
         self.active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < l.max_active_sessions).then_some(n + 1)
             })
-            .map_err(|_| Rejection::ActiveSessions)?;
+            .map_err(|_| Rejection::ActiveSessions {
+                retry_after: self.retry_after(None),
+            })?;
         let mut reservation = Reservation {
             admission: Arc::clone(self),
             principal: None,
         };
+        let max_per_key = if caller.anonymous {
+            l.max_sessions_per_anonymous_address
+        } else {
+            l.max_sessions_per_principal
+        };
         {
-            let mut n = self.per_principal.entry(principal.clone()).or_insert(0);
-            if *n >= l.max_sessions_per_principal {
-                return Err(Rejection::PrincipalSessions);
+            let mut n = self.per_principal.entry(caller.quota.clone()).or_insert(0);
+            if *n >= max_per_key {
+                drop(n);
+                return Err(Rejection::PrincipalSessions {
+                    retry_after: self.retry_after(Some(&caller.quota)),
+                });
             }
             *n += 1;
         }
-        reservation.principal = Some(principal.clone());
+        reservation.principal = Some(caller.quota.clone());
         // The rate is taken last so that a session refused for another reason spends no token.
         self.rate
             .read()
-            .map_err(|_| Rejection::ActiveSessions)?
+            .map_err(|_| Rejection::SessionRate {
+                retry_after: Duration::from_secs(1),
+            })?
             .take()
             .map_err(|retry_after| Rejection::SessionRate { retry_after })?;
         Ok(reservation)
@@ -166,6 +222,45 @@ impl Admission {
 pub struct Reservation {
     admission: Arc<Admission>,
     principal: Option<Principal>,
+}
+
+impl Reservation {
+    /// The quota key the session is counted under.
+    pub fn quota_key(&self) -> Option<&Principal> {
+        self.principal.as_ref()
+    }
+}
+
+impl Admission {
+    /// Records when sessions could next end (the lifecycle sweep calls it with every live
+    /// session's quota key and earliest possible end, Unix ms).
+    pub fn set_next_ends<'a>(&self, ends: impl IntoIterator<Item = (&'a Principal, u64)>) {
+        let mut global = u64::MAX;
+        self.next_end_per_key.clear();
+        for (key, at) in ends {
+            global = global.min(at);
+            self.next_end_per_key
+                .entry(key.clone())
+                .and_modify(|t| *t = (*t).min(at))
+                .or_insert(at);
+        }
+        self.next_end_ms.store(global, Ordering::Release);
+    }
+
+    /// How long until a session of `key` (or any session) could end: a quota refusal's honest
+    /// `Retry-After`, at least a second.
+    fn retry_after(&self, key: Option<&Principal>) -> Duration {
+        let at = match key {
+            Some(k) => self.next_end_per_key.get(k).map(|t| *t),
+            None => Some(self.next_end_ms.load(Ordering::Acquire)),
+        };
+        let now = crate::directory::now_ms();
+        match at {
+            Some(at) if at != u64::MAX && at > now => Duration::from_millis(at - now),
+            _ => Duration::from_secs(1),
+        }
+        .max(Duration::from_secs(1))
+    }
 }
 
 impl Drop for Reservation {
@@ -230,6 +325,7 @@ mod tests {
         AdmissionLimits {
             max_active_sessions: active,
             max_sessions_per_principal: per_principal,
+            max_sessions_per_anonymous_address: 1,
             max_inflight_per_session: 1,
             new_sessions_per_second: rate,
             requests_per_second_per_principal: 2,
@@ -239,10 +335,13 @@ mod tests {
     #[test]
     fn active_limit_and_give_back() {
         let a = Arc::new(Admission::new(limits(2, 10, 1000)));
-        let p = Principal::anonymous();
+        let p = Caller::authenticated(Principal::new("p"));
         let r1 = a.admit_session(&p).unwrap();
         let _r2 = a.admit_session(&p).unwrap();
-        assert_eq!(a.admit_session(&p).unwrap_err(), Rejection::ActiveSessions);
+        assert!(matches!(
+            a.admit_session(&p).unwrap_err(),
+            Rejection::ActiveSessions { .. }
+        ));
         drop(r1);
         assert!(a.admit_session(&p).is_ok());
     }
@@ -250,12 +349,13 @@ mod tests {
     #[test]
     fn principal_limit_is_per_principal() {
         let a = Arc::new(Admission::new(limits(10, 1, 1000)));
-        let (p, q) = (Principal::new("p"), Principal::new("q"));
+        let p = Caller::authenticated(Principal::new("p"));
+        let q = Caller::authenticated(Principal::new("q"));
         let _r = a.admit_session(&p).unwrap();
-        assert_eq!(
+        assert!(matches!(
             a.admit_session(&p).unwrap_err(),
-            Rejection::PrincipalSessions
-        );
+            Rejection::PrincipalSessions { .. }
+        ));
         assert_eq!(a.active(), 1, "a refused session gives its count back");
         assert!(a.admit_session(&q).is_ok());
     }
@@ -263,7 +363,7 @@ mod tests {
     #[test]
     fn rate_limit_says_when_to_retry() {
         let a = Arc::new(Admission::new(limits(100, 100, 2)));
-        let p = Principal::anonymous();
+        let p = Caller::authenticated(Principal::new("p"));
         let _k: Vec<_> = (0..2).map(|_| a.admit_session(&p).unwrap()).collect();
         match a.admit_session(&p) {
             Err(Rejection::SessionRate { retry_after }) => {
@@ -287,5 +387,34 @@ mod tests {
         assert!(a.admit_request(&q).is_ok());
         a.prune_idle_principals();
         assert_eq!(a.principal_rates.len(), 2, "busy buckets are kept");
+    }
+
+    #[test]
+    fn anonymous_callers_are_counted_by_address() {
+        let a = Arc::new(Admission::new(limits(10, 10, 1000)));
+        let one = Caller::anonymous(Some([127, 0, 0, 1].into()));
+        let two = Caller::anonymous(Some([127, 0, 0, 2].into()));
+        assert_eq!(one.principal, two.principal, "both own sessions as `anonymous`");
+        let _r = a.admit_session(&one).unwrap();
+        assert!(matches!(
+            a.admit_session(&one),
+            Err(Rejection::PrincipalSessions { .. })
+        ));
+        assert!(a.admit_session(&two).is_ok(), "another address is not held back");
+    }
+
+    #[test]
+    fn quota_refusals_say_when_a_session_can_end() {
+        let a = Arc::new(Admission::new(limits(1, 10, 1000)));
+        let p = Caller::authenticated(Principal::new("p"));
+        let _r = a.admit_session(&p).unwrap();
+        let in_90s = crate::directory::now_ms() + 90_000;
+        a.set_next_ends([(&p.quota, in_90s)]);
+        match a.admit_session(&p) {
+            Err(Rejection::ActiveSessions { retry_after }) => {
+                assert!((88..=90).contains(&retry_after.as_secs()), "{retry_after:?}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! map's shard lock and only when no ticket is out, so no request is ever handed a backend
 //! that is being torn down by the sweep.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,7 +14,7 @@ use auth::Principal;
 use dashmap::DashMap;
 use tokio::sync::OnceCell;
 
-use crate::admission::{Admission, AdmissionLimits, Rejection, Reservation};
+use crate::admission::{Admission, AdmissionLimits, Caller, Rejection, Reservation};
 use crate::provider::{Backend, BackendProvider, PlacementError};
 use crate::session_id::SessionId;
 
@@ -51,9 +51,31 @@ pub enum EndReason {
     PlacementFailed,
     Stopped,
     Shutdown,
+    /// A config reload removed its runtime.
+    RuntimeRemoved,
 }
 
 impl EndReason {
+    const ALL: [EndReason; 9] = [
+        EndReason::Idle,
+        EndReason::MaxLifetime,
+        EndReason::BackendExited,
+        EndReason::OutOfMemory,
+        EndReason::Unhealthy,
+        EndReason::PlacementFailed,
+        EndReason::Stopped,
+        EndReason::Shutdown,
+        EndReason::RuntimeRemoved,
+    ];
+
+    fn code(self) -> u8 {
+        Self::ALL.iter().position(|r| *r == self).map_or(0, |i| i as u8 + 1)
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(code).checked_sub(1)?).copied()
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             EndReason::Idle => "idle",
@@ -64,6 +86,7 @@ impl EndReason {
             EndReason::PlacementFailed => "placement_failed",
             EndReason::Stopped => "stopped",
             EndReason::Shutdown => "shutdown",
+            EndReason::RuntimeRemoved => "runtime_removed",
         }
     }
 }
@@ -82,6 +105,8 @@ pub struct Session {
     inflight: AtomicU32,
     backend: OnceCell<Backend>,
     ended: AtomicBool,
+    /// Why it ended ([`EndReason::code`]; 0 while it lives).
+    end_reason: AtomicU8,
     mcp_ids: Mutex<Vec<Box<str>>>,
     /// What the lifecycle sweep learned from the backend's `/ping`.
     pub(crate) health: Mutex<HealthState>,
@@ -110,6 +135,11 @@ impl Session {
         self.ended.load(Ordering::Acquire)
     }
 
+    /// Why the session ended, once it has.
+    pub fn end_reason(&self) -> Option<EndReason> {
+        EndReason::from_code(self.end_reason.load(Ordering::Acquire))
+    }
+
     pub fn age(&self, now_ms: u64) -> Duration {
         Duration::from_millis(now_ms.saturating_sub(self.created_ms))
     }
@@ -134,6 +164,19 @@ impl Session {
     /// Unix seconds when the session started.
     pub fn created_unix_secs(&self) -> u64 {
         self.created_ms / 1000
+    }
+
+    /// The key the session is counted under (its principal, or an anonymous caller's address).
+    pub fn quota_key(&self) -> &Principal {
+        self._reservation.quota_key().unwrap_or(&self.principal)
+    }
+
+    /// The earliest it could end (Unix ms), idle and untouched from now on.
+    pub fn earliest_end_ms(&self, idle_timeout: Duration, max_lifetime: Duration) -> u64 {
+        let idle_end =
+            self.last_activity_ms.load(Ordering::Acquire) + idle_timeout.as_millis() as u64;
+        let life_end = self.created_ms + max_lifetime.as_millis() as u64;
+        idle_end.min(life_end)
     }
 }
 
@@ -210,17 +253,18 @@ impl SessionDirectory {
         &self.admission
     }
 
-    /// Gives a request its session: the existing one with this id (if `principal` owns it and
-    /// it belongs to `runtime`), or a new one on `version` when `create` is set and admission
-    /// allows.
+    /// Gives a request its session: the existing one with this id (if the caller's principal
+    /// owns it and it belongs to `runtime`), or a new one on `version` when `create` is set and
+    /// admission allows.
     pub fn open(
         &self,
         id: &SessionId,
         runtime: &Arc<str>,
         version: u32,
-        principal: &Principal,
+        caller: &Caller,
         create: bool,
     ) -> Result<Ticket, OpenError> {
+        let principal = &caller.principal;
         let max_inflight = self.admission.limits().max_inflight_per_session;
         loop {
             if let Some(s) = self.sessions.get(id) {
@@ -242,7 +286,7 @@ impl SessionDirectory {
             if !create {
                 return Err(OpenError::NotFound);
             }
-            let reservation = self.admission.admit_session(principal)?;
+            let reservation = self.admission.admit_session(caller)?;
             let now = now_ms();
             let session = Arc::new(Session {
                 id: id.clone(),
@@ -254,6 +298,7 @@ impl SessionDirectory {
                 inflight: AtomicU32::new(1),
                 backend: OnceCell::new(),
                 ended: AtomicBool::new(false),
+                end_reason: AtomicU8::new(0),
                 mcp_ids: Mutex::new(Vec::new()),
                 health: Mutex::new(HealthState::default()),
                 _reservation: reservation,
@@ -278,22 +323,31 @@ impl SessionDirectory {
     }
 
     /// Remembers that `mcp_id` (from the backend's `initialize` answer) routes to `session`.
-    pub fn learn_mcp_id(&self, session: &Session, mcp_id: &str) {
+    /// An id another live session already owns is never taken over: a backend could otherwise
+    /// claim a victim's `Mcp-Session-Id` and receive (or break) the victim's MCP calls. Returns
+    /// whether the id routes to `session` now.
+    pub fn learn_mcp_id(&self, session: &Session, mcp_id: &str) -> bool {
         if session.is_ended() {
-            return;
+            return false;
         }
         let Ok(mut ids) = session.mcp_ids.lock() else {
-            return;
+            return false;
         };
         if ids.iter().any(|i| &**i == mcp_id) {
-            return;
+            return true;
+        }
+        match self.mcp_ids.entry(mcp_id.into()) {
+            dashmap::Entry::Occupied(_) => return false,
+            dashmap::Entry::Vacant(v) => {
+                v.insert(session.id.clone());
+            }
         }
         if ids.len() >= MAX_MCP_IDS_PER_SESSION {
             let old = ids.remove(0);
             self.mcp_ids.remove_if(&old, |_, s| *s == session.id);
         }
         ids.push(mcp_id.into());
-        self.mcp_ids.insert(mcp_id.into(), session.id.clone());
+        true
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Session>> {
@@ -308,35 +362,41 @@ impl SessionDirectory {
             .collect()
     }
 
-    /// Ends a session now, in-flight requests or not, and releases its backend.
-    /// Returns false if it had already ended.
-    pub async fn end(&self, session: &Arc<Session>) -> bool {
+    /// Ends a session now, in-flight requests or not, and releases its backend (with the
+    /// backend's grace period). Returns false if it had already ended.
+    pub async fn end(&self, session: &Arc<Session>, reason: EndReason) -> bool {
         self.sessions
             .remove_if(&session.id, |_, s| Arc::ptr_eq(s, session));
-        self.release(session, false).await
+        self.release(session, reason, false).await
     }
 
-    /// Stops a session at once (StopRuntimeSession, the admin API): requests in flight lose
-    /// their backend, which is killed without a grace period. False if it already ended.
-    pub async fn stop(&self, session: &Arc<Session>) -> bool {
+    /// Stops a session at once (StopRuntimeSession, the admin API, a hung backend): requests in
+    /// flight lose their backend, which is killed without a grace period. False if it already
+    /// ended.
+    pub async fn stop(&self, session: &Arc<Session>, reason: EndReason) -> bool {
         self.sessions
             .remove_if(&session.id, |_, s| Arc::ptr_eq(s, session));
-        self.release(session, true).await
+        self.release(session, reason, true).await
     }
 
     /// Ends a session only if it is still idle for at least `idle` with nothing in flight,
     /// checked atomically against requests that are about to use it.
-    pub async fn end_if_idle(&self, session: &Arc<Session>, idle: Duration) -> bool {
+    pub async fn end_if_idle(
+        &self,
+        session: &Arc<Session>,
+        idle: Duration,
+        reason: EndReason,
+    ) -> bool {
         let now = now_ms();
         let removed = self.sessions.remove_if(&session.id, |_, s| {
             Arc::ptr_eq(s, session) && s.inflight() == 0 && s.idle_for(now) >= idle
         });
-        removed.is_some() && self.release(session, false).await
+        removed.is_some() && self.release(session, reason, false).await
     }
 
     /// Retires the session and releases its backend: gracefully, or `at_once` (no grace).
-    async fn release(&self, session: &Session, at_once: bool) -> bool {
-        if !self.retire(session) {
+    async fn release(&self, session: &Session, reason: EndReason, at_once: bool) -> bool {
+        if !self.retire(session, reason) {
             return false;
         }
         match session.backend() {
@@ -348,10 +408,11 @@ impl SessionDirectory {
     }
 
     /// Marks a removed session ended and forgets its MCP ids; false if it already was.
-    fn retire(&self, session: &Session) -> bool {
+    fn retire(&self, session: &Session, reason: EndReason) -> bool {
         if session.ended.swap(true, Ordering::AcqRel) {
             return false;
         }
+        session.end_reason.store(reason.code(), Ordering::Release);
         if let Ok(ids) = session.mcp_ids.lock() {
             for mcp_id in ids.iter() {
                 self.mcp_ids.remove_if(mcp_id, |_, s| *s == session.id);
@@ -365,7 +426,7 @@ impl SessionDirectory {
         let mut releases = tokio::task::JoinSet::new();
         for s in self.snapshot() {
             self.sessions.remove_if(&s.id, |_, v| Arc::ptr_eq(v, &s));
-            if self.retire(&s) {
+            if self.retire(&s, EndReason::Shutdown) {
                 releases.spawn(async move {
                     if let Some(b) = s.backend() {
                         b.release().await;

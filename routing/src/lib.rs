@@ -5,18 +5,20 @@
 //! - [`admission`]: session count and rate limits;
 //! - [`provider`]: where a new session's backend comes from (static pool, process);
 //! - [`lifecycle`]: the sweep that ends idle, expired and dead sessions;
-//! - [`ping`]: the container contract's `/ping` probe.
+//! - [`ping`]: the container contract's `/ping` probe;
+//! - [`face`]: parsers of the AWS face's URLs and custom headers (untrusted input, fuzzed).
 //!
 //! Plain `http`/tokio types only: no Pingora here, so all of it is testable without a server.
 
 pub mod admission;
 pub mod directory;
+pub mod face;
 pub mod lifecycle;
 pub mod ping;
 pub mod provider;
 pub mod session_id;
 
-pub use admission::{AdmissionLimits, Rejection};
+pub use admission::{AdmissionLimits, Caller, Rejection};
 pub use directory::{EndReason, OpenError, Session, SessionDirectory, Ticket, TicketError};
 pub use provider::{Backend, BackendProvider, PlacementError};
 pub use session_id::{SessionId, SessionIdError};

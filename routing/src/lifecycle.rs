@@ -84,14 +84,14 @@ pub async fn sweep(
             } else {
                 EndReason::BackendExited
             };
-            if dir.end(&s).await {
+            if dir.end(&s, reason).await {
                 ended.push((s, reason));
             }
             continue;
         }
         let (_, max_lifetime) = policy.timeouts(&s.runtime);
         if s.age(now) >= max_lifetime {
-            if dir.end(&s).await {
+            if dir.end(&s, EndReason::MaxLifetime).await {
                 ended.push((s, EndReason::MaxLifetime));
             }
             continue;
@@ -108,7 +108,17 @@ pub async fn sweep(
         }
     }
     while let Some(Ok((s, result))) = due.join_next().await {
-        if let Some(reason) = record_health(dir, &s, result.ok(), policy).await {
+        let answer = match result {
+            Ok(health) => Some(health),
+            // The gateway out of descriptors or memory says nothing about the backend: such a
+            // check is not counted at all (it used to end every live session).
+            Err(e) if e.is_local_exhaustion() => {
+                tracing::warn!(session = %s.id, error = %e, "health check skipped: the gateway is out of resources");
+                continue;
+            }
+            Err(_) => None,
+        };
+        if let Some(reason) = record_health(dir, &s, answer, policy).await {
             ended.push((s, reason));
         }
     }
@@ -124,7 +134,11 @@ pub async fn sweep(
             continue;
         };
         // Due to end: ask the backend once more whether it is still working.
-        let answer = ping(&addr, Duration::from_secs(2)).await.ok();
+        let answer = match ping(&addr, Duration::from_secs(2)).await {
+            Ok(h) => Some(h),
+            Err(e) if e.is_local_exhaustion() => continue,
+            Err(_) => None,
+        };
         if let Some(reason) = record_health(dir, &s, answer, policy).await {
             ended.push((s, reason));
             continue;
@@ -137,10 +151,16 @@ pub async fn sweep(
         } else {
             EndReason::Unhealthy
         };
-        if dir.end_if_idle(&s, idle_timeout).await {
+        if dir.end_if_idle(&s, idle_timeout, reason).await {
             ended.push((s, reason));
         }
     }
+    // When each caller's sessions could next end: the Retry-After of a quota refusal.
+    let sessions = dir.snapshot();
+    dir.admission().set_next_ends(sessions.iter().map(|s| {
+        let (idle, max) = policy.timeouts(&s.runtime);
+        (s.quota_key(), s.earliest_end_ms(idle, max))
+    }));
     ended
 }
 
@@ -174,9 +194,12 @@ async fn record_health(
             None
         }
         Some(_) => None,
+        // A backend that stops answering is ended even with requests in flight (a hung agent
+        // would otherwise hold them until their request timeout): it is stopped at once, and
+        // those requests fail with an error that says why.
         None if failures >= policy.health_check_failures => {
-            tracing::info!(session = %s.id, failures, "backend failed its health checks");
-            dir.end_if_idle(s, Duration::ZERO)
+            tracing::info!(session = %s.id, failures, inflight = s.inflight(), "backend failed its health checks");
+            dir.stop(s, EndReason::Unhealthy)
                 .await
                 .then_some(EndReason::Unhealthy)
         }

@@ -31,6 +31,22 @@ pub enum PingError {
     Status(u16),
 }
 
+impl PingError {
+    /// The probe failed for want of the gateway's own resources (descriptors, buffers, memory),
+    /// which says nothing about the backend's health.
+    pub fn is_local_exhaustion(&self) -> bool {
+        matches!(self, PingError::Connect(e) if is_local_exhaustion(e))
+    }
+}
+
+/// EMFILE, ENFILE, ENOBUFS, ENOMEM: this process or host is out of something.
+pub fn is_local_exhaustion(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
 /// Probes `http://addr/ping` once, within `timeout`.
 pub async fn ping(addr: &BackendAddr, timeout: Duration) -> Result<Health, PingError> {
     let probe = async {
@@ -125,5 +141,14 @@ mod tests {
             }
         );
         assert!(!parse_health(b"ok").busy);
+    }
+
+    #[test]
+    fn running_out_of_descriptors_is_not_the_backends_fault() {
+        let emfile = PingError::Connect(std::io::Error::from_raw_os_error(libc::EMFILE));
+        assert!(emfile.is_local_exhaustion());
+        let refused = PingError::Connect(std::io::Error::from_raw_os_error(libc::ECONNREFUSED));
+        assert!(!refused.is_local_exhaustion());
+        assert!(!PingError::Status(500).is_local_exhaustion());
     }
 }
