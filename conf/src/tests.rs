@@ -28,7 +28,11 @@ fn a_file_without_runtimes_is_refused_never_read_as_the_default() {
         let errs = parse(text).unwrap_err().0;
         assert_eq!(errs.len(), 1, "{text:?}: {errs:?}");
         assert_eq!(errs[0].path, "runtimes");
-        assert!(errs[0].message.contains("no runtime"), "{}", errs[0].message);
+        assert!(
+            errs[0].message.contains("no runtime"),
+            "{}",
+            errs[0].message
+        );
     }
 }
 
@@ -66,7 +70,10 @@ fn aws_identity_and_admin_token_are_checked() {
     };
     let c = cfg("good", "eu-west-1", "123456789012").unwrap();
     assert_eq!(c.admin.token.as_deref(), Some("0123456789abcdef-token"));
-    assert!(!format!("{:?}", c.admin).contains("0123456789abcdef"), "never in Debug");
+    assert!(
+        !format!("{:?}", c.admin).contains("0123456789abcdef"),
+        "never in Debug"
+    );
     assert_eq!(c.aws.region.as_deref(), Some("eu-west-1"));
     let errs = cfg("short", "EU_WEST", "12345").unwrap_err().0;
     let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
@@ -465,9 +472,14 @@ fn taking_authentication_away_is_found() {
     let none = load("[[runtimes]]\nname = 'a'\n");
     let found = old.auth_weakened_by(&none);
     assert_eq!(found.len(), 1);
-    assert!(found[0].contains("`a` from auth `sigv4` to `none`"), "{found:?}");
+    assert!(
+        found[0].contains("`a` from auth `sigv4` to `none`"),
+        "{found:?}"
+    );
     // A new unauthenticated runtime beside authenticated ones weakens too…
-    let added = load(&format!("[[runtimes]]\nname = 'a'\n{sigv4}[[runtimes]]\nname = 'b'\n"));
+    let added = load(&format!(
+        "[[runtimes]]\nname = 'a'\n{sigv4}[[runtimes]]\nname = 'b'\n"
+    ));
     assert_eq!(old.auth_weakened_by(&added).len(), 1);
     // …but not where unauthenticated runtimes already ran, and strengthening is fine.
     assert!(none.auth_weakened_by(&added).is_empty());

@@ -377,7 +377,10 @@ fn aws(errs: &mut Errors, a: &FileAws) -> Aws {
     if let Some(region) = &a.region
         && !valid_region(region)
     {
-        errs.push("aws.region", format!("`{region}` is not an AWS region name"));
+        errs.push(
+            "aws.region",
+            format!("`{region}` is not an AWS region name"),
+        );
     }
     if let Some(account) = &a.account_id
         && !(account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()))
@@ -393,9 +396,12 @@ fn aws(errs: &mut Errors, a: &FileAws) -> Aws {
 /// `us-east-1`, `eu-central-2`, `us-gov-west-1`: lower-case words and digits joined by `-`.
 pub fn valid_region(region: &str) -> bool {
     (3..=32).contains(&region.len())
-        && region
-            .split('-')
-            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+        && region.split('-').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
         && region.contains('-')
 }
 

@@ -394,13 +394,19 @@ mod tests {
         let a = Arc::new(Admission::new(limits(10, 10, 1000)));
         let one = Caller::anonymous(Some([127, 0, 0, 1].into()));
         let two = Caller::anonymous(Some([127, 0, 0, 2].into()));
-        assert_eq!(one.principal, two.principal, "both own sessions as `anonymous`");
+        assert_eq!(
+            one.principal, two.principal,
+            "both own sessions as `anonymous`"
+        );
         let _r = a.admit_session(&one).unwrap();
         assert!(matches!(
             a.admit_session(&one),
             Err(Rejection::PrincipalSessions { .. })
         ));
-        assert!(a.admit_session(&two).is_ok(), "another address is not held back");
+        assert!(
+            a.admit_session(&two).is_ok(),
+            "another address is not held back"
+        );
     }
 
     #[test]
@@ -412,7 +418,10 @@ mod tests {
         a.set_next_ends([(&p.quota, in_90s)]);
         match a.admit_session(&p) {
             Err(Rejection::ActiveSessions { retry_after }) => {
-                assert!((88..=90).contains(&retry_after.as_secs()), "{retry_after:?}")
+                assert!(
+                    (88..=90).contains(&retry_after.as_secs()),
+                    "{retry_after:?}"
+                )
             }
             other => panic!("{other:?}"),
         }

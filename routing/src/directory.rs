@@ -69,7 +69,10 @@ impl EndReason {
     ];
 
     fn code(self) -> u8 {
-        Self::ALL.iter().position(|r| *r == self).map_or(0, |i| i as u8 + 1)
+        Self::ALL
+            .iter()
+            .position(|r| *r == self)
+            .map_or(0, |i| i as u8 + 1)
     }
 
     fn from_code(code: u8) -> Option<Self> {

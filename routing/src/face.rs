@@ -45,9 +45,9 @@ pub fn runtime_name(id: &str, aws: &Aws) -> Result<String, RuntimeRefError> {
         return Err(RuntimeRefError::Malformed);
     };
     let partition_ok = partition == "aws"
-        || partition
-            .strip_prefix("aws-")
-            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'));
+        || partition.strip_prefix("aws-").is_some_and(|p| {
+            !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+        });
     let account_ok = account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit());
     let name = resource
         .strip_prefix("runtime/")
@@ -139,7 +139,12 @@ pub fn is_custom_header(name: &str) -> bool {
 
 /// The decoded length of a percent-encoded value (an upper bound where escapes are broken).
 fn percent_encoding_len(value: &str) -> usize {
-    value.len() - 2 * value.bytes().filter(|b| *b == b'%').count().min(value.len() / 3)
+    value.len()
+        - 2 * value
+            .bytes()
+            .filter(|b| *b == b'%')
+            .count()
+            .min(value.len() / 3)
 }
 
 #[cfg(test)]
@@ -216,15 +221,15 @@ mod tests {
         let many: Vec<String> = (0..=MAX_CUSTOM_HEADERS)
             .map(|i| format!("{CUSTOM_HEADER_PREFIX}h{i}"))
             .collect();
-        assert!(
-            check_custom_headers(many.iter().map(|n| (n.as_str(), &b"v"[..])), None).is_err()
-        );
+        assert!(check_custom_headers(many.iter().map(|n| (n.as_str(), &b"v"[..])), None).is_err());
         let query = format!(
             "X-Amzn-Bedrock-AgentCore-Runtime-Custom-Q={}",
             "a".repeat(MAX_ALLOWLISTED_VALUE_BYTES + 1)
         );
         assert!(check_custom_headers([], Some(&query)).is_err());
-        assert!(check_custom_headers([], Some("x-amzn-bedrock-agentcore-runtime-custom-q=%41")).is_ok());
+        assert!(
+            check_custom_headers([], Some("x-amzn-bedrock-agentcore-runtime-custom-q=%41")).is_ok()
+        );
     }
 
     #[test]

@@ -111,7 +111,10 @@ async fn idle_end_never_takes_a_session_with_a_request_in_flight() {
     let t = dir.open(&id(1), &rt(0), 1, &anon, true).unwrap();
     t.backend(&provider).await.unwrap();
     let s = Arc::clone(t.session());
-    assert!(!dir.end_if_idle(&s, Duration::ZERO, EndReason::Idle).await, "in flight");
+    assert!(
+        !dir.end_if_idle(&s, Duration::ZERO, EndReason::Idle).await,
+        "in flight"
+    );
     drop(t);
     assert!(dir.end_if_idle(&s, Duration::ZERO, EndReason::Idle).await);
     assert!(s.is_ended());
@@ -136,8 +139,15 @@ async fn ended_session_refuses_its_waiting_requests() {
     let anon = Caller::authenticated(Principal::anonymous());
     let t = dir.open(&id(1), &rt(0), 1, &anon, true).unwrap();
     assert!(dir.end(t.session(), EndReason::Stopped).await);
-    assert!(!dir.end(t.session(), EndReason::Idle).await, "ending is idempotent");
-    assert_eq!(t.session().end_reason(), Some(EndReason::Stopped), "the first reason stays");
+    assert!(
+        !dir.end(t.session(), EndReason::Idle).await,
+        "ending is idempotent"
+    );
+    assert_eq!(
+        t.session().end_reason(),
+        Some(EndReason::Stopped),
+        "the first reason stays"
+    );
     assert!(matches!(
         t.backend(&provider).await,
         Err(TicketError::Ended)
@@ -182,7 +192,13 @@ async fn concurrent_first_requests_share_one_placement() {
         let (dir, provider) = (Arc::clone(&dir), Arc::clone(&provider));
         tasks.spawn(async move {
             let t = dir
-                .open(&id(3), &rt(0), 1, &Caller::authenticated(Principal::anonymous()), true)
+                .open(
+                    &id(3),
+                    &rt(0),
+                    1,
+                    &Caller::authenticated(Principal::anonymous()),
+                    true,
+                )
                 .unwrap();
             t.backend(&provider)
                 .await
