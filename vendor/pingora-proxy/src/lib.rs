@@ -347,7 +347,20 @@ where
             }
             Err(mut e) => {
                 e.as_down();
-                if matches!(e.etype, InvalidHTTPHeader) {
+                // sessiongate patch: the application may answer a request whose head could
+                // not be read in its own error shape (see README.sessiongate.md).
+                if let Some((header, body)) = self.inner.request_head_error(&e) {
+                    debug!(
+                        "Fail to proxy: {e}, downstream session type: {}",
+                        downstream_session.session_type()
+                    );
+                    downstream_session
+                        .write_error_response(header, body)
+                        .await
+                        .unwrap_or_else(|e| {
+                            debug!("failed to send error response to downstream: {e}");
+                        });
+                } else if matches!(e.etype, InvalidHTTPHeader) {
                     debug!(
                         "Fail to proxy: {e}, downstream session type: {}",
                         downstream_session.session_type()

@@ -620,6 +620,13 @@ pub trait ProxyHttp {
         e
     }
 
+    /// sessiongate patch: the answer to a request whose head could not be read (malformed,
+    /// over the size limit, or cut short by a read error such as a deadline). `None` keeps
+    /// Pingora's own behaviour: a bare 400 for a malformed head, otherwise a silent close.
+    fn request_head_error(&self, _e: &Error) -> Option<(ResponseHeader, bytes::Bytes)> {
+        None
+    }
+
     /// This filter is called when the request encounters a fatal error.
     ///
     /// Users may write an error response to the downstream if the downstream is still writable.
