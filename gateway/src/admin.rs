@@ -2,10 +2,15 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `GET /healthz` | `{"status":"ok","sessions":N,"draining":bool}` |
+//! | `GET /healthz` | `{"status":"ok","sessions":N,"draining":bool,"connections":N}` |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /sessions` | every live session as JSON |
 //! | `DELETE /sessions/{id}` | ends the session: 200, or 404 if there is none |
+//! | `POST /config/reload[?allow_auth_downgrade=true]` | reloads the config file: 200, or 422 with why it was refused |
+//!
+//! With `admin.token_file` set, every request but `GET /healthz` must carry
+//! `Authorization: Bearer <token>` (401 otherwise): backends that share the host's loopback
+//! (the `process` provider) could otherwise list and end other sessions.
 
 use std::sync::Arc;
 
@@ -16,7 +21,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
-use crate::state::Shared;
+use crate::state::{ReloadOptions, Shared};
 
 pub struct AdminApp {
     pub shared: Arc<Shared>,
@@ -27,6 +32,22 @@ impl ServeHttp for AdminApp {
     async fn response(&self, http: &mut ServerSession) -> Response<Vec<u8>> {
         let req = http.req_header();
         let (method, path) = (req.method.clone(), req.uri.path().to_owned());
+        let query = req.uri.query().unwrap_or("").to_owned();
+        let snapshot = self.shared.snapshot();
+        if let Some(token) = &snapshot.config.admin.token
+            && !(method == Method::GET && path == "/healthz")
+            && !bearer_matches(req, token)
+        {
+            let mut r = json_response(
+                StatusCode::UNAUTHORIZED,
+                json!({ "message": "admin token required" }),
+            );
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            return r;
+        }
         match (&method, path.as_str()) {
             (&Method::GET, "/healthz") => json_response(
                 StatusCode::OK,
@@ -34,6 +55,8 @@ impl ServeHttp for AdminApp {
                     "status": "ok",
                     "sessions": self.shared.directory.len(),
                     "draining": self.shared.is_draining(),
+                    "connections": self.shared.connections.count(),
+                    "max_connections": self.shared.connections.max(),
                 }),
             ),
             (&Method::GET, "/metrics") => {
@@ -45,6 +68,24 @@ impl ServeHttp for AdminApp {
                 )
             }
             (&Method::GET, "/sessions") => json_response(StatusCode::OK, self.sessions()),
+            (&Method::POST, "/config/reload") => {
+                let options = ReloadOptions {
+                    allow_auth_downgrade: routing::face::query_param(
+                        &query,
+                        "allow_auth_downgrade",
+                    )
+                    .is_some_and(|v| v == "true"),
+                };
+                match crate::reload::reload(&self.shared, "admin API", options) {
+                    Ok(notes) => {
+                        json_response(StatusCode::OK, json!({ "reloaded": true, "notes": notes }))
+                    }
+                    Err(e) => json_response(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        json!({ "reloaded": false, "message": e.to_string() }),
+                    ),
+                }
+            }
             (&Method::DELETE, p) if p.starts_with("/sessions/") => {
                 self.end_session(&p["/sessions/".len()..]).await
             }
@@ -95,12 +136,31 @@ impl AdminApp {
                 json!({ "message": "Session not found" }),
             );
         };
-        if self.shared.directory.stop(&session).await {
+        if self
+            .shared
+            .directory
+            .stop(&session, routing::EndReason::Stopped)
+            .await
+        {
             metrics::counter!("sessiongate_sessions_ended_total", "reason" => "stopped")
                 .increment(1);
         }
         json_response(StatusCode::OK, json!({ "ended": id }))
     }
+}
+
+/// Compares the bearer token in constant time (the admin port may be reachable by backends).
+fn bearer_matches(req: &pingora::http::RequestHeader, token: &str) -> bool {
+    let Some(given) = req
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {

@@ -65,6 +65,22 @@ pub enum GatewayError {
     WebSocketLimit(u16),
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    #[error("too many client connections")]
+    TooManyConnections,
+    #[error("the gateway is out of resources (descriptors, memory)")]
+    GatewayExhausted,
+    #[error("the request was not received in time")]
+    RequestTimeout,
+    #[error("malformed request")]
+    MalformedRequest,
+    #[error("header {name} is too large or repeated too often")]
+    HeaderTooLarge { name: String },
+    #[error("invalid runtime ARN")]
+    InvalidArn,
+    #[error("the backend stopped answering its health checks")]
+    BackendUnhealthy,
+    #[error("the backend switched protocols unasked")]
+    BackendUpgradedUnasked,
     #[error("internal error")]
     Internal,
 }
@@ -109,20 +125,29 @@ impl GatewayError {
                 format!("Payload exceeds the maximum size of {limit} bytes"),
                 None,
             ),
-            Rejected(r @ (Rejection::ActiveSessions | Rejection::PrincipalSessions)) => {
-                (402, "ServiceQuotaExceededException", quota_message(r), Some(5))
-            }
+            Rejected(Rejection::ActiveSessions { retry_after }) => (
+                402,
+                "ServiceQuotaExceededException",
+                "Active session limit reached".into(),
+                Some(retry_secs(*retry_after)),
+            ),
+            Rejected(Rejection::PrincipalSessions { retry_after }) => (
+                402,
+                "ServiceQuotaExceededException",
+                "Active session limit reached for this caller".into(),
+                Some(retry_secs(*retry_after)),
+            ),
             Rejected(Rejection::SessionRate { retry_after }) => (
                 429,
                 "ThrottlingException",
                 "Rate exceeded: too many new sessions".into(),
-                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+                Some(retry_secs(*retry_after)),
             ),
             Rejected(Rejection::PrincipalRate { retry_after }) => (
                 429,
                 "ThrottlingException",
                 "Rate exceeded".into(),
-                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+                Some(retry_secs(*retry_after)),
             ),
             Rejected(Rejection::SessionInflight) => (
                 429,
@@ -220,6 +245,58 @@ impl GatewayError {
                 None,
             ),
             ShuttingDown => (503, "ServiceUnavailableException", "The gateway is shutting down".into(), Some(1)),
+            TooManyConnections => (
+                503,
+                "ServiceUnavailableException",
+                "Too many connections, please retry".into(),
+                Some(1),
+            ),
+            GatewayExhausted => (
+                503,
+                "ServiceUnavailableException",
+                "The gateway is temporarily out of resources, please retry".into(),
+                Some(1),
+            ),
+            RequestTimeout => (
+                408,
+                "RequestTimeoutException",
+                "The request was not received in time".into(),
+                None,
+            ),
+            MalformedRequest => (
+                400,
+                "ValidationException",
+                "Malformed HTTP request".into(),
+                None,
+            ),
+            HeaderTooLarge { name } => (
+                431,
+                "ValidationException",
+                format!(
+                    "Header {name} exceeds {} bytes, or more than {} such headers were sent",
+                    conf::MAX_ALLOWLISTED_VALUE_BYTES,
+                    conf::MAX_CUSTOM_HEADERS
+                ),
+                None,
+            ),
+            InvalidArn => (
+                400,
+                "ValidationException",
+                "Invalid runtime ARN: expected arn:aws:bedrock-agentcore:REGION:ACCOUNT:runtime/NAME".into(),
+                None,
+            ),
+            BackendUnhealthy => (
+                424,
+                "RuntimeClientError",
+                "The runtime stopped answering health checks; the session was ended".into(),
+                None,
+            ),
+            BackendUpgradedUnasked => (
+                424,
+                "RuntimeClientError",
+                "The runtime answered with an invalid response".into(),
+                None,
+            ),
             Internal => (500, "InternalServerException", "Internal server error".into(), None),
         };
         ErrorInfo {
@@ -259,6 +336,14 @@ impl GatewayError {
             WebSocketLimit(1009) => "websocket_frame_too_big",
             WebSocketLimit(_) => "websocket_frame_rate",
             ShuttingDown => "shutting_down",
+            TooManyConnections => "too_many_connections",
+            GatewayExhausted => "gateway_exhausted",
+            RequestTimeout => "request_timeout",
+            MalformedRequest => "malformed_request",
+            HeaderTooLarge { .. } => "header_too_large",
+            InvalidArn => "invalid_arn",
+            BackendUnhealthy => "backend_unhealthy",
+            BackendUpgradedUnasked => "backend_upgraded_unasked",
             Internal => "internal",
         }
     }
@@ -304,11 +389,9 @@ impl GatewayError {
     }
 }
 
-fn quota_message(r: &Rejection) -> String {
-    match r {
-        Rejection::PrincipalSessions => "Active session limit reached for this caller".into(),
-        _ => "Active session limit reached".into(),
-    }
+/// `Retry-After` in whole seconds, never 0 (a client told 0 retries at once).
+fn retry_secs(after: std::time::Duration) -> u64 {
+    after.as_secs_f64().ceil().max(1.0) as u64
 }
 
 /// MCP: a JSON-RPC error with HTTP 200, except the statuses MCP clients act on (401, 403, 406).
@@ -372,11 +455,13 @@ mod tests {
 
     #[test]
     fn quota_and_throttle_carry_retry_after() {
-        let (h, _) = GatewayError::Rejected(Rejection::ActiveSessions)
-            .render(Protocol::Http, None)
-            .unwrap();
+        let (h, _) = GatewayError::Rejected(Rejection::ActiveSessions {
+            retry_after: std::time::Duration::from_millis(41_200),
+        })
+        .render(Protocol::Http, None)
+        .unwrap();
         assert_eq!(h.status.as_u16(), 402);
-        assert!(h.headers.contains_key("retry-after"));
+        assert_eq!(h.headers["retry-after"], "42");
         let (h, _) = GatewayError::Rejected(Rejection::SessionInflight)
             .render(Protocol::Http, None)
             .unwrap();
@@ -391,7 +476,9 @@ mod tests {
         assert_eq!(v["error"]["code"], -32010);
         let (status, v) = body(
             Protocol::Mcp,
-            &GatewayError::Rejected(Rejection::ActiveSessions),
+            &GatewayError::Rejected(Rejection::ActiveSessions {
+                retry_after: std::time::Duration::from_secs(1),
+            }),
         );
         assert_eq!(status, 200);
         assert_eq!(v["error"]["code"], -32003);

@@ -3,6 +3,7 @@
 //! ```text
 //! sessiongate [--config FILE] [--http ADDR] [--mcp ADDR] [--a2a ADDR] [--admin ADDR]
 //! sessiongate check-config FILE
+//! sessiongate reload [--admin ADDR] [--token-file FILE] [--allow-auth-downgrade]
 //! sessiongate agent [--http ADDR] [--mcp ADDR] [--a2a ADDR]
 //! sessiongate invoke PAYLOAD [--endpoint URL] [--runtime NAME] [--session-id ID] [--qualifier Q]
 //!                            [--bearer-token TOKEN] [--region REGION]
@@ -12,10 +13,13 @@ mod admin;
 
 mod authn;
 mod error;
+mod front;
 mod headers;
 mod invoke;
+mod lograte;
 mod observe;
 mod proxy;
+mod reload;
 mod request;
 mod response;
 mod route;
@@ -57,6 +61,9 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Invoke a runtime through a gateway (the AWS face) and print the answer as it streams.
     Invoke(invoke::InvokeArgs),
+    /// Ask a running gateway to reload its config file now (through its admin listener); print
+    /// the outcome; exit 1 if the file was refused (the old config stays in force).
+    Reload(ReloadArgs),
     /// Exit 0 if the gateway's admin `/healthz` answers 200 (container health checks).
     Health {
         #[arg(long, default_value = "127.0.0.1:9090")]
@@ -67,6 +74,19 @@ enum Command {
     /// Inside a sandbox: run the agent command and relay its contract ports to Unix sockets.
     #[command(hide = true)]
     SandboxInit(sandbox_init::Args),
+}
+
+#[derive(Args)]
+struct ReloadArgs {
+    /// The gateway's admin listener.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    admin: SocketAddr,
+    /// The admin bearer token's file (`admin.token_file` in the gateway's config), if it has one.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Take the new file even if it weakens a runtime's auth mode (e.g. `jwt` to `none`).
+    #[arg(long)]
+    allow_auth_downgrade: bool,
 }
 
 #[derive(Args, Clone, Default)]
@@ -103,6 +123,7 @@ fn main() -> ExitCode {
         Some(Command::SandboxInit(args)) => return sandbox_init::run(args),
         Some(Command::Invoke(args)) => invoke::run(args),
         Some(Command::Health { admin }) => health(admin),
+        Some(Command::Reload(args)) => reload(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -148,6 +169,40 @@ fn health(admin: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn reload(args: ReloadArgs) -> anyhow::Result<()> {
+    let token = match &args.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, body) = rt.block_on(async {
+        let mut request = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()?
+            .post(format!(
+                "http://{}/config/reload?allow_auth_downgrade={}",
+                args.admin, args.allow_auth_downgrade
+            ));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        anyhow::Ok((status, response.text().await?))
+    })?;
+    let body = body.trim_end();
+    anyhow::ensure!(status.is_success(), "reload refused ({status}): {body}");
+    println!("{body}");
+    Ok(())
+}
+
 fn check_config(path: &std::path::Path) -> ExitCode {
     match conf::load(path) {
         Ok(c) => {
@@ -173,21 +228,24 @@ fn check_config(path: &std::path::Path) -> ExitCode {
 
 /// Logs go to stderr; `RUST_LOG` filters them (default `info`, without Pingora's chatter and
 /// without the per-request access log: `RUST_LOG=info,sessiongate::access=info` turns it on).
-/// `SESSIONGATE_LOG_FORMAT=json` writes JSON lines.
+/// `SESSIONGATE_LOG_FORMAT=json` writes JSON lines. Warning and error lines are rate-limited per
+/// call site ([`lograte`]).
 fn init_tracing() {
     use std::io::IsTerminal;
-    let filter = || {
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new("info,pingora=warn,sessiongate::access=off")
-        })
-    };
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
-    if std::env::var("SESSIONGATE_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().with_env_filter(filter()).init();
+    use tracing_subscriber::filter::FilterExt;
+    use tracing_subscriber::prelude::*;
+    let levels = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,pingora=warn,sessiongate::access=off")
+    });
+    let rate = lograte::LogRate::default();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if std::env::var("SESSIONGATE_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        fmt.json().boxed()
     } else {
-        builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_env_filter(filter())
-            .init();
-    }
+        fmt.with_ansi(std::io::stderr().is_terminal()).boxed()
+    };
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(levels.and(rate.clone())))
+        .init();
+    rate.spawn_reporter();
 }

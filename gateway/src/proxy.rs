@@ -24,6 +24,7 @@ use routing::directory::EndReason;
 use routing::provider::BackendAddr;
 
 use crate::error::GatewayError;
+use crate::front;
 use crate::headers;
 use crate::observe;
 use crate::request::{self, Decision};
@@ -53,6 +54,8 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let websocket = session.is_upgrade_req();
+        front::head_complete(session, &ctx.snapshot.config.limits, websocket);
         if let Some(t) = &self.shared.telemetry {
             ctx.otel = Some(t.request_span(session.req_header(), self.face.as_str()));
         }
@@ -78,6 +81,13 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        if std::mem::take(&mut ctx.replace_backend) {
+            ctx.replaced = true;
+            if let Err(e) = request::replace_backend(&self.shared, ctx).await {
+                ctx.error = Some(e);
+                return Error::e_explain(ErrorType::ConnectRefused, "no backend to re-place");
+            }
+        }
         let mut peer = match &ctx.peer {
             Some(BackendAddr::Tcp(addr)) => HttpPeer::new(*addr, false, String::new()),
             Some(BackendAddr::Unix(path)) => {
@@ -105,6 +115,30 @@ impl ProxyHttp for Gateway {
             limits.request_timeout
         });
         Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Refused before anything was sent: the backend died while its session was idle. The
+        // session gets a new backend and this request goes there, once.
+        let refused = matches!(
+            e.etype(),
+            ErrorType::ConnectRefused | ErrorType::ConnectError
+        ) && !is_local_exhaustion(&e);
+        if refused
+            && !ctx.replaced
+            && ctx.error.is_none()
+            && ctx.ticket.as_ref().is_some_and(|t| !t.session().is_ended())
+        {
+            ctx.replace_backend = true;
+            e.set_retry(true);
+        }
+        e
     }
 
     async fn connected_to_upstream(
@@ -162,7 +196,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if session.was_upgraded() {
@@ -185,6 +219,21 @@ impl ProxyHttp for Gateway {
                     "request body over the payload cap",
                 );
             }
+        }
+        // A body trickling in below the minimum rate holds its session as surely as a stalled
+        // one (which the read timeout ends): both are a 408.
+        if !end_of_stream
+            && front::body_too_slow(
+                ctx.started,
+                ctx.request_body_bytes,
+                &ctx.snapshot.config.limits,
+            )
+        {
+            ctx.error = Some(GatewayError::RequestTimeout);
+            return Error::e_explain(
+                ErrorType::ReadTimedout,
+                "request body below the minimum rate",
+            );
         }
         Ok(())
     }
@@ -213,7 +262,14 @@ impl ProxyHttp for Gateway {
         upstream: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        response::from_backend(&self.shared, session.req_header(), upstream, ctx)
+        let upgrade_requested = session.is_upgrade_req();
+        response::from_backend(
+            &self.shared,
+            session.req_header(),
+            upgrade_requested,
+            upstream,
+            ctx,
+        )
     }
 
     async fn response_filter(
@@ -233,26 +289,7 @@ impl ProxyHttp for Gateway {
     ) -> FailToProxy {
         let error = match &ctx.error {
             Some(known) => Some(known.clone()),
-            None => match e.esource() {
-                // A backend that is slow is not broken: its session stays.
-                ErrorSource::Upstream if matches!(e.etype(), ErrorType::ReadTimedout) => {
-                    Some(GatewayError::BackendTimeout)
-                }
-                // Its session was stopped under it: the backend is gone on purpose.
-                ErrorSource::Upstream
-                    if ctx.ticket.as_ref().is_some_and(|t| t.session().is_ended()) =>
-                {
-                    Some(GatewayError::SessionStopped)
-                }
-                ErrorSource::Upstream => {
-                    ctx.backend_failed = true;
-                    Some(GatewayError::BackendUnreachable)
-                }
-                _ if ctx.stream_expired => None,
-                // The client went away or sent garbage: nobody to answer.
-                ErrorSource::Downstream => None,
-                ErrorSource::Internal | ErrorSource::Unset => Some(GatewayError::Internal),
-            },
+            None => classify(e, ctx),
         };
         let mut code = 0;
         if let Some(error) = error {
@@ -273,6 +310,20 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    fn request_head_error(&self, e: &Error) -> Option<(ResponseHeader, Bytes)> {
+        let error = match e.etype() {
+            ErrorType::InvalidHTTPHeader => GatewayError::MalformedRequest,
+            ErrorType::ReadError | ErrorType::ReadTimedout if front::head_deadline_passed(e) => {
+                GatewayError::RequestTimeout
+            }
+            // An idle keep-alive connection closing, or a client gone: nobody to answer.
+            _ => return None,
+        };
+        metrics::counter!("sessiongate_requests_refused_total", "reason" => error.reason())
+            .increment(1);
+        error.render(self.face, None).ok()
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         observe::record(self.face, session, ctx);
         if let Some(cx) = ctx.otel.take() {
@@ -290,7 +341,7 @@ impl ProxyHttp for Gateway {
                     Some(b) if b.has_exited() => EndReason::BackendExited,
                     _ => EndReason::Unhealthy,
                 };
-                if shared.directory.end(&s).await {
+                if shared.directory.end(&s, reason).await {
                     tracing::info!(session = %s.id, reason = reason.as_str(), "session ended");
                     metrics::counter!("sessiongate_sessions_ended_total", "reason" => reason.as_str())
                         .increment(1);
@@ -303,6 +354,54 @@ impl ProxyHttp for Gateway {
         // Refusals we answered on purpose, and clients that hung up, are not gateway errors.
         ctx.error.is_some() || e.esource() == &ErrorSource::Downstream
     }
+}
+
+/// What the client is told about a failure the gateway did not decide itself, and whether the
+/// backend is to blame (its session then ends).
+fn classify(e: &Error, ctx: &mut RequestCtx) -> Option<GatewayError> {
+    let session = ctx.ticket.as_ref().map(|t| t.session());
+    match e.esource() {
+        // The gateway's own descriptors or memory ran out: no backend is to blame.
+        _ if is_local_exhaustion(e) => Some(GatewayError::GatewayExhausted),
+        // A backend that is slow is not broken: its session stays.
+        ErrorSource::Upstream if matches!(e.etype(), ErrorType::ReadTimedout) => {
+            Some(GatewayError::BackendTimeout)
+        }
+        // The health checks ended the session under this request.
+        ErrorSource::Upstream
+            if session.is_some_and(|s| s.end_reason() == Some(EndReason::Unhealthy)) =>
+        {
+            Some(GatewayError::BackendUnhealthy)
+        }
+        // Its session was stopped under it: the backend is gone on purpose.
+        ErrorSource::Upstream if session.is_some_and(|s| s.is_ended()) => {
+            Some(GatewayError::SessionStopped)
+        }
+        ErrorSource::Upstream => {
+            ctx.backend_failed = true;
+            Some(GatewayError::BackendUnreachable)
+        }
+        _ if ctx.stream_expired => None,
+        // A body that stopped coming, or came with broken framing.
+        ErrorSource::Downstream if matches!(e.etype(), ErrorType::ReadTimedout) => {
+            Some(GatewayError::RequestTimeout)
+        }
+        ErrorSource::Downstream if is_malformed(e) => Some(GatewayError::MalformedRequest),
+        // The client went away: nobody to answer.
+        ErrorSource::Downstream => None,
+        ErrorSource::Internal | ErrorSource::Unset => Some(GatewayError::Internal),
+    }
+}
+
+/// Broken request framing found while reading the body (bad chunk sizes, a body cut short).
+fn is_malformed(e: &Error) -> bool {
+    matches!(e.etype(), ErrorType::InvalidHTTPHeader)
+        || matches!(e.etype(), ErrorType::Custom(name) if *name == "InvalidChunk")
+}
+
+/// True when the error's root cause is the gateway running out of descriptors or memory.
+fn is_local_exhaustion(e: &Error) -> bool {
+    front::io_cause(e).is_some_and(routing::ping::is_local_exhaustion)
 }
 
 impl Gateway {

@@ -7,13 +7,15 @@ use std::sync::Arc;
 use auth::Principal;
 use conf::Protocol;
 use pingora::proxy::Session;
-use routing::{OpenError, PlacementError, SessionId, TicketError};
+use routing::face::query_param;
+use routing::{Caller, OpenError, PlacementError, SessionId, Ticket, TicketError};
 
 use crate::authn;
 use crate::error::GatewayError;
 use crate::headers::{MCP_SESSION_ID, SESSION_ID};
 use crate::route::{self, RouteKind, Target};
 use crate::state::{RequestCtx, Shared, Snapshot};
+use routing::EndReason;
 
 /// What the request stage decided.
 pub enum Decision {
@@ -66,13 +68,31 @@ pub async fn admit(
     if declared_length(session).is_some_and(|len| len > limit) {
         return Err(GatewayError::PayloadTooLarge { limit });
     }
+    let req = session.req_header();
+    routing::face::check_custom_headers(
+        req.headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes())),
+        req.uri.query(),
+    )
+    .map_err(|name| GatewayError::HeaderTooLarge { name })?;
 
     let principal = authn::authenticate(authenticator, runtime_name, limit, session, ctx).await?;
     ctx.principal = Some(principal.clone());
+    let caller = if matches!(authenticator, authn::Authenticator::None) {
+        Caller::anonymous(
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+        )
+    } else {
+        Caller::authenticated(principal.clone())
+    };
     shared
         .directory
         .admission()
-        .admit_request(&principal)
+        .admit_request(&caller.quota)
         .map_err(GatewayError::Rejected)?;
 
     let target = match route.kind {
@@ -86,24 +106,54 @@ pub async fn admit(
 
     let (id, known) = session_id(shared, session, target, runtime_name, &principal)?;
     ctx.session_id = Some(id.clone());
+    ctx.session_known = known;
     // A client-chosen id starts a session on first use; an MCP id must already be known.
-    let ticket = shared
+    let version = new_session_version(&snapshot, session, route.runtime)?;
+    let ticket = open(shared, ctx, &id, route.runtime, version, &caller, !known)?;
+    place(shared, ctx, ticket, target).await?;
+    ctx.caller = Some(caller);
+    Ok(Decision::Proxy)
+}
+
+fn open(
+    shared: &Shared,
+    ctx: &RequestCtx,
+    id: &SessionId,
+    runtime: usize,
+    version: u32,
+    caller: &Caller,
+    create: bool,
+) -> Result<Ticket, GatewayError> {
+    shared
         .directory
         .open(
-            &id,
-            &snapshot.runtime_names[route.runtime],
-            new_session_version(&snapshot, session, route.runtime)?,
-            &principal,
-            !known,
+            id,
+            &ctx.snapshot.runtime_names[runtime],
+            version,
+            caller,
+            create,
         )
         .map_err(|e| match e {
             OpenError::NotFound => GatewayError::SessionNotFound,
             OpenError::Rejected(r) => GatewayError::Rejected(r),
-        })?;
+        })
+}
+
+/// The session's backend: placed now if the session is new; `ctx.peer` and `ctx.ticket` are
+/// set when it is ready.
+async fn place(
+    shared: &Shared,
+    ctx: &mut RequestCtx,
+    ticket: Ticket,
+    target: Target,
+) -> Result<(), GatewayError> {
+    let snapshot = Arc::clone(&ctx.snapshot);
+    let runtime = ctx.route.map_or(0, |r| r.runtime);
+    let id = ticket.session().id.clone();
     // A session placed under an older config whose version was since removed has its backend
     // already; one still waiting for placement cannot get one any more.
     let provider = snapshot
-        .provider(route.runtime, ticket.session().version)
+        .provider(runtime, ticket.session().version)
         .ok_or(GatewayError::SessionEnding)?;
     let placing = std::time::Instant::now();
     let placed = ticket.backend(provider).await;
@@ -143,7 +193,10 @@ pub async fn admit(
             };
             // A session without a backend is no session: forget it so a retry starts afresh.
             if ticket.session().backend().is_none() {
-                shared.directory.end(ticket.session()).await;
+                shared
+                    .directory
+                    .end(ticket.session(), EndReason::PlacementFailed)
+                    .await;
             }
             return Err(error);
         }
@@ -155,7 +208,45 @@ pub async fn admit(
             .ok_or(GatewayError::ProtocolNotServed)?,
     );
     ctx.ticket = Some(ticket);
-    Ok(Decision::Proxy)
+    Ok(())
+}
+
+/// The session's backend refused the connection before anything was sent: the backend died
+/// while the session was idle. The session is ended and the same id placed afresh, once (the
+/// request then goes to the new backend). An MCP request routed by its `Mcp-Session-Id` is not
+/// re-placed: that MCP session lived in the dead backend, and the client must re-initialise.
+pub async fn replace_backend(shared: &Shared, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+    let (Some(old), Some(target), Some(caller)) =
+        (ctx.ticket.take(), ctx.target, ctx.caller.clone())
+    else {
+        return Err(GatewayError::BackendUnreachable);
+    };
+    let session = Arc::clone(old.session());
+    let reason = match session.backend() {
+        Some(b) if b.oom_killed() => EndReason::OutOfMemory,
+        Some(b) if b.has_exited() => EndReason::BackendExited,
+        _ => EndReason::Unhealthy,
+    };
+    drop(old);
+    if shared.directory.end(&session, reason).await {
+        tracing::info!(session = %session.id, reason = reason.as_str(), "session ended: its backend refused a connection; placing a new one");
+        metrics::counter!("sessiongate_sessions_ended_total", "reason" => reason.as_str())
+            .increment(1);
+    }
+    if ctx.session_known {
+        return Err(GatewayError::SessionNotFound);
+    }
+    let runtime = ctx.route.map_or(0, |r| r.runtime);
+    let ticket = open(
+        shared,
+        ctx,
+        &session.id,
+        runtime,
+        session.version,
+        &caller,
+        true,
+    )?;
+    place(shared, ctx, ticket, target).await
 }
 
 /// The session id of a request, and whether it names a session that must already exist.
@@ -197,24 +288,29 @@ fn session_id(
             .ok_or(GatewayError::SessionNotFound);
     }
     if target.protocol == Protocol::Mcp {
-        return Ok((implicit_mcp_session(runtime, principal), false));
+        return Ok((implicit_mcp_session(shared, runtime, principal), false));
     }
     Ok((SessionId::mint(), false))
 }
 
-/// The id of a principal's implicit MCP session on a runtime: stable, and distinct per
-/// (runtime, principal). Ownership checks still apply, so guessing it gains nothing.
-fn implicit_mcp_session(runtime: &str, principal: &Principal) -> SessionId {
-    use std::hash::{Hash, Hasher};
-    // SipHash with fixed keys: the same id for the same caller in every gateway process.
-    let mut h = std::hash::DefaultHasher::new();
-    (runtime, principal.as_str()).hash(&mut h);
-    let id = format!(
-        "mcp-implicit-{runtime}-{:016x}-{}",
-        h.finish(),
-        principal.as_str().len()
-    );
+/// The id of a principal's implicit MCP session on a runtime: stable, distinct per
+/// (runtime, principal), and not computable by anyone else — an HMAC under the gateway's secret
+/// — so no other caller can name it in advance and squat it.
+fn implicit_mcp_session(shared: &Shared, runtime: &str, principal: &Principal) -> SessionId {
+    use hmac::{Hmac, Mac};
+    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(shared.secret()) else {
+        return SessionId::mint();
+    };
+    mac.update(runtime.as_bytes());
+    mac.update(&[0]);
+    mac.update(principal.as_str().as_bytes());
+    let tag = mac.finalize().into_bytes();
+    let id = format!("mcp-implicit-{}", hex(&tag[..16]));
     SessionId::parse(id.as_bytes()).unwrap_or_else(|_| SessionId::mint())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// StopRuntimeSession: ends the named session now (in-flight streams included).
@@ -237,7 +333,7 @@ async fn stop_session(
         .get(id.as_str())
         .filter(|s| s.runtime == *runtime && s.principal == *principal)
         .ok_or(GatewayError::SessionNotFound)?;
-    if shared.directory.stop(&found).await {
+    if shared.directory.stop(&found, EndReason::Stopped).await {
         metrics::counter!("sessiongate_sessions_ended_total", "reason" => "stopped").increment(1);
     }
     Ok(Decision::Answer(
@@ -287,25 +383,4 @@ fn declared_length(session: &Session) -> Option<u64> {
         .trim()
         .parse()
         .ok()
-}
-
-/// The first value of `name` in a query string (names compared case-insensitively, values
-/// percent-decoded only as far as session ids need: they are visible ASCII already).
-fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        k.eq_ignore_ascii_case(name).then_some(v)
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_param_is_case_insensitive_on_names() {
-        let q = "qualifier=DEFAULT&X-Amzn-Bedrock-AgentCore-Runtime-Session-Id=abc";
-        assert_eq!(query_param(q, SESSION_ID), Some("abc"));
-        assert_eq!(query_param(q, "missing"), None);
-    }
 }

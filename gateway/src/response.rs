@@ -18,9 +18,19 @@ use auth::BEARER_SUBPROTOCOL;
 pub fn from_backend(
     shared: &Shared,
     req: &RequestHeader,
+    upgrade_requested: bool,
     upstream: &mut ResponseHeader,
     ctx: &mut RequestCtx,
 ) -> Result<()> {
+    // A 101 to a request that did not ask to upgrade would turn the client's connection into a
+    // raw tunnel to the backend.
+    if upstream.status == 101 && !upgrade_requested {
+        ctx.error = Some(GatewayError::BackendUpgradedUnasked);
+        return Error::e_explain(
+            ErrorType::HTTPStatus(424),
+            "backend switched protocols unasked",
+        );
+    }
     if upstream.status.is_informational() {
         return Ok(());
     }
@@ -38,7 +48,13 @@ pub fn from_backend(
         return Ok(());
     };
     match upstream.headers.get(MCP_SESSION_ID).map(|v| v.to_str()) {
-        Some(Ok(id)) => shared.directory.learn_mcp_id(ticket.session(), id),
+        Some(Ok(id)) => {
+            if !shared.directory.learn_mcp_id(ticket.session(), id) {
+                // Another session owns this id: routing stays with its owner.
+                tracing::warn!(session = %ticket.session().id, "backend claimed an Mcp-Session-Id another session owns; ignored");
+                metrics::counter!("sessiongate_mcp_id_conflicts_total").increment(1);
+            }
+        }
         Some(Err(_)) => {}
         None => {
             let handshake_era = !req.headers.contains_key(MCP_SESSION_ID)
@@ -47,7 +63,8 @@ pub fn from_backend(
                 && upstream.status.is_success();
             if handshake_era {
                 let minted = uuid::Uuid::new_v4().simple().to_string();
-                shared.directory.learn_mcp_id(ticket.session(), &minted);
+                // A fresh UUID: no other session can own it.
+                let _ = shared.directory.learn_mcp_id(ticket.session(), &minted);
                 upstream.insert_header(MCP_SESSION_ID, minted)?;
             }
         }

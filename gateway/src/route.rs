@@ -161,38 +161,15 @@ fn aws_route(method: &Method, path: &str, config: &Config) -> Result<Route, Gate
 }
 
 fn runtime_index(id: &str, config: &Config) -> Result<usize, GatewayError> {
+    use routing::face::RuntimeRefError;
+    let name = routing::face::runtime_name(id, &config.aws).map_err(|e| match e {
+        RuntimeRefError::Malformed => GatewayError::InvalidArn,
+        // Another region's or account's runtime is simply not one of ours.
+        RuntimeRefError::Elsewhere => GatewayError::UnknownRuntime,
+    })?;
     config
-        .runtime_index(&runtime_name(id).ok_or(GatewayError::UnknownRuntime)?)
+        .runtime_index(&name)
         .ok_or(GatewayError::UnknownRuntime)
-}
-
-/// `{id}` is a runtime name or a URL-encoded ARN `arn:aws:bedrock-agentcore:REGION:ACCOUNT:runtime/NAME`.
-fn runtime_name(id: &str) -> Option<String> {
-    let decoded = percent_decode(id)?;
-    match decoded.strip_prefix("arn:") {
-        Some(arn) => {
-            let resource = arn.splitn(5, ':').nth(4)?;
-            resource.strip_prefix("runtime/").map(str::to_owned)
-        }
-        None => Some(decoded),
-    }
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
@@ -262,6 +239,16 @@ protocol = "mcp"
                 &c
             ),
             Err(GatewayError::UnknownRuntime)
+        );
+        // Only a bedrock-agentcore runtime ARN names a runtime (an S3 ARN used to reach it).
+        assert_eq!(
+            route(
+                Protocol::Http,
+                &Method::POST,
+                "/runtimes/arn%3Aaws%3As3%3A%3A%3Aruntime%2Fdefault/invocations",
+                &c
+            ),
+            Err(GatewayError::InvalidArn)
         );
         assert_eq!(
             route(

@@ -1,20 +1,23 @@
 //! Assembles and runs the Pingora server: three protocol listeners sharing one [`Shared`], the
 //! admin listener, the lifecycle sweep, and a shutdown that drains before it stops backends.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use conf::{Config, Protocol};
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
+use routing::directory::EndReason;
 use routing::lifecycle::{LifecyclePolicy, sweep};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::admin::AdminApp;
+use crate::front::Front;
 use crate::proxy::Gateway;
 use crate::state::{ListenerOverrides, Shared};
 
@@ -63,11 +66,14 @@ pub fn run(
             shared: Arc::clone(&shared),
             face,
         };
-        let mut svc = pingora::proxy::http_proxy_service_with_name(
-            &server.configuration,
-            gateway,
-            face.as_str(),
-        );
+        let mut proxy = HttpProxy::new(gateway, Arc::clone(&server.configuration));
+        proxy.handle_init_modules();
+        let front = Front {
+            proxy: Arc::new(proxy),
+            shared: Arc::clone(&shared),
+            face,
+        };
+        let mut svc = Service::new(face.as_str().into(), front);
         svc.add_tcp(&addr.to_string());
         server.add_service(svc);
     }
@@ -81,7 +87,7 @@ pub fn run(
     server.add_service(admin);
     server.add_service(background_service(
         "config-reload",
-        ConfigReload {
+        crate::reload::ConfigReload {
             shared: Arc::clone(&shared),
         },
     ));
@@ -185,7 +191,11 @@ impl BackgroundService for Lifecycle {
             self.tend_providers(&snapshot);
             for s in self.shared.directory.snapshot() {
                 if !snapshot.runtime_names.iter().any(|n| *n == s.runtime)
-                    && self.shared.directory.end_if_idle(&s, Duration::ZERO).await
+                    && self
+                        .shared
+                        .directory
+                        .end_if_idle(&s, Duration::ZERO, EndReason::RuntimeRemoved)
+                        .await
                 {
                     tracing::info!(session = %s.id, runtime = %s.runtime, "session ended: its runtime was removed");
                     metrics::counter!("sessiongate_sessions_ended_total", "reason" => "runtime_removed")
@@ -269,102 +279,4 @@ impl ShutdownSignalWatch for DrainThenStop {
         tracing::info!(stopped, "backends stopped");
         ShutdownSignal::GracefulTerminate
     }
-}
-
-/// Reloads the config file when it changes (notify, on its directory: editors replace files by
-/// renaming) and on SIGHUP. Bursts of events within 200 ms make one reload.
-struct ConfigReload {
-    shared: Arc<Shared>,
-}
-
-#[async_trait]
-impl BackgroundService for ConfigReload {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-            tracing::error!("cannot watch SIGHUP; config reload by signal is off");
-            return;
-        };
-        let (tx, mut changed) = tokio::sync::mpsc::channel::<()>(1);
-        // Kept alive for as long as the loop runs.
-        let _watcher = self
-            .shared
-            .config_path
-            .as_deref()
-            .and_then(|path| watch(path, tx));
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = hangup.recv() => self.reload("SIGHUP"),
-                Some(()) = changed.recv() => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    while changed.try_recv().is_ok() {}
-                    self.reload("file change");
-                }
-            }
-        }
-    }
-}
-
-impl ConfigReload {
-    fn reload(&self, cause: &str) {
-        match self.shared.reload() {
-            Ok(notes) => {
-                for n in notes {
-                    tracing::warn!("config reload: {n}");
-                }
-                tracing::info!(cause, "config reloaded");
-                metrics::counter!("sessiongate_config_reloads_total", "result" => "ok")
-                    .increment(1);
-            }
-            Err(errors) => {
-                for e in &errors.0 {
-                    tracing::error!(
-                        cause,
-                        "config reload refused, the running config stays: {e}"
-                    );
-                }
-                metrics::counter!("sessiongate_config_reloads_total", "result" => "error")
-                    .increment(1);
-            }
-        }
-    }
-}
-
-/// Watches `path`'s directory; sends on `tx` when `path` is written, created or renamed into
-/// place. Reads (which the reload itself causes) are ignored.
-fn watch(path: &Path, tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-    use notify::event::{AccessKind, AccessMode, EventKind};
-    use notify::{RecursiveMode, Watcher};
-    let name = path.file_name()?.to_owned();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let handler = move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        let relevant = matches!(
-            event.kind,
-            EventKind::Create(_)
-                | EventKind::Modify(_)
-                | EventKind::Access(AccessKind::Close(AccessMode::Write))
-        ) && event
-            .paths
-            .iter()
-            .any(|p| p.file_name() == Some(name.as_os_str()));
-        if relevant {
-            let _ = tx.try_send(());
-        }
-    };
-    let mut watcher = match notify::recommended_watcher(handler) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch the config file; reload with SIGHUP");
-            return None;
-        }
-    };
-    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-        tracing::error!(error = %e, dir = %dir.display(), "cannot watch the config directory; reload with SIGHUP");
-        return None;
-    }
-    Some(watcher)
 }

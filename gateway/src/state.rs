@@ -12,10 +12,11 @@ use conf::{BackendSpec, Config, ConfigErrors};
 use metrics_exporter_prometheus::PrometheusHandle;
 use routing::provider::BackendAddr;
 use routing::provider::SlotRegistry;
-use routing::{AdmissionLimits, BackendProvider, SessionDirectory, SessionId, Ticket};
+use routing::{AdmissionLimits, BackendProvider, Caller, SessionDirectory, SessionId, Ticket};
 
 use crate::authn::Authenticator;
 use crate::error::GatewayError;
+use crate::front::Connections;
 use crate::route::{Route, Target};
 use crate::ws::FrameMeter;
 
@@ -178,6 +179,41 @@ pub struct Shared {
     overrides: ListenerOverrides,
     self_exe: PathBuf,
     slots: SlotRegistry,
+    /// Client connections, against `limits.max_connections`.
+    pub connections: Connections,
+    /// Keys what must not be computable from outside (implicit MCP session ids). Random per
+    /// process.
+    secret: [u8; 32],
+}
+
+/// How a reload was asked for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReloadOptions {
+    /// The operator said explicitly that runtimes may lose authentication (admin API).
+    pub allow_auth_downgrade: bool,
+}
+
+/// Why a reload was refused.
+#[derive(Debug)]
+pub enum ReloadError {
+    /// The file is not a valid config.
+    Invalid(ConfigErrors),
+    /// The file would take authentication away from runtimes (each line says which).
+    AuthDowngrade(Vec<String>),
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadError::Invalid(e) => write!(f, "{e}"),
+            ReloadError::AuthDowngrade(lines) => write!(
+                f,
+                "it would weaken authentication ({}); reload with `sessiongate reload \
+                 --allow-auth-downgrade` if that is meant",
+                lines.join("; ")
+            ),
+        }
+    }
 }
 
 impl Shared {
@@ -197,6 +233,7 @@ impl Shared {
         };
         let slots = SlotRegistry::default();
         let directory = SessionDirectory::new(AdmissionLimits::from(&config.limits));
+        let connections = Connections::new(config.limits.max_connections);
         let snapshot = Snapshot::build(config, &self_exe, &slots, None);
         Self {
             snapshot: RwLock::new(Arc::new(snapshot)),
@@ -209,7 +246,13 @@ impl Shared {
             overrides,
             self_exe,
             slots,
+            connections,
+            secret: random_secret(),
         }
+    }
+
+    pub fn secret(&self) -> &[u8] {
+        &self.secret
     }
 
     /// The config snapshot in force now.
@@ -221,16 +264,24 @@ impl Shared {
     }
 
     /// Reads the config file again; if it is valid, new requests use it from now on (requests in
-    /// flight finish under theirs, sessions keep their backends). A file with errors changes
+    /// flight finish under theirs, sessions keep their backends). A file with errors, or one
+    /// that would take authentication away from a runtime (unless `options` allow it), changes
     /// nothing. What only a restart can change (listeners, server threads) is kept and reported.
-    pub fn reload(&self) -> Result<Vec<String>, ConfigErrors> {
+    pub fn reload(&self, options: ReloadOptions) -> Result<Vec<String>, ReloadError> {
         let Some(path) = &self.config_path else {
             return Ok(vec!["no config file: nothing to reload".into()]);
         };
-        let mut config = conf::load(path)?;
+        let mut config = conf::load(path).map_err(ReloadError::Invalid)?;
         self.overrides.apply(&mut config.listeners);
         let old = self.snapshot();
-        let mut notes = Vec::new();
+        let weakened = old.config.auth_weakened_by(&config);
+        if !weakened.is_empty() && !options.allow_auth_downgrade {
+            return Err(ReloadError::AuthDowngrade(weakened));
+        }
+        let mut notes: Vec<String> = weakened
+            .into_iter()
+            .map(|w| format!("authentication weakened, as the operator allowed: {w}"))
+            .collect();
         if config.listeners != old.config.listeners {
             notes.push(format!(
                 "listener addresses changed ({:?} → {:?}): they change only through a restart or a \
@@ -245,6 +296,7 @@ impl Shared {
         self.directory
             .admission()
             .set_limits(AdmissionLimits::from(&config.limits));
+        self.connections.set_max(config.limits.max_connections);
         let fresh = Arc::new(Snapshot::build(
             config,
             &self.self_exe,
@@ -265,6 +317,21 @@ impl Shared {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
+}
+
+/// 32 bytes from the kernel's generator (a fresh key per process).
+fn random_secret() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    // SAFETY: writes at most `key.len()` bytes into `key`.
+    let n = unsafe { libc::getrandom(key.as_mut_ptr().cast(), key.len(), 0) };
+    if usize::try_from(n).ok() != Some(key.len()) {
+        // Not reachable on Linux ≥ 3.17 once the pool is initialised; never run keyless.
+        let fallback = uuid::Uuid::new_v4().into_bytes();
+        let again = uuid::Uuid::new_v4().into_bytes();
+        key[..16].copy_from_slice(&fallback);
+        key[16..].copy_from_slice(&again);
+    }
+    key
 }
 
 /// Where A2A clients reach runtime `index`: the A2A listener for the default runtime, the AWS
@@ -318,6 +385,14 @@ pub struct RequestCtx {
     /// The request's trace span, when traces are exported.
     pub otel: Option<opentelemetry::Context>,
     pub upstream_connect: Option<std::time::Duration>,
+    /// Who is calling (set once admitted).
+    pub caller: Option<Caller>,
+    /// The session was found by its `Mcp-Session-Id` (it must already exist).
+    pub session_known: bool,
+    /// The backend refused the connection: place a new one before the retry.
+    pub replace_backend: bool,
+    /// A new backend was already placed for this request (only once).
+    pub replaced: bool,
     _inflight: InflightGuard,
 }
 
@@ -343,6 +418,10 @@ impl RequestCtx {
             peer_chosen: None,
             otel: None,
             upstream_connect: None,
+            caller: None,
+            session_known: false,
+            replace_backend: false,
+            replaced: false,
             _inflight: InflightGuard(Arc::clone(shared)),
         }
     }
