@@ -92,12 +92,21 @@ impl Gateway {
 
     /// Starts it with extra environment (e.g. `RUST_LOG`), stderr kept in [`Gateway::log`].
     pub fn start_with(config: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_limited(config, env, None)
+    }
+
+    /// Starts it with `RLIMIT_NOFILE` (soft and hard) set to `nofile`.
+    pub fn start_with_fd_limit(config: &str, nofile: u64) -> Self {
+        Self::start_limited(config, &[], Some(nofile))
+    }
+
+    fn start_limited(config: &str, env: &[(&str, &str)], nofile: Option<u64>) -> Self {
         // A port picked free can be taken by another test's process before the gateway binds
         // it; the gateway then exits, and the start is tried again on other ports.
         let mut config_dir = Some(TempDir::new());
         for _ in 0..3 {
             let dir = config_dir.take().unwrap_or_else(TempDir::new);
-            match Self::try_start(dir, config, env) {
+            match Self::try_start(dir, config, env, nofile) {
                 Ok(gw) => return gw,
                 Err(dir) => config_dir = Some(dir),
             }
@@ -105,11 +114,41 @@ impl Gateway {
         panic!("the gateway did not become healthy");
     }
 
-    fn try_start(dir: TempDir, config: &str, env: &[(&str, &str)]) -> Result<Self, TempDir> {
-        let path = dir.write("sessiongate.toml", config);
+    fn try_start(
+        dir: TempDir,
+        config: &str,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Result<Self, TempDir> {
+        // A config file must declare its runtimes; the tests that only tune limits or timers
+        // run the embedded default's one runtime (every key at its default).
+        let config = if config.contains("[[runtimes]]") {
+            config.to_owned()
+        } else {
+            format!("{config}\n[[runtimes]]\n")
+        };
+        let path = dir.write("sessiongate.toml", &config);
         let addr = || SocketAddr::from(([127, 0, 0, 1], free_port()));
         let (http, mcp, a2a, admin) = (addr(), addr(), addr(), addr());
-        let child = Command::new(bin())
+        let mut command = Command::new(bin());
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit is async-signal-safe; `lim` is a plain value moved in.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let child = command
             .arg("--config")
             .arg(&path)
             .args(["--http", &http.to_string(), "--mcp", &mcp.to_string()])
