@@ -97,7 +97,7 @@ fn benches(c: &mut Criterion) {
                             .is_some(),
                     );
                     // End it so the pool never fills: placement + release per iteration.
-                    dir.end(t.session()).await;
+                    dir.end(t.session(), routing::EndReason::Stopped).await;
                 })
             },
             BatchSize::SmallInput,
