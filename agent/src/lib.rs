@@ -12,8 +12,8 @@ mod a2a;
 pub mod guest;
 mod http_face;
 mod mcp;
+pub mod mcp_sessions;
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -50,7 +50,7 @@ pub(crate) struct Agent {
     busy: AtomicUsize,
     /// Unix seconds of the last Healthy ⇄ HealthyBusy change.
     status_changed: Mutex<u64>,
-    pub mcp_sessions: Mutex<HashSet<String>>,
+    pub mcp_sessions: Mutex<mcp_sessions::McpSessions>,
     pub mcp_stateless: bool,
     pub label: Option<String>,
 }
@@ -120,7 +120,7 @@ async fn serve(addrs: AgentAddrs) -> anyhow::Result<()> {
             .unwrap_or_else(|_| format!("http://{}/", addrs.a2a)),
         busy: AtomicUsize::new(0),
         status_changed: Mutex::new(unix_now()),
-        mcp_sessions: Mutex::new(HashSet::new()),
+        mcp_sessions: Mutex::new(mcp_sessions::McpSessions::default()),
         mcp_stateless: addrs.mcp_stateless,
         label: addrs.label.clone(),
     });

@@ -3,7 +3,8 @@
 //! `initialize` assigns an `Mcp-Session-Id`; `tools/list` offers one tool, `echo`, and
 //! `tools/call` of it returns the text with the instance and session that answered. Requests
 //! without a session id are served statelessly; an unknown session id gets 404 (the client
-//! must initialize again), as the MCP transport specifies.
+//! must initialize again), as the MCP transport specifies. The agent remembers at most
+//! [`crate::mcp_sessions::CAPACITY`] sessions, forgetting the least recently used.
 
 use std::sync::Arc;
 
@@ -30,7 +31,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
 /// keep-alive comments until the client goes away.
 async fn server_stream(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> Response {
     let known = session_header(&headers).is_some_and(|s| {
-        agent.mcp_stateless || agent.mcp_sessions.lock().is_ok_and(|set| set.contains(s))
+        agent.mcp_stateless || agent.mcp_sessions.lock().is_ok_and(|mut set| set.touch(s))
     });
     if !known {
         return rpc_error(
@@ -112,11 +113,7 @@ async fn handle(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: Bytes
     if method != Some("initialize")
         && !agent.mcp_stateless
         && let Some(s) = &session
-        && !agent
-            .mcp_sessions
-            .lock()
-            .map(|set| set.contains(s))
-            .unwrap_or(false)
+        && !agent.mcp_sessions.lock().is_ok_and(|mut set| set.touch(s))
     {
         return rpc_error(
             StatusCode::NOT_FOUND,

@@ -462,7 +462,7 @@ fn taking_authentication_away_is_found() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("creds.toml"),
-        "[[credentials]]\naccess_key_id = 'AKIDEXAMPLE'\nsecret_access_key = 's'\nprincipal = 'p'\n",
+        "[[credentials]]\naccess_key_id = 'AKIDEXAMPLE'\nsecret_access_key = 'wJalrXUtnFEMI/K7MDENG'\nprincipal = 'p'\n",
     )
     .unwrap();
     let load = |text: &str| validate::validate(parse_file(text).unwrap(), &dir).unwrap();

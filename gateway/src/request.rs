@@ -236,16 +236,12 @@ pub async fn replace_backend(shared: &Shared, ctx: &mut RequestCtx) -> Result<()
     if ctx.session_known {
         return Err(GatewayError::SessionNotFound);
     }
+    // The ended session's quota reservation goes with its last reference: drop ours before
+    // the new one is admitted, or a full quota would refuse the very session it replaces.
+    let (id, version) = (session.id.clone(), session.version);
+    drop(session);
     let runtime = ctx.route.map_or(0, |r| r.runtime);
-    let ticket = open(
-        shared,
-        ctx,
-        &session.id,
-        runtime,
-        session.version,
-        &caller,
-        true,
-    )?;
+    let ticket = open(shared, ctx, &id, runtime, version, &caller, true)?;
     place(shared, ctx, ticket, target).await
 }
 

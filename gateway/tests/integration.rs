@@ -463,7 +463,8 @@ fn active_session_limit_answers_402_with_retry_after() {
 
 #[test]
 fn per_principal_session_limit_answers_402() {
-    let gw = Gateway::start("[limits]\nmax_sessions_per_principal = 1\n");
+    // Anonymous callers are counted per address: this one address is one caller.
+    let gw = Gateway::start("[limits]\nmax_sessions_per_anonymous_address = 1\n");
     let sid = session_id("p");
     assert_eq!(gw.invoke(Some(&sid), "{}").status, 200);
     let r = gw.invoke(Some(&session_id("q")), "{}");
@@ -852,7 +853,10 @@ fn broken_config_is_refused_with_its_key_path() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("runtimes[0].backend.provider"));
 
-    let good = dir.write("good.toml", "[limits]\nmax_payload_bytes = 5\n");
+    let good = dir.write(
+        "good.toml",
+        "[limits]\nmax_payload_bytes = 5\n[[runtimes]]\nname = \"default\"\n",
+    );
     let out = Command::new(bin())
         .arg("check-config")
         .arg(&good)
@@ -1081,7 +1085,7 @@ fn config_reloads_apply_to_new_sessions_and_a_broken_file_changes_nothing() {
     assert_eq!(gw.invoke(Some(&session_id("still-1")), "{}").status, 402);
 
     // SIGHUP reloads as well.
-    gw.rewrite_config("[limits]\nmax_active_sessions = 10\n");
+    gw.rewrite_config("[limits]\nmax_active_sessions = 10\n[[runtimes]]\nname = \"default\"\n");
     gw.wait_reloads("ok", 2);
     unsafe { libc::kill(gw.pid() as i32, libc::SIGHUP) };
     gw.wait_reloads("ok", 3);

@@ -109,6 +109,9 @@ pub struct Admission {
     /// `Retry-After` of a quota refusal. Kept by the lifecycle sweep.
     next_end_ms: AtomicU64,
     next_end_per_key: DashMap<Principal, u64>,
+    /// The shortest time any session can live (ms): a session admitted between two sweeps
+    /// cannot end sooner than this after its admission.
+    shortest_life_ms: AtomicU64,
 }
 
 impl Admission {
@@ -119,8 +122,9 @@ impl Admission {
             per_principal: DashMap::new(),
             rate: RwLock::new(TokenBucket::new(limits.new_sessions_per_second)),
             principal_rates: DashMap::new(),
-            next_end_ms: AtomicU64::new(0),
+            next_end_ms: AtomicU64::new(u64::MAX),
             next_end_per_key: DashMap::new(),
+            shortest_life_ms: AtomicU64::new(0),
         }
     }
 
@@ -213,6 +217,7 @@ impl Admission {
             })?
             .take()
             .map_err(|retry_after| Rejection::SessionRate { retry_after })?;
+        self.note_admitted(&caller.quota);
         Ok(reservation)
     }
 }
@@ -245,6 +250,27 @@ impl Admission {
                 .or_insert(at);
         }
         self.next_end_ms.store(global, Ordering::Release);
+    }
+
+    /// The shortest idle timeout or lifetime of any runtime (the lifecycle sweep keeps it).
+    pub fn set_shortest_session_life(&self, life: Duration) {
+        let ms = u64::try_from(life.as_millis()).unwrap_or(u64::MAX);
+        self.shortest_life_ms.store(ms, Ordering::Release);
+    }
+
+    /// Counts a session admitted now into the next ends until the sweep sees it, so that a
+    /// refusal right after gets an honest `Retry-After` too.
+    fn note_admitted(&self, key: &Principal) {
+        let life = self.shortest_life_ms.load(Ordering::Acquire);
+        if life == 0 {
+            return;
+        }
+        let at = crate::directory::now_ms().saturating_add(life);
+        self.next_end_ms.fetch_min(at, Ordering::AcqRel);
+        self.next_end_per_key
+            .entry(key.clone())
+            .and_modify(|t| *t = (*t).min(at))
+            .or_insert(at);
     }
 
     /// How long until a session of `key` (or any session) could end: a quota refusal's honest

@@ -57,6 +57,16 @@ impl From<&conf::Config> for LifecyclePolicy {
 }
 
 impl LifecyclePolicy {
+    /// The least time any session can live: the shortest idle timeout or lifetime.
+    pub fn shortest_session_life(&self) -> Duration {
+        self.runtimes
+            .iter()
+            .flat_map(|&(_, i, m)| [i, m])
+            .chain([self.idle_timeout, self.max_lifetime])
+            .min()
+            .unwrap_or(self.idle_timeout)
+    }
+
     /// `(idle timeout, max lifetime)` of a runtime's sessions.
     pub fn timeouts(&self, runtime: &str) -> (Duration, Duration) {
         self.runtimes
@@ -156,6 +166,8 @@ pub async fn sweep(
         }
     }
     // When each caller's sessions could next end: the Retry-After of a quota refusal.
+    dir.admission()
+        .set_shortest_session_life(policy.shortest_session_life());
     let sessions = dir.snapshot();
     dir.admission().set_next_ends(sessions.iter().map(|s| {
         let (idle, max) = policy.timeouts(&s.runtime);

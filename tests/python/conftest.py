@@ -39,6 +39,10 @@ class Gateway:
         path = config_path
         if path is None:
             path = workdir / "sessiongate.toml"
+            # A config file must name its runtimes (an empty one is refused): tests that only
+            # set limits get the default runtime, as running with no file would.
+            if "[[runtimes]]" not in config:
+                config += "\n[[runtimes]]\n"
             path.write_text(config)
         # A port picked free can be taken by another process before the gateway binds it; the
         # gateway then exits and the start is tried again on other ports.

@@ -10,8 +10,12 @@ from mcp.client.streamable_http import streamable_http_client
 from conftest import SESSION_HEADER
 
 
-async def echo_twice(url: str, headers: dict | None = None):
-    http = httpx2.AsyncClient(headers=headers or {})
+async def echo_twice(url: str, headers: dict | None = None, first_answer_s: float = 30):
+    # The first request opens the session, so its answer may wait for the backend to start (a
+    # microVM booting its template on a cold machine): the client waits as long as the runtime's
+    # ready deadline, not httpx's default 5 s.
+    timeout = httpx2.Timeout(30, read=first_answer_s)
+    http = httpx2.AsyncClient(headers=headers or {}, timeout=timeout)
     async with http, Client(streamable_http_client(url, http_client=http)) as client:
         tools = await client.list_tools()
         assert [t.name for t in tools.tools] == ["echo"]
@@ -150,7 +154,8 @@ ready_timeout_ms = 180000
         for runtime, kind in (("boxed", "sandbox"), ("vm", "microvm")):
             sid = f"mcp-sdk-{kind}-{uuid.uuid4()}"
             url = f"http://{gw.http}/runtimes/{runtime}/invocations"
-            seen = asyncio.run(echo_twice(url, {SESSION_HEADER: sid}))
+            # ready_timeout_ms above, plus a margin.
+            seen = asyncio.run(echo_twice(url, {SESSION_HEADER: sid}, first_answer_s=200))
             assert seen["session_id"] == sid
             backend = next(s["backend"] for s in gw.sessions() if s["id"] == sid)
             assert backend.startswith(kind + " "), backend
