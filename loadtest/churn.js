@@ -1,6 +1,6 @@
 // Session churn: every iteration starts a new session (the gateway mints the id), invokes
 // once, and stops it with StopRuntimeSession.
-import http from 'k6/http';
+import { post } from './lib.js';
 import { check } from 'k6';
 
 export const options = {
@@ -14,10 +14,10 @@ const target = __ENV.HTTP_URL || 'http://127.0.0.1:8080';
 const runtime = __ENV.RUNTIME || 'default';
 
 export default function () {
-  const r = http.post(`${target}/invocations`, '{}', { headers: { 'Content-Type': 'application/json' } });
+  const r = post(`${target}/invocations`, '{}', { headers: { 'Content-Type': 'application/json' } });
   check(r, { 'invoke 200': (x) => x.status === 200 });
   const sid = r.headers['X-Amzn-Bedrock-Agentcore-Runtime-Session-Id'];
-  const stop = http.post(`${target}/runtimes/${runtime}/stopruntimesession`, '{}', {
+  const stop = post(`${target}/runtimes/${runtime}/stopruntimesession`, '{}', {
     headers: { 'X-Amzn-Bedrock-AgentCore-Runtime-Session-Id': sid },
   });
   check(stop, { 'stop 200': (x) => x.status === 200 });

@@ -1,6 +1,6 @@
 // Small JSON invocations, one sticky session per VU.
 //   k6 run -e TARGET=http://127.0.0.1:8080 loadtest/invoke.js
-import http from 'k6/http';
+import { post, sessionId, stopSessions } from './lib.js';
 import { check } from 'k6';
 
 export const options = {
@@ -14,9 +14,13 @@ const target = __ENV.HTTP_URL || 'http://127.0.0.1:8080';
 const body = JSON.stringify({ prompt: 'hello' });
 
 export default function () {
-  const sid = `k6-invoke-${__VU}-0123456789abcdef0123456789abcdef`;
-  const r = http.post(`${target}/invocations`, body, {
+  const sid = sessionId('invoke', __VU);
+  const r = post(`${target}/invocations`, body, {
     headers: { 'Content-Type': 'application/json', 'X-Amzn-Bedrock-AgentCore-Runtime-Session-Id': sid },
   });
   check(r, { 'status 200': (x) => x.status === 200 });
+}
+
+export function teardown() {
+  stopSessions('invoke');
 }

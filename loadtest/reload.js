@@ -1,7 +1,7 @@
 // Reload under load: sticky invocations at a fixed rate while loadtest/reload.sh rewrites and
 // reloads the config. Every request must succeed and every session must stay on its backend.
 //   k6 run -e HTTP_URL=http://127.0.0.1:8080 loadtest/reload.js
-import http from 'k6/http';
+import { post, sessionId, stopSessions } from './lib.js';
 import { check } from 'k6';
 
 export const options = {
@@ -21,8 +21,8 @@ const target = __ENV.HTTP_URL || 'http://127.0.0.1:8080';
 const firstInstance = {};
 
 export default function () {
-  const sid = `k6-reload-${__VU}-0123456789abcdef0123456789abcdef`;
-  const r = http.post(`${target}/invocations`, '{"prompt":"reload"}', {
+  const sid = sessionId('reload', __VU);
+  const r = post(`${target}/invocations`, '{"prompt":"reload"}', {
     headers: { 'Content-Type': 'application/json', 'X-Amzn-Bedrock-AgentCore-Runtime-Session-Id': sid },
   });
   const ok = check(r, { 'status 200': (x) => x.status === 200 });
@@ -30,4 +30,8 @@ export default function () {
   const instance = r.json().instance;
   if (firstInstance[sid] === undefined) firstInstance[sid] = instance;
   check(instance, { 'same backend': (i) => i === firstInstance[sid] });
+}
+
+export function teardown() {
+  stopSessions('reload');
 }

@@ -1,5 +1,5 @@
 // SSE streams: each iteration reads a whole stream of EVENTS events.
-import http from 'k6/http';
+import { post, sessionId, stopSessions } from './lib.js';
 import { check } from 'k6';
 
 export const options = {
@@ -14,12 +14,16 @@ const events = Number(__ENV.EVENTS || 5);
 const body = JSON.stringify({ stream: events, interval_ms: Number(__ENV.INTERVAL_MS || 10) });
 
 export default function () {
-  const sid = `k6-sse-${__VU}-0123456789abcdef0123456789abcdef`;
-  const r = http.post(`${target}/invocations`, body, {
+  const sid = sessionId('sse', __VU);
+  const r = post(`${target}/invocations`, body, {
     headers: { 'Content-Type': 'application/json', 'X-Amzn-Bedrock-AgentCore-Runtime-Session-Id': sid },
   });
   check(r, {
     'status 200': (x) => x.status === 200,
     'all events': (x) => (x.body.match(/^data: /gm) || []).length === events,
   });
+}
+
+export function teardown() {
+  stopSessions('sse');
 }

@@ -1,7 +1,7 @@
 // A payload near the 100 MB cap: it must arrive whole (the agent reports the bytes it got), and
 // one byte over the gateway's cap must be refused with 413.
 //   k6 run -e HTTP_URL=http://127.0.0.1:8080 loadtest/upload.js
-import http from 'k6/http';
+import { post, sessionId, stopSessions } from './lib.js';
 import { check } from 'k6';
 
 export const options = {
@@ -16,13 +16,17 @@ const near = 'x'.repeat(cap - 1000);
 const over = near + 'y'.repeat(1001);
 
 export default function () {
-  const sid = `k6-upload-${__VU}-0123456789abcdef0123456789abcdef`;
+  const sid = sessionId('upload', __VU);
   const headers = { 'Content-Type': 'application/octet-stream', 'X-Amzn-Bedrock-AgentCore-Runtime-Session-Id': sid };
-  const r = http.post(`${target}/invocations`, near, { headers, timeout: '120s' });
+  const r = post(`${target}/invocations`, near, { headers, timeout: '120s' });
   check(r, {
     'near the cap: 200': (x) => x.status === 200,
     'near the cap: arrived whole': (x) => x.status === 200 && x.json().bytes === near.length,
   });
-  const refused = http.post(`${target}/invocations`, over, { headers, timeout: '120s' });
+  const refused = post(`${target}/invocations`, over, { headers, timeout: '120s' });
   check(refused, { 'over the cap: 413': (x) => x.status === 413 });
+}
+
+export function teardown() {
+  stopSessions('upload');
 }

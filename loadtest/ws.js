@@ -1,5 +1,5 @@
 // WebSocket echo: each iteration opens a socket in the VU's session and echoes MESSAGES frames.
-import ws from 'k6/ws';
+import { connect, sessionId, stopSessions } from './lib.js';
 import { check } from 'k6';
 
 export const options = {
@@ -12,9 +12,9 @@ const target = __ENV.WS_URL || 'ws://127.0.0.1:8080';
 const messages = Number(__ENV.MESSAGES || 10);
 
 export default function () {
-  const sid = `k6-ws-${__VU}-0123456789abcdef0123456789abcdef`;
+  const sid = sessionId('ws', __VU);
   let echoed = 0;
-  const res = ws.connect(`${target}/ws`, { headers: { 'X-Amzn-Bedrock-AgentCore-Runtime-Session-Id': sid } }, (socket) => {
+  const res = connect(`${target}/ws`, { headers: { 'X-Amzn-Bedrock-AgentCore-Runtime-Session-Id': sid } }, (socket) => {
     socket.on('open', () => socket.send('m0'));
     socket.on('message', (m) => {
       if (m === `m${echoed}`) echoed += 1;
@@ -25,4 +25,8 @@ export default function () {
   });
   check(res, { 'status 101': (r) => r && r.status === 101 });
   check(echoed, { 'all echoed': (n) => n === messages });
+}
+
+export function teardown() {
+  stopSessions('ws');
 }
