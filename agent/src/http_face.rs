@@ -7,6 +7,10 @@
 //! - `"status": S`: answer with HTTP status S (to exercise error handling);
 //! - `"background_ms": N`: stay `HealthyBusy` for N ms after answering;
 //! - `"echo_headers": true`: include the request headers it received.
+//! - `"connect": "HOST:PORT"`, `"udp": "HOST:PORT"`: only when the agent runs with
+//!   `SESSIONGATE_AGENT_NET_PROBES=1` (tests of an isolation boundary turn it on): try a TCP
+//!   connect, or send one datagram and wait for any answer, and report whether it worked. Off by
+//!   default, because it would let any caller of the agent probe the network it sits on.
 //!
 //! Bodies over 1 MiB are counted, not parsed: the answer reports their size.
 
@@ -95,6 +99,12 @@ async fn invocations(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: 
             drop(background);
         });
     }
+    if let Some(probe) = net_probes(&payload).await {
+        drop(work);
+        let mut answer = seen;
+        answer["probe"] = probe;
+        return axum::Json(answer).into_response();
+    }
     if let Some(status) = number("status").and_then(|s| StatusCode::from_u16(s as u16).ok()) {
         return (
             status,
@@ -122,6 +132,49 @@ async fn invocations(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: 
     }
     answer["echo"] = payload;
     axum::Json(answer).into_response()
+}
+
+/// How long a network probe waits for a connection or an answer. Generous: a guest under
+/// software emulation is slow, and a refused probe is usually answered at once anyway.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The `connect` / `udp` probes, when asked for and enabled.
+async fn net_probes(payload: &Value) -> Option<Value> {
+    let tcp = payload.get("connect").and_then(Value::as_str);
+    let udp = payload.get("udp").and_then(Value::as_str);
+    if tcp.is_none() && udp.is_none() {
+        return None;
+    }
+    if std::env::var("SESSIONGATE_AGENT_NET_PROBES").as_deref() != Ok("1") {
+        return Some(json!({ "error": "network probes are off (SESSIONGATE_AGENT_NET_PROBES=1)" }));
+    }
+    let mut out = json!({});
+    if let Some(addr) = tcp {
+        let connect = tokio::net::TcpStream::connect(addr);
+        out["connect"] = match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
+            Ok(Ok(_)) => json!({ "addr": addr, "connected": true }),
+            Ok(Err(e)) => json!({ "addr": addr, "connected": false, "error": e.to_string() }),
+            Err(_) => json!({ "addr": addr, "connected": false, "error": "timed out" }),
+        };
+    }
+    if let Some(addr) = udp {
+        out["udp"] = match tokio::time::timeout(PROBE_TIMEOUT, udp_exchange(addr)).await {
+            Ok(Ok(reply)) => json!({ "addr": addr, "answered": true, "reply": reply }),
+            Ok(Err(e)) => json!({ "addr": addr, "answered": false, "error": e.to_string() }),
+            Err(_) => json!({ "addr": addr, "answered": false, "error": "timed out" }),
+        };
+    }
+    Some(out)
+}
+
+/// Sends `probe` to `addr` and returns the first datagram that comes back.
+async fn udp_exchange(addr: &str) -> std::io::Result<String> {
+    let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
+    socket.connect(addr).await?;
+    socket.send(b"probe").await?;
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).await?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
 /// `events` SSE events, `interval` apart, each `data: {"index": i, …}`. The agent stays busy

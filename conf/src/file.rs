@@ -426,6 +426,8 @@ pub struct FileBackend {
     pub max_pids: Option<u32>,
     /// sandbox: internet access through user-mode networking (`slirp4netns`), the host's
     /// loopback excluded. Default true; false leaves the sandbox only its own loopback.
+    /// microvm: the same through `passt` (the host's loopback excluded); false leaves the
+    /// guest no network but the gateway's forwarded contract ports (QEMU `restrict=on`).
     pub egress: Option<bool>,
     /// sandbox: host paths visible read-only inside (everything else is absent). Default
     /// `["/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc"]`; the command is added by itself.

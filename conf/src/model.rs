@@ -363,6 +363,9 @@ pub struct MicrovmSpec {
     pub vcpus: u32,
     pub accel: Accel,
     pub snapshot: bool,
+    /// Outbound network through `passt` (never to the host's loopback); without it the guest
+    /// has no network beyond the gateway's forwarded contract ports. Default true.
+    pub egress: bool,
     /// The agent's environment, passed on the kernel command line (the kernel hands unknown
     /// `KEY=value` parameters to init, which the agent inherits).
     pub env: BTreeMap<String, String>,

@@ -378,6 +378,7 @@ accel = "tcg"
     };
     assert_eq!(m.accel, Accel::Tcg);
     assert!(m.snapshot);
+    assert!(m.egress, "egress defaults on, as for sandboxes");
     assert_eq!((m.memory_mb, m.vcpus, m.warm_pool), (256, 1, 0));
     assert_eq!(m.kernel, std::path::Path::new("/guest/vmlinux"));
     assert!(m.initrd.ends_with("guest/initrd.cpio"));

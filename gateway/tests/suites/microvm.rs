@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde_json::{Value, json};
+
 use crate::common::*;
 
 fn guest_dir() -> PathBuf {
@@ -137,4 +139,171 @@ fn microvm_sessions_answer_from_their_own_guest_and_leave_no_qemu_behind() {
     );
     let state = std::env::temp_dir().join(format!("sessiongate-{gateway_pid}"));
     assert!(!state.exists(), "{} remains", state.display());
+}
+
+/// A runtime whose guests' agent answers network probes (`connect`, `udp`).
+fn probing(extra: &str) -> String {
+    config(&format!(
+        "env = {{ SESSIONGATE_AGENT_NET_PROBES = \"1\" }}\n{extra}"
+    ))
+}
+
+/// Asks session `sid`'s guest to try `probe` and returns what it saw.
+fn probe(gw: &Gateway, sid: &str, probe: Value) -> Value {
+    let r = gw.invoke(Some(sid), &probe.to_string());
+    assert_eq!(r.status, 200, "{probe}: {}", r.body_text());
+    let seen = r.json()["probe"].clone();
+    assert!(seen.get("error").is_none(), "{probe}: {seen}");
+    seen
+}
+
+fn connects(gw: &Gateway, sid: &str, addr: &str) -> Value {
+    probe(gw, sid, json!({ "connect": addr }))["connect"].clone()
+}
+
+fn udp_answered(gw: &Gateway, sid: &str, addr: &str) -> Value {
+    probe(gw, sid, json!({ "udp": addr }))["udp"].clone()
+}
+
+/// This host's address on its default route (not loopback), without sending anything.
+fn host_address() -> std::net::IpAddr {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    s.connect("192.0.2.1:9").unwrap();
+    s.local_addr().unwrap().ip()
+}
+
+/// A UDP echo on `ip`, answering every datagram until the test process ends.
+fn udp_echo(ip: &str) -> u16 {
+    let s = std::net::UdpSocket::bind((ip, 0)).unwrap();
+    let port = s.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((_, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(b"echo", from);
+        }
+    });
+    port
+}
+
+/// The host-side loopback port the gateway forwards to session `sid`'s guest.
+fn forwarded_port(gw: &Gateway, sid: &str) -> u16 {
+    let s = gw.sessions();
+    let http = s
+        .iter()
+        .find(|s| s["id"] == sid)
+        .and_then(|s| s["http"].as_str())
+        .unwrap_or_else(|| panic!("no session {sid}: {s:?}"));
+    http.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// passt processes the gateway started (one per live guest with egress).
+fn passts_of(gateway: u32) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("stat")).is_ok_and(|st| {
+                // Debian's passt execs `passt.avx2` where the CPU has AVX2.
+                (st.contains("(passt)") || st.contains("(passt.avx2)"))
+                    && st
+                        .rsplit(')')
+                        .next()
+                        .and_then(|r| r.split_whitespace().nth(1))
+                        == Some(&gateway.to_string())
+            })
+        })
+        .count()
+}
+
+/// QEMU's own user networking maps the guest's 10.0.2.2 to the host's 127.0.0.1: a guest could
+/// list `/sessions` on the admin API and call another session's backend on its forwarded port.
+#[test]
+fn microvm_guests_reach_the_network_but_never_the_hosts_loopback() {
+    let gw = Gateway::start(&probing(""));
+    let (a, b) = (session_id("vm-net-a"), session_id("vm-net-b"));
+    for sid in [&a, &b] {
+        let r = gw.invoke(Some(sid), "{}");
+        assert_eq!(r.status, 200, "{}", r.body_text());
+    }
+    let b_port = forwarded_port(&gw, &b);
+    let udp = udp_echo("127.0.0.1");
+    for target in [
+        format!("10.0.2.2:{}", gw.admin.port()),
+        format!("10.0.2.2:{b_port}"),
+        format!("10.0.2.2:{}", gw.http.port()),
+        format!("10.0.2.3:{}", gw.admin.port()),
+        format!("{}:{}", host_address(), gw.admin.port()),
+    ] {
+        let c = connects(&gw, &a, &target);
+        assert_eq!(
+            c["connected"], false,
+            "the host's loopback via {target}: {c}"
+        );
+    }
+    let u = udp_answered(&gw, &a, &format!("10.0.2.2:{udp}"));
+    assert_eq!(u["answered"], false, "UDP to the host's loopback: {u}");
+
+    // Egress: the host's own non-loopback address stands in for the outside world (this
+    // machine has no other); a listener on 0.0.0.0 answers there, and on 127.0.0.1 too.
+    let outside = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = outside.local_addr().unwrap().port();
+    let c = connects(&gw, &a, &format!("{}:{port}", host_address()));
+    assert_eq!(c["connected"], true, "egress to {}: {c}", host_address());
+    let c = connects(&gw, &a, &format!("10.0.2.2:{port}"));
+    assert_eq!(c["connected"], false, "the same listener via loopback: {c}");
+    let echo = udp_echo("0.0.0.0");
+    let u = udp_answered(&gw, &a, &format!("{}:{echo}", host_address()));
+    assert_eq!(u["answered"], true, "UDP egress: {u}");
+
+    // One passt per guest; each goes with its session.
+    let gateway = gw.pid();
+    assert_eq!(passts_of(gateway), 2, "one passt per live guest");
+    for sid in [&a, &b] {
+        let r = curl(&[
+            "-X",
+            "DELETE",
+            &format!("http://{}/sessions/{sid}", gw.admin),
+        ]);
+        assert_eq!(r.status, 200);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || passts_of(gateway) == 0),
+        "passt outlived its guest"
+    );
+}
+
+#[test]
+fn microvm_guests_without_egress_reach_nothing_but_their_forwarded_ports() {
+    let gw = Gateway::start(&probing("egress = false"));
+    let a = session_id("vm-noegress");
+    let r = gw.invoke(Some(&a), r#"{"prompt": "in"}"#);
+    assert_eq!(
+        r.status,
+        200,
+        "the gateway's way in still works: {}",
+        r.body_text()
+    );
+    assert_eq!(r.json()["echo"]["prompt"], "in");
+    let outside = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = outside.local_addr().unwrap().port();
+    for target in [
+        format!("{}:{port}", host_address()),
+        format!("10.0.2.2:{port}"),
+        format!("10.0.2.2:{}", gw.admin.port()),
+        format!("10.0.2.2:{}", gw.http.port()),
+    ] {
+        let c = connects(&gw, &a, &target);
+        assert_eq!(c["connected"], false, "{target} without egress: {c}");
+    }
+    for ip in ["127.0.0.1", "0.0.0.0"] {
+        let echo = udp_echo(ip);
+        for target in [
+            format!("10.0.2.2:{echo}"),
+            format!("{}:{echo}", host_address()),
+        ] {
+            let u = udp_answered(&gw, &a, &target);
+            assert_eq!(u["answered"], false, "UDP to {target} without egress: {u}");
+        }
+    }
+    assert_eq!(passts_of(gw.pid()), 0, "no passt without egress");
 }

@@ -3,9 +3,10 @@
 //! The guest boots an uncompressed Debian cloud `vmlinux` through its PVH entry and an
 //! initramfs made by `scripts/build-guest` (busybox, the virtio modules, the static
 //! `sessiongate-agent` or a command of the user's). The gateway reaches the guest's contract
-//! ports through QEMU user-mode networking, forwarded to three loopback ports of its choosing;
-//! readiness is a real `GET /ping` (a forwarded port accepts connections long before the guest
-//! listens).
+//! ports through user-mode networking, forwarded to three loopback ports of its choosing; the
+//! guest never reaches the host's loopback (see [`super::guest_net`]: restricted QEMU slirp
+//! without egress, passt with it). Readiness is a real `GET /ping` (a forwarded port accepts
+//! connections long before the guest listens).
 //!
 //! With `snapshot` (the default) one template guest is booted and saved (QMP `migrate` to a
 //! file) the first time it is needed; every session's guest is then restored from it with
@@ -29,6 +30,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::OnceCell;
 
 use super::child::{ChildLease, Remains, guard, state_root, wait_ready};
+use super::guest_net::{GuestNet, inherit};
 use super::process::reserve_endpoint;
 use super::{Addrs, Backend, Lease, PlacementError};
 
@@ -92,7 +94,8 @@ impl MicrovmProvider {
             accel,
             template.map(|t| t.state.as_path()),
             false,
-        )?;
+        )
+        .await?;
         vm.ready(&self.spec, self.spec.ready_timeout).await
     }
 
@@ -122,7 +125,7 @@ impl MicrovmProvider {
     }
 
     async fn canary(&self) -> Result<(), PlacementError> {
-        let vm = Vm::start(&self.spec, Accel::Kvm, None, false)?;
+        let vm = Vm::start(&self.spec, Accel::Kvm, None, false).await?;
         let backend = vm.ready(&self.spec, CANARY_DEADLINE).await?;
         backend.release().await;
         Ok(())
@@ -131,7 +134,7 @@ impl MicrovmProvider {
     /// Boots a guest, saves it running (a state saved paused would restore paused), stops it.
     async fn make_template(&self, accel: Accel) -> Result<Template, PlacementError> {
         let started = std::time::Instant::now();
-        let mut vm = Vm::start(&self.spec, accel, None, true)?;
+        let mut vm = Vm::start(&self.spec, accel, None, true).await?;
         let http = vm.addrs.http.clone();
         wait_ready(&mut vm.child, &http, self.spec.ready_timeout).await?;
         let state = vm.dir.join("template.state");
@@ -163,7 +166,7 @@ struct Vm {
 }
 
 impl Vm {
-    fn start(
+    async fn start(
         spec: &MicrovmSpec,
         accel: Accel,
         restore_from: Option<&Path>,
@@ -174,21 +177,17 @@ impl Vm {
             .map_err(PlacementError::Isolation)?
             .join(format!("vm-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
         std::fs::create_dir(&dir).map_err(PlacementError::Isolation)?;
-        let remains = Remains::in_dir(dir.clone());
+        let mut remains = Remains::in_dir(dir.clone());
         let ports = reserve_endpoint().map_err(PlacementError::Ports)?;
-        let forward = |host: Option<std::net::SocketAddr>, guest: u16| {
-            host.map(|h| format!(",hostfwd=tcp:{}:{}-:{guest}", h.ip(), h.port()))
-                .unwrap_or_default()
-        };
-        let netdev = format!(
-            "user,id=n0{}{}{}",
-            forward(Some(ports.http), 8080),
-            forward(ports.mcp, 8000),
-            forward(ports.a2a, 9000)
-        );
+        let net = GuestNet::new(spec.egress, &ports).map_err(PlacementError::Isolation)?;
         let mut cmd = Command::new(&spec.qemu);
         cmd.args(machine_args(spec, accel))
-            .args(["-netdev", &netdev, "-device", "virtio-net-device,netdev=n0"])
+            .args([
+                "-netdev",
+                &net.netdev,
+                "-device",
+                "virtio-net-device,netdev=n0",
+            ])
             .arg("-chardev")
             .arg(format!(
                 "socket,id=ser0,path={},server=on,wait=off",
@@ -208,8 +207,19 @@ impl Vm {
             cmd.arg("-incoming")
                 .arg(format!("exec:cat {}", shell_quote(state)));
         }
+        if let Some(fd) = net.qemu_fd() {
+            // SAFETY: runs in the forked child before exec; one fcntl(2), async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || inherit(fd));
+            }
+        }
         guard(&mut cmd);
         let child = cmd.spawn().map_err(PlacementError::Spawn)?;
+        // Dropping `child` on an early return kills QEMU (kill_on_drop), and passt with it.
+        remains.helper = net
+            .start_helper(child.id().unwrap_or(0))
+            .await
+            .map_err(PlacementError::Isolation)?;
         Ok(Self {
             child,
             addrs: Addrs::from(ports),

@@ -1,11 +1,11 @@
 //! Backend providers: where a new session's isolated backend comes from.
 //!
-//! | provider | a session gets | isolated by | released by |
-//! |---|---|---|---|
-//! | [`StaticProvider`] | a slot of a configured endpoint (a deployed runtime) | whatever runs it | freeing the slot |
-//! | [`ProcessProvider`] | a fresh process on loopback ports | nothing but the process boundary | SIGTERM, then SIGKILL, to its process group |
-//! | [`SandboxProvider`] | a fresh process in its own namespaces and cgroup, reached over Unix sockets | user, pid, mount, ipc, uts, net namespaces; cgroup limits; no capabilities | the same, then its cgroup and scratch dir go |
-//! | [`MicrovmProvider`] | a fresh QEMU microVM, booted or restored from a snapshot | a virtual machine (KVM, or software emulation) | the same, then its state dir goes |
+//! | provider | a session gets | isolated by | reaches the host's loopback | released by |
+//! |---|---|---|---|---|
+//! | [`StaticProvider`] | a slot of a configured endpoint (a deployed runtime) | whatever runs it | whatever runs it | freeing the slot |
+//! | [`ProcessProvider`] | a fresh process on loopback ports | nothing but the process boundary | yes: the admin API, other sessions' backends | SIGTERM, then SIGKILL, to its process group |
+//! | [`SandboxProvider`] | a fresh process in its own namespaces and cgroup, reached over Unix sockets | user, pid, mount, ipc, uts, net namespaces; cgroup limits; no capabilities | no (egress: slirp4netns without host loopback) | the same, then its cgroup and scratch dir go |
+//! | [`MicrovmProvider`] | a fresh QEMU microVM, booted or restored from a snapshot | a virtual machine (KVM, or software emulation) | no (egress: passt without the gateway mapping; none: restricted slirp) | the same, then its state dir and passt go |
 //!
 //! Every spawning provider can keep a warm pool; every backend is ready only once `GET /ping`
 //! answers 200.
@@ -13,6 +13,7 @@
 mod addr;
 mod cgroup;
 mod child;
+mod guest_net;
 mod microvm;
 mod process;
 mod sandbox;
