@@ -37,10 +37,13 @@ impl McpSessions {
 
     /// Remembers a new id, forgetting the least recently used one when full.
     pub fn insert(&mut self, id: String) {
-        if !self.touch(&id) && self.last_use.len() >= self.capacity {
-            if let Some((_, oldest)) = self.by_age.pop_first() {
-                self.last_use.remove(&oldest);
-            }
+        if self.touch(&id) {
+            return;
+        }
+        if self.last_use.len() >= self.capacity
+            && let Some((_, oldest)) = self.by_age.pop_first()
+        {
+            self.last_use.remove(&oldest);
         }
         self.tick += 1;
         self.by_age.insert(self.tick, id.clone());
@@ -117,6 +120,7 @@ mod tests {
         s.insert("b".to_owned());
         s.insert("a".to_owned());
         assert_eq!(s.len(), 2);
+        assert_eq!(s.by_age.len(), 2, "one age entry per id");
         assert!(s.touch("b"));
     }
 }
