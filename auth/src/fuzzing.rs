@@ -1,5 +1,5 @@
 //! Entry points for fuzzing the parsers of untrusted input (`fuzz/`, cargo-fuzz), also run
-//! over the seed corpus and mutations of it by a bounded unit test on stable Rust.
+//! over the seed corpus and mutations of it by a bounded unit test on stable Rust ([`exercise`]).
 //! Each must return, never panic, whatever the bytes.
 
 use crate::Presented;
@@ -38,52 +38,58 @@ pub fn jwt_header(data: &[u8]) {
     }
 }
 
+/// Runs `target` over every seed in `fuzz/corpus/{name}` and deterministic mutations of each
+/// (byte flips, truncations, splices, insertions): a bounded stand-in for the fuzzer in unit
+/// tests on stable Rust. Panics (failing the test) if the corpus is missing or empty.
+pub fn exercise(corpus: &std::path::Path, name: &str, target: fn(&[u8])) {
+    let dir = corpus.join(name);
+    let seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| std::fs::read(e.ok()?.path()).ok())
+        .collect();
+    assert!(!seeds.is_empty(), "no seeds for {name}");
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    // About 200 000 mutations per target, however large its corpus has grown.
+    let per_seed = (200_000 / seeds.len()).clamp(20, 2_000);
+    for seed in &seeds {
+        target(seed);
+        for _ in 0..per_seed {
+            let mut m = seed.clone();
+            match next() % 4 {
+                0 if !m.is_empty() => {
+                    let i = (next() as usize) % m.len();
+                    m[i] ^= 1 << (next() % 8);
+                }
+                1 => m.truncate((next() as usize) % (m.len() + 1)),
+                2 => {
+                    let other = &seeds[(next() as usize) % seeds.len()];
+                    let cut = (next() as usize) % (other.len() + 1);
+                    m.extend_from_slice(&other[cut..]);
+                }
+                _ => m.insert((next() as usize) % (m.len() + 1), next() as u8),
+            }
+            target(&m);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    /// Every seed, then deterministic mutations of it (byte flips, truncations, splices): a
-    /// bounded stand-in for the fuzzer where cargo-fuzz (nightly) is not available.
     #[test]
     fn parsers_survive_the_seed_corpus_and_its_mutations() {
-        let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus");
-        type Target = fn(&[u8]);
-        let targets: [(&str, Target); 3] = [
-            ("sigv4_authorization", super::sigv4_authorization),
-            ("sigv4_presigned_query", super::sigv4_presigned_query),
-            ("jwt_header", super::jwt_header),
-        ];
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        for (name, target) in targets {
-            let seeds: Vec<Vec<u8>> = std::fs::read_dir(format!("{corpus}/{name}"))
-                .unwrap()
-                .map(|e| std::fs::read(e.unwrap().path()).unwrap())
-                .collect();
-            assert!(!seeds.is_empty(), "no seeds for {name}");
-            for seed in &seeds {
-                target(seed);
-                for _ in 0..2_000 {
-                    let mut m = seed.clone();
-                    match next() % 4 {
-                        0 if !m.is_empty() => {
-                            let i = (next() as usize) % m.len();
-                            m[i] ^= 1 << (next() % 8);
-                        }
-                        1 => m.truncate((next() as usize) % (m.len() + 1)),
-                        2 => {
-                            let other = &seeds[(next() as usize) % seeds.len()];
-                            let cut = (next() as usize) % (other.len() + 1);
-                            m.extend_from_slice(&other[cut..]);
-                        }
-                        _ => m.insert((next() as usize) % (m.len() + 1), next() as u8),
-                    }
-                    target(&m);
-                }
-            }
-        }
+        let corpus = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus"));
+        super::exercise(corpus, "sigv4_authorization", super::sigv4_authorization);
+        super::exercise(
+            corpus,
+            "sigv4_presigned_query",
+            super::sigv4_presigned_query,
+        );
+        super::exercise(corpus, "jwt_header", super::jwt_header);
     }
 }

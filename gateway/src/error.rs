@@ -8,6 +8,7 @@ use auth::AuthFailure;
 use bytes::Bytes;
 use conf::Protocol;
 use pingora::http::ResponseHeader;
+use routing::face::JsonRpcId;
 use routing::{Rejection, SessionIdError};
 use serde_json::json;
 
@@ -348,20 +349,22 @@ impl GatewayError {
         }
     }
 
-    /// The response a client of `face` gets: header and body.
+    /// The response a client of `face` gets: header and body. On the JSON-RPC faces the error
+    /// names the refused call by `rpc_id` when the gateway could read it (`null` otherwise).
     pub fn render(
         &self,
         face: Protocol,
         session_id: Option<&str>,
+        rpc_id: Option<&JsonRpcId>,
     ) -> pingora::Result<(ResponseHeader, Bytes)> {
         let info = self.info();
         let (status, body) = match face {
             Protocol::Http => (info.status, json!({ "message": info.message })),
             Protocol::Mcp if *self == GatewayError::NotAcceptable => {
-                (406, jsonrpc_error(-32011, &info.message))
+                (406, jsonrpc_error(-32011, &info.message, rpc_id))
             }
-            Protocol::Mcp => mcp_error(&info),
-            Protocol::A2a => a2a_error(&info),
+            Protocol::Mcp => mcp_error(&info, rpc_id),
+            Protocol::A2a => a2a_error(&info, rpc_id),
         };
         let body = Bytes::from(body.to_string());
         let mut h = ResponseHeader::build(status, Some(5))?;
@@ -395,7 +398,7 @@ fn retry_secs(after: std::time::Duration) -> u64 {
 }
 
 /// MCP: a JSON-RPC error with HTTP 200, except the statuses MCP clients act on (401, 403, 406).
-fn mcp_error(info: &ErrorInfo) -> (u16, serde_json::Value) {
+fn mcp_error(info: &ErrorInfo, rpc_id: Option<&JsonRpcId>) -> (u16, serde_json::Value) {
     let code = match info.error_type {
         "UnauthorizedException" => -32001,
         "AccessDeniedException" => -32002,
@@ -411,11 +414,11 @@ fn mcp_error(info: &ErrorInfo) -> (u16, serde_json::Value) {
     } else {
         200
     };
-    (status, jsonrpc_error(code, &info.message))
+    (status, jsonrpc_error(code, &info.message, rpc_id))
 }
 
 /// A2A: the real HTTP status with a JSON-RPC error body; quota errors are 429 on this face.
-fn a2a_error(info: &ErrorInfo) -> (u16, serde_json::Value) {
+fn a2a_error(info: &ErrorInfo, rpc_id: Option<&JsonRpcId>) -> (u16, serde_json::Value) {
     let code = match info.error_type {
         "ResourceNotFoundException" => -32051,
         "ValidationException" => -32052,
@@ -425,11 +428,11 @@ fn a2a_error(info: &ErrorInfo) -> (u16, serde_json::Value) {
         _ => -32603,
     };
     let status = if info.status == 402 { 429 } else { info.status };
-    (status, jsonrpc_error(code, &info.message))
+    (status, jsonrpc_error(code, &info.message, rpc_id))
 }
 
-fn jsonrpc_error(code: i64, message: &str) -> serde_json::Value {
-    json!({ "jsonrpc": "2.0", "id": null, "error": { "code": code, "message": message } })
+fn jsonrpc_error(code: i64, message: &str, id: Option<&JsonRpcId>) -> serde_json::Value {
+    json!({ "jsonrpc": "2.0", "id": id, "error": { "code": code, "message": message } })
 }
 
 #[cfg(test)]
@@ -437,14 +440,14 @@ mod tests {
     use super::*;
 
     fn body(face: Protocol, e: &GatewayError) -> (u16, serde_json::Value) {
-        let (h, b) = e.render(face, None).unwrap();
+        let (h, b) = e.render(face, None, None).unwrap();
         (h.status.as_u16(), serde_json::from_slice(&b).unwrap())
     }
 
     #[test]
     fn http_face_is_aws_rest_json() {
         let (h, b) = GatewayError::PayloadTooLarge { limit: 10 }
-            .render(Protocol::Http, Some("s"))
+            .render(Protocol::Http, Some("s"), None)
             .unwrap();
         assert_eq!(h.status.as_u16(), 413);
         assert_eq!(h.headers["x-amzn-errortype"], "ValidationException");
@@ -458,12 +461,12 @@ mod tests {
         let (h, _) = GatewayError::Rejected(Rejection::ActiveSessions {
             retry_after: std::time::Duration::from_millis(41_200),
         })
-        .render(Protocol::Http, None)
+        .render(Protocol::Http, None, None)
         .unwrap();
         assert_eq!(h.status.as_u16(), 402);
         assert_eq!(h.headers["retry-after"], "42");
         let (h, _) = GatewayError::Rejected(Rejection::SessionInflight)
-            .render(Protocol::Http, None)
+            .render(Protocol::Http, None, None)
             .unwrap();
         assert_eq!(h.status.as_u16(), 429);
         assert_eq!(h.headers["retry-after"], "1");
@@ -482,6 +485,16 @@ mod tests {
         );
         assert_eq!(status, 200);
         assert_eq!(v["error"]["code"], -32003);
+        assert!(v["id"].is_null(), "no id read: null");
+        let id = JsonRpcId::String("req-001".into());
+        let (_, b) = GatewayError::SessionNotFound
+            .render(Protocol::Mcp, None, Some(&id))
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(
+            (v["id"].as_str(), v["error"]["code"].as_i64()),
+            (Some("req-001"), Some(-32004))
+        );
     }
 
     #[test]

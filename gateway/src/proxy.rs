@@ -21,6 +21,7 @@ use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::{ErrorSource, ErrorType};
 use routing::directory::EndReason;
+use routing::face::{self, JsonRpcId, MAX_ENVELOPE_BYTES};
 use routing::provider::BackendAddr;
 
 use crate::error::GatewayError;
@@ -36,7 +37,8 @@ use crate::ws::FrameMeter;
 /// How long connecting to a backend may take before the request fails with 424.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long a refused upload is drained so the client can read its 413.
+/// How long a refused request's body is read: for its JSON-RPC id, then drained so the client
+/// can read its error (a 413 above all).
 const LINGER: Duration = Duration::from_secs(2);
 
 /// One listener of the gateway: the shared state and the protocol face it serves.
@@ -66,7 +68,11 @@ impl ProxyHttp for Gateway {
                 Ok(true)
             }
             Err(e) => {
-                respond_error(session, self.face, &e, ctx.session_id()).await;
+                let rpc_id = match self.face {
+                    Protocol::Mcp | Protocol::A2a => refused_call_id(session).await,
+                    Protocol::Http => None,
+                };
+                respond_error(session, self.face, &e, ctx.session_id(), rpc_id.as_ref()).await;
                 // The connection closes after an error; read what is left of the request first,
                 // or the unread bytes make the close a reset that can swallow the answer.
                 linger(session).await;
@@ -297,7 +303,7 @@ impl ProxyHttp for Gateway {
                 .response_written()
                 .is_none_or(|r| r.status.is_informational() && r.status != 101)
             {
-                code = respond_error(session, self.face, &error, ctx.session_id()).await;
+                code = respond_error(session, self.face, &error, ctx.session_id(), None).await;
                 if matches!(error, GatewayError::PayloadTooLarge { .. }) {
                     linger(session).await;
                 }
@@ -321,7 +327,7 @@ impl ProxyHttp for Gateway {
         };
         metrics::counter!("sessiongate_requests_refused_total", "reason" => error.reason())
             .increment(1);
-        error.render(self.face, None).ok()
+        error.render(self.face, None, None).ok()
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
@@ -446,14 +452,40 @@ async fn linger(session: &mut Session) {
     let _ = tokio::time::timeout(LINGER, session.drain_request_body()).await;
 }
 
+/// The JSON-RPC id of a call refused before it was forwarded, read from the start of its body
+/// (at most [`MAX_ENVELOPE_BYTES`], for [`LINGER`] at most) so the error names the call. Not
+/// for a client waiting for `100 Continue`: it gets its error at once, with `"id": null`.
+async fn refused_call_id(session: &mut Session) -> Option<JsonRpcId> {
+    if session.is_body_empty()
+        || session
+            .req_header()
+            .headers
+            .contains_key(http::header::EXPECT)
+    {
+        return None;
+    }
+    let mut body = Vec::new();
+    let read = async {
+        while body.len() <= MAX_ENVELOPE_BYTES {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) | Err(_) => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, read).await;
+    face::jsonrpc_id(&body)
+}
+
 /// Writes an error for `face`; returns the status written (0 if the client is gone).
 async fn respond_error(
     session: &mut Session,
     face: Protocol,
     e: &GatewayError,
     session_id: Option<&str>,
+    rpc_id: Option<&JsonRpcId>,
 ) -> u16 {
-    let Ok((header, body)) = e.render(face, session_id) else {
+    let Ok((header, body)) = e.render(face, session_id, rpc_id) else {
         return 0;
     };
     let status = header.status.as_u16();

@@ -1024,12 +1024,39 @@ fn mcp_sessionless_requests_and_json_rpc_error_codes() {
         instance
     );
 
-    // Quota: JSON-RPC -32003 in HTTP 200.
+    // Quota: JSON-RPC -32003 in HTTP 200, naming the refused call (ECHO_CALL's id is 2), as
+    // AgentCore does; a call with a string id gets it back as a string.
     let other = vec![format!("{SESSION_HEADER}: {}", session_id("second"))];
     let r = mcp_call(&gw, &other, ECHO_CALL);
     assert_eq!(
-        (r.status, r.json()["error"]["code"].as_i64()),
-        (200, Some(-32003))
+        (
+            r.status,
+            r.json()["error"]["code"].as_i64(),
+            r.json()["id"].as_i64()
+        ),
+        (200, Some(-32003), Some(2))
+    );
+    let r = mcp_call(
+        &gw,
+        &other,
+        &ECHO_CALL.replace(r#""id":2"#, r#""id":"req-001""#),
+    );
+    assert_eq!(r.json()["id"], "req-001");
+    // An unknown Mcp-Session-Id: -32004 for the same call.
+    let r = mcp_call(&gw, &["Mcp-Session-Id: unknown".to_owned()], ECHO_CALL);
+    assert_eq!(
+        (r.json()["error"]["code"].as_i64(), r.json()["id"].as_i64()),
+        (Some(-32004), Some(2))
+    );
+    // A2A is JSON-RPC too: a malformed session id is refused naming the call ("r1").
+    let r = a2a_send(&gw, "too-short", "hi");
+    assert_eq!(
+        (
+            r.status,
+            r.json()["error"]["code"].as_i64(),
+            r.json()["id"].as_str()
+        ),
+        (400, Some(-32052), Some("r1"))
     );
 
     // A backend that died: JSON-RPC -32010 in HTTP 200.

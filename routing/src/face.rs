@@ -1,6 +1,7 @@
-//! Parsers of what clients put in the URL and headers of the AWS-compatible face: the runtime
-//! reference (`{name}` or a URL-encoded ARN), query parameters, and the custom headers. Each
-//! takes untrusted input, is bounded, never panics, and is fuzzed (`fuzz/`, [`crate::fuzzing`]).
+//! Parsers of what clients put in the URL, headers and body of the faces: the runtime reference
+//! (`{name}` or a URL-encoded ARN), query parameters, the custom headers and the JSON-RPC id of
+//! an MCP or A2A call. Each takes untrusted input, is bounded, never panics, and is fuzzed
+//! (`fuzz/`, [`crate::fuzzing`]).
 
 use conf::{Aws, MAX_ALLOWLISTED_VALUE_BYTES, MAX_CUSTOM_HEADERS};
 
@@ -137,6 +138,34 @@ pub fn is_custom_header(name: &str) -> bool {
         && name[..CUSTOM_HEADER_PREFIX.len()].eq_ignore_ascii_case(CUSTOM_HEADER_PREFIX)
 }
 
+/// Most of a JSON-RPC body read to find its `id`: an MCP or A2A call is far shorter; a longer
+/// body is answered with `"id": null`.
+pub const MAX_ENVELOPE_BYTES: usize = 64 * 1024;
+
+/// A JSON-RPC request id: a string or an integer (JSON-RPC also allows fractions; MCP does not).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum JsonRpcId {
+    Number(i64),
+    String(String),
+}
+
+/// The `id` of the JSON-RPC request in `body`, so an error the gateway answers itself can name
+/// the call it refuses (MCP clients match answers to calls by id; `"id": null` matches none).
+/// Only a single request object counts: a batch, a notification, a body that is not JSON, is
+/// cut short or is longer than [`MAX_ENVELOPE_BYTES`] gives `None`. Nesting is bounded by
+/// serde_json's recursion limit.
+pub fn jsonrpc_id(body: &[u8]) -> Option<JsonRpcId> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        id: Option<JsonRpcId>,
+    }
+    if body.len() > MAX_ENVELOPE_BYTES {
+        return None;
+    }
+    serde_json::from_slice::<Envelope>(body).ok()?.id
+}
+
 /// The decoded length of a percent-encoded value (an upper bound where escapes are broken).
 fn percent_encoding_len(value: &str) -> usize {
     value.len()
@@ -230,6 +259,28 @@ mod tests {
         assert!(
             check_custom_headers([], Some("x-amzn-bedrock-agentcore-runtime-custom-q=%41")).is_ok()
         );
+    }
+
+    #[test]
+    fn jsonrpc_ids() {
+        let call = |id: &str| format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#);
+        assert_eq!(jsonrpc_id(call("7").as_bytes()), Some(JsonRpcId::Number(7)));
+        assert_eq!(
+            jsonrpc_id(call(r#""req-001""#).as_bytes()),
+            Some(JsonRpcId::String("req-001".into()))
+        );
+        for none in [
+            call("null"),
+            call("1.5"),
+            call("[1]"),
+            format!("[{}]", call("1")),
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.to_owned(),
+            call("1")[..20].to_owned(),
+            format!("{}{}", " ".repeat(MAX_ENVELOPE_BYTES), call("1")),
+            "[".repeat(10_000),
+        ] {
+            assert_eq!(jsonrpc_id(none.as_bytes()), None, "{none:.60}");
+        }
     }
 
     #[test]

@@ -6,13 +6,15 @@
 //! - [`provider`]: where a new session's backend comes from (static pool, process);
 //! - [`lifecycle`]: the sweep that ends idle, expired and dead sessions;
 //! - [`ping`]: the container contract's `/ping` probe;
-//! - [`face`]: parsers of the AWS face's URLs and custom headers (untrusted input, fuzzed).
+//! - [`face`]: parsers of the faces' URLs, custom headers and JSON-RPC ids (untrusted input,
+//!   fuzzed through [`fuzzing`]).
 //!
 //! Plain `http`/tokio types only: no Pingora here, so all of it is testable without a server.
 
 pub mod admission;
 pub mod directory;
 pub mod face;
+pub mod fuzzing;
 pub mod lifecycle;
 pub mod ping;
 pub mod provider;
