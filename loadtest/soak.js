@@ -1,6 +1,6 @@
 // Mixed traffic at a steady rate, for loadtest/soak: sync invocations, SSE, WebSocket, MCP, A2A
 // and session churn, each its own scenario, all on a fixed set of sticky sessions except churn.
-//   k6 run -e HTTP_URL=… -e MCP_URL=… -e A2A_URL=… -e WS_URL=… -e DURATION=20m loadtest/soak.js
+//   k6 run -e HTTP_URL=… -e MCP_URL=… -e A2A_URL=… -e WS_URL=… -e DURATION=20m [-e SCENARIOS=mcp,a2a] loadtest/soak.js
 import http from 'k6/http';
 import ws from 'k6/ws';
 import { check } from 'k6';
@@ -15,15 +15,19 @@ const rate = (name, per_s, vus) => ({
   preAllocatedVUs: vus, maxVUs: vus * 4,
 });
 
+const all = {
+  invoke: rate('invoke', 100, 10),
+  sse: rate('sse', 10, 5),
+  websocket: rate('websocket', 5, 5),
+  mcp: rate('mcp', 50, 5),
+  a2a: rate('a2a', 20, 5),
+  churn: rate('churn', 5, 5),
+};
+// SCENARIOS=mcp,churn runs only those (to find which traffic a growth comes from).
+const only = (__ENV.SCENARIOS || '').split(',').filter(Boolean);
+
 export const options = {
-  scenarios: {
-    invoke: rate('invoke', 100, 10),
-    sse: rate('sse', 10, 5),
-    websocket: rate('websocket', 5, 5),
-    mcp: rate('mcp', 50, 5),
-    a2a: rate('a2a', 20, 5),
-    churn: rate('churn', 5, 5),
-  },
+  scenarios: Object.fromEntries(Object.entries(all).filter(([name]) => !only.length || only.includes(name))),
   thresholds: { checks: ['rate>0.999'] },
 };
 
