@@ -3,8 +3,11 @@
 import asyncio
 import uuid
 
+import anyio
 import httpx2
+import pytest
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 from mcp.client.streamable_http import streamable_http_client
 
 from conftest import SESSION_HEADER
@@ -159,5 +162,36 @@ ready_timeout_ms = 180000
             assert seen["session_id"] == sid
             backend = next(s["backend"] for s in gw.sessions() if s["id"] == sid)
             assert backend.startswith(kind + " "), backend
+    finally:
+        gw.stop()
+
+
+def test_gateway_refusals_reach_the_sdk_as_errors_of_the_call(tmp_path):
+    """An error the gateway answers itself names the refused call's JSON-RPC id, so the SDK
+    raises it for that call at once (with `"id": null` no call matches and the SDK waits out
+    its read timeout)."""
+    gw = gateway_with(tmp_path, "[limits]\nmax_active_sessions = 1\n")
+    try:
+        url = f"http://{gw.mcp}/mcp"
+        held = httpx2.post(url, headers={**ACCEPT, SESSION_HEADER: f"held-{uuid.uuid4()}"}, json=INITIALIZE)
+        assert held.status_code == 200 and "result" in held.json()
+
+        async def refused():
+            http = httpx2.AsyncClient(headers={SESSION_HEADER: f"refused-{uuid.uuid4()}"}, timeout=60)
+            async with http, Client(streamable_http_client(url, http_client=http)) as client:
+                await client.list_tools()
+
+        async def within(seconds):
+            with anyio.fail_after(seconds):
+                await refused()
+
+        with pytest.raises(BaseException) as raised:
+            asyncio.run(within(20))
+        # The SDK raises it from a task group; a timeout would be a TimeoutError instead.
+        error = raised.value
+        while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+            error = error.exceptions[0]
+        assert isinstance(error, MCPError), repr(raised.value)
+        assert error.error.code == -32003, error
     finally:
         gw.stop()
