@@ -1,5 +1,6 @@
 //! The integration-test suites, by theme, compiled into the one integration-test binary.
 
+mod build;
 mod cli;
 mod deadlines;
 mod dockerfile;
