@@ -3,7 +3,10 @@
 
 #![allow(dead_code)]
 
+mod faces;
 pub mod oidc;
+
+pub use faces::*;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};

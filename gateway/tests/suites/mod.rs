@@ -1,12 +1,17 @@
-//! Test suites beyond the data plane, compiled into the one integration-test binary.
+//! The integration-test suites, by theme, compiled into the one integration-test binary.
 
+mod build;
 mod cli;
 mod deadlines;
 mod dockerfile;
 mod failures;
 mod hostile;
 mod jwt;
+mod lifecycle;
+mod limits;
 mod microvm;
+mod operations;
 mod operator;
 mod pools;
+mod protocols;
 mod sandbox;

@@ -1,0 +1,240 @@
+//! `[[runtimes]]`: names, versions and endpoints, header allow-lists.
+
+use super::*;
+
+pub(super) fn runtime(
+    errs: &mut Errors,
+    path: &str,
+    r: &FileRuntime,
+    base: &Path,
+) -> Option<Runtime> {
+    if !valid_runtime_name(&r.name) {
+        errs.push(
+            format!("{path}.name"),
+            format!("`{}` must match [a-zA-Z][a-zA-Z0-9_]{{0,47}}", r.name),
+        );
+    }
+    let protocol = match r.protocol.as_str() {
+        "http" => Some(Protocol::Http),
+        "mcp" => Some(Protocol::Mcp),
+        "a2a" => Some(Protocol::A2a),
+        other => {
+            errs.push(
+                format!("{path}.protocol"),
+                format!("`{other}` is not one of http, mcp, a2a"),
+            );
+            None
+        }
+    };
+    let (versions, endpoints) = versions_and_endpoints(errs, path, r, base);
+    let auth = auth(errs, &format!("{path}.auth"), &r.auth, base);
+    let allowlist = allowlist(
+        errs,
+        &format!("{path}.request_header_allowlist"),
+        &r.request_header_allowlist,
+    );
+    if allowlist.iter().any(|h| h == "authorization") && !matches!(auth, Some(InboundAuth::Jwt(_)))
+    {
+        errs.push(
+            format!("{path}.request_header_allowlist"),
+            "`Authorization` may be passed on only by a runtime with auth mode `jwt`",
+        );
+    }
+    let mut lifetime = |key: &str, v: Option<u64>| {
+        v.map(|v| {
+            Duration::from_secs(errs.range(&format!("{path}.{key}"), v, 1, MAX_LIFECYCLE_SECS))
+        })
+    };
+    let idle_timeout = lifetime("idle_timeout_secs", r.idle_timeout_secs);
+    let max_lifetime = lifetime("max_lifetime_secs", r.max_lifetime_secs);
+    Some(Runtime {
+        name: r.name.clone(),
+        protocol: protocol?,
+        idle_timeout,
+        max_lifetime,
+        request_header_allowlist: allowlist,
+        auth: auth?,
+        versions: versions?,
+        endpoints,
+    })
+}
+
+pub(super) fn versions_and_endpoints(
+    errs: &mut Errors,
+    path: &str,
+    r: &FileRuntime,
+    base: &Path,
+) -> (Option<Vec<RuntimeVersion>>, Vec<RuntimeEndpoint>) {
+    let mut versions: Vec<Option<RuntimeVersion>> = Vec::new();
+    if r.versions.is_empty() {
+        let b = r.backend.clone().unwrap_or_default();
+        versions.push(
+            backend(errs, &format!("{path}.backend"), &b, base)
+                .map(|backend| RuntimeVersion { number: 1, backend }),
+        );
+    } else {
+        if r.backend.is_some() {
+            errs.push(
+                format!("{path}.backend"),
+                "give each of `versions` its backend instead",
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, v) in r.versions.iter().enumerate() {
+            let p = format!("{path}.versions[{i}]");
+            if !(1..=99_999).contains(&v.version) {
+                errs.push(
+                    format!("{p}.version"),
+                    format!("{} is outside 1..=99999", v.version),
+                );
+            } else if !seen.insert(v.version) {
+                errs.push(
+                    format!("{p}.version"),
+                    format!("version {} is declared twice", v.version),
+                );
+            }
+            versions.push(
+                backend(errs, &format!("{p}.backend"), &v.backend, base).map(|backend| {
+                    RuntimeVersion {
+                        number: v.version,
+                        backend,
+                    }
+                }),
+            );
+        }
+    }
+    let Some(mut versions) = versions.into_iter().collect::<Option<Vec<_>>>() else {
+        return (None, Vec::new());
+    };
+    versions.sort_by_key(|v| v.number);
+    let index = |n: u32| versions.iter().position(|v| v.number == n);
+    let mut endpoints = vec![RuntimeEndpoint {
+        name: DEFAULT_ENDPOINT.into(),
+        targets: vec![(versions.len() - 1, 1)],
+    }];
+    for (i, e) in r.endpoints.iter().enumerate() {
+        let p = format!("{path}.endpoints[{i}]");
+        if e.name == DEFAULT_ENDPOINT {
+            errs.push(
+                format!("{p}.name"),
+                "DEFAULT is reserved: it always reaches the highest version",
+            );
+            continue;
+        }
+        if !valid_runtime_name(&e.name) {
+            errs.push(
+                format!("{p}.name"),
+                format!("`{}` must match [a-zA-Z][a-zA-Z0-9_]{{0,47}}", e.name),
+            );
+        }
+        if endpoints.iter().any(|x| x.name == e.name) {
+            errs.push(
+                format!("{p}.name"),
+                format!("`{}` is declared twice", e.name),
+            );
+        }
+        let targets = match (&e.version, &e.split) {
+            (Some(v), None) => vec![(*v, 1)],
+            (None, Some(split)) if !split.is_empty() => {
+                split.iter().map(|s| (s.version, s.weight)).collect()
+            }
+            _ => {
+                errs.push(p, "needs exactly one of version, split (non-empty)");
+                continue;
+            }
+        };
+        let mut resolved = Vec::new();
+        for (v, w) in targets {
+            match index(v) {
+                Some(ix) if w > 0 => resolved.push((ix, w)),
+                Some(_) => errs.push(p.clone(), format!("version {v} has weight 0")),
+                None => errs.push(p.clone(), format!("version {v} is not declared")),
+            }
+        }
+        endpoints.push(RuntimeEndpoint {
+            name: e.name.clone(),
+            targets: resolved,
+        });
+    }
+    (Some(versions), endpoints)
+}
+
+/// Header names a runtime passes on: AgentCore's rules for `requestHeaderAllowlist`.
+pub(super) fn allowlist(errs: &mut Errors, path: &str, names: &[String]) -> Vec<String> {
+    if names.len() > MAX_ALLOWLISTED_HEADERS {
+        errs.push(
+            path,
+            format!(
+                "at most {MAX_ALLOWLISTED_HEADERS} headers, got {}",
+                names.len()
+            ),
+        );
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let lower = name.to_ascii_lowercase();
+        let well_formed = name.len() <= 256
+            && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !well_formed {
+            errs.push(
+                p,
+                format!("`{name}` is not a header name ([A-Za-z][A-Za-z0-9_-]{{0,255}})"),
+            );
+        } else if lower.starts_with("x-amz-")
+            || (lower.starts_with("x-amzn-")
+                && !lower.starts_with("x-amzn-bedrock-agentcore-runtime-custom-"))
+        {
+            errs.push(
+                p,
+                format!("`{name}`: x-amz-* and x-amzn-* headers are reserved"),
+            );
+        } else if RESTRICTED_HEADERS.contains(&lower.as_str()) {
+            errs.push(
+                p,
+                format!("`{name}` is managed by the gateway and cannot be allow-listed"),
+            );
+        } else if !seen.insert(lower.clone()) {
+            errs.push(p, format!("`{name}` is listed twice"));
+        } else {
+            out.push(lower);
+        }
+    }
+    out
+}
+
+/// Headers the transport owns: passing a client's value through would break framing or let a
+/// caller speak for the gateway.
+pub(super) const RESTRICTED_HEADERS: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "expect",
+    "forwarded",
+    "via",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "www-authenticate",
+    "cookie",
+    "set-cookie",
+];
+
+pub(super) fn valid_runtime_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 48
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
