@@ -76,14 +76,10 @@ fn microvm_sessions_answer_from_their_own_guest_and_leave_no_qemu_behind() {
     // Sticky: A's next request reaches A's guest, on every face.
     let again = gw.invoke(Some(&a), "{}");
     assert_eq!(again.json()["instance"], first.json()["instance"]);
-    let init = crate::mcp_call(&gw, &[format!("{SESSION_HEADER}: {a}")], crate::INITIALIZE);
+    let init = mcp_call(&gw, &[format!("{SESSION_HEADER}: {a}")], INITIALIZE);
     assert_eq!(init.status, 200, "{}", init.body_text());
     let mcp_id = init.header("mcp-session-id").unwrap().to_owned();
-    let call = crate::mcp_call(
-        &gw,
-        &[format!("Mcp-Session-Id: {mcp_id}")],
-        crate::ECHO_CALL,
-    );
+    let call = mcp_call(&gw, &[format!("Mcp-Session-Id: {mcp_id}")], ECHO_CALL);
     assert_eq!(
         call.json()["result"]["structuredContent"]["instance"],
         first.json()["instance"]
@@ -101,7 +97,7 @@ fn microvm_sessions_answer_from_their_own_guest_and_leave_no_qemu_behind() {
         "{}",
         card.body_text()
     );
-    let a2a = crate::a2a_send(&gw, &a, "hello");
+    let a2a = a2a_send(&gw, &a, "hello");
     assert_eq!(
         a2a.json()["result"]["metadata"]["instance"],
         first.json()["instance"]

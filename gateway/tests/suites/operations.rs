@@ -1,12 +1,10 @@
 //! Running the gateway: shutdown, config errors and reloads, versions and endpoints, metrics and
 //! the access log, graceful upgrade.
 
-use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::common::*;
-use serde_json::Value;
 
 #[test]
 fn shutdown_stops_every_spawned_backend() {

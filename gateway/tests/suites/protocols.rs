@@ -6,8 +6,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::*;
 use serde_json::Value;
+
+use crate::common::*;
 
 #[test]
 fn sessions_are_sticky_across_all_three_ports_and_never_shared() {

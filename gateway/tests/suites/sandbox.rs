@@ -288,20 +288,16 @@ fn all_three_faces_reach_a_sandboxed_reference_agent() {
     let gw = Gateway::start(
         "[[runtimes]]\nname = \"default\"\n[runtimes.backend]\nprovider = \"sandbox\"\n",
     );
-    let init = crate::mcp_call(&gw, &[], crate::INITIALIZE);
+    let init = mcp_call(&gw, &[], INITIALIZE);
     assert_eq!(init.status, 200, "{}", init.body_text());
     let sid = init.header(SESSION_HEADER).unwrap().to_owned();
     let mcp_id = init.header("mcp-session-id").unwrap().to_owned();
-    let call = crate::mcp_call(
-        &gw,
-        &[format!("Mcp-Session-Id: {mcp_id}")],
-        crate::ECHO_CALL,
-    );
+    let call = mcp_call(&gw, &[format!("Mcp-Session-Id: {mcp_id}")], ECHO_CALL);
     assert_eq!(call.status, 200, "{}", call.body_text());
     let instance = call.json()["result"]["structuredContent"]["instance"].clone();
     let http = gw.invoke(Some(&sid), "{}");
     assert_eq!(http.json()["instance"], instance, "one sandbox per session");
-    let a2a = crate::a2a_send(&gw, &sid, "hello");
+    let a2a = a2a_send(&gw, &sid, "hello");
     assert_eq!(a2a.status, 200, "{}", a2a.body_text());
     assert_eq!(a2a.json()["result"]["metadata"]["instance"], instance);
     assert!(
