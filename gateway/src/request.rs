@@ -153,7 +153,8 @@ async fn place(
     // A session placed under an older config whose version was since removed has its backend
     // already; one still waiting for placement cannot get one any more.
     let provider = snapshot
-        .provider(runtime, ticket.session().version)
+        .providers
+        .get(runtime, ticket.session().version)
         .ok_or(GatewayError::SessionEnding)?;
     let placing = std::time::Instant::now();
     let placed = ticket.backend(provider).await;
@@ -346,13 +347,13 @@ fn new_session_version(
     runtime: usize,
 ) -> Result<u32, GatewayError> {
     let query = session.req_header().uri.query().unwrap_or("");
-    let qualifier = query_param(query, "qualifier");
-    let runtime = &snapshot.config.runtimes[runtime];
-    let endpoint = runtime
-        .endpoint(qualifier)
-        .ok_or(GatewayError::UnknownEndpoint)?;
-    let index = endpoint.choose(uuid::Uuid::new_v4().as_u64_pair().0);
-    Ok(runtime.versions.get(index).map_or(1, |v| v.number))
+    let pick = uuid::Uuid::new_v4().as_u64_pair().0;
+    routing::placement::new_session_version(
+        &snapshot.config.runtimes[runtime],
+        query_param(query, "qualifier"),
+        pick,
+    )
+    .ok_or(GatewayError::UnknownEndpoint)
 }
 
 /// MCP's streamable HTTP needs a client that takes both JSON and SSE answers.

@@ -157,19 +157,17 @@ struct Lifecycle {
 impl Lifecycle {
     /// Tops up warm pools and reports them, with each microVM runtime's acceleration.
     fn tend_providers(&self, snapshot: &crate::state::Snapshot) {
-        for (runtime, versions) in snapshot.config.runtimes.iter().zip(&snapshot.providers) {
-            for (version, provider) in runtime.versions.iter().zip(versions) {
-                provider.refill();
-                let labels = [
-                    ("runtime", runtime.name.clone()),
-                    ("version", version.number.to_string()),
-                    ("provider", provider.name().to_owned()),
-                ];
-                metrics::gauge!("sessiongate_warm_backends", &labels).set(provider.warm() as f64);
-                if let Some(accel) = provider.accel() {
-                    metrics::gauge!("sessiongate_microvm_accel", "runtime" => runtime.name.clone(), "accel" => accel)
-                        .set(1.0);
-                }
+        for (runtime, version, provider) in snapshot.providers.iter() {
+            provider.refill();
+            let labels = [
+                ("runtime", runtime.to_owned()),
+                ("version", version.to_string()),
+                ("provider", provider.name().to_owned()),
+            ];
+            metrics::gauge!("sessiongate_warm_backends", &labels).set(provider.warm() as f64);
+            if let Some(accel) = provider.accel() {
+                metrics::gauge!("sessiongate_microvm_accel", "runtime" => runtime.to_owned(), "accel" => accel)
+                    .set(1.0);
             }
         }
     }

@@ -10,9 +10,10 @@ use auth::Principal;
 use bytes::Bytes;
 use conf::{BackendSpec, Config, ConfigErrors};
 use metrics_exporter_prometheus::PrometheusHandle;
+use routing::placement::Providers;
 use routing::provider::BackendAddr;
 use routing::provider::SlotRegistry;
-use routing::{AdmissionLimits, BackendProvider, Caller, SessionDirectory, SessionId, Ticket};
+use routing::{AdmissionLimits, Caller, SessionDirectory, SessionId, Ticket};
 
 use crate::authn::Authenticator;
 use crate::error::GatewayError;
@@ -24,11 +25,9 @@ use crate::ws::FrameMeter;
 /// snapshot current when it arrives and keeps it to its end.
 pub struct Snapshot {
     pub config: Arc<Config>,
-    /// One provider per runtime version: `providers[runtime][version index]`. A reload keeps
-    /// the provider (and its warm pool) of a version whose backend spec did not change.
-    pub providers: Vec<Vec<Arc<BackendProvider>>>,
-    /// The specs the providers were made from (after the gateway's additions).
-    specs: Vec<Vec<BackendSpec>>,
+    /// One provider per runtime version; a reload keeps the provider (and its warm pool) of a
+    /// version whose backend spec did not change.
+    pub providers: Providers,
     /// One authenticator per runtime.
     pub authenticators: Vec<Authenticator>,
     /// Runtime names, shared with the sessions that belong to them.
@@ -68,24 +67,13 @@ impl Snapshot {
                     .collect()
             })
             .collect();
-        let providers = config
-            .runtimes
-            .iter()
-            .zip(&specs)
-            .map(|(r, specs)| {
-                r.versions
-                    .iter()
-                    .zip(specs)
-                    .map(|(v, spec)| {
-                        previous
-                            .and_then(|p| p.same_provider(&r.name, v.number, spec))
-                            .unwrap_or_else(|| {
-                                Arc::new(BackendProvider::new(spec, self_exe, slots))
-                            })
-                    })
-                    .collect()
-            })
-            .collect();
+        let providers = Providers::new(
+            &config,
+            specs,
+            self_exe,
+            slots,
+            previous.map(|p| &p.providers),
+        );
         Self {
             authenticators: config
                 .runtimes
@@ -98,44 +86,12 @@ impl Snapshot {
                 .map(|r| Arc::from(r.name.as_str()))
                 .collect(),
             providers,
-            specs,
             config: Arc::new(config),
         }
     }
 
-    /// This snapshot's provider of `runtime` version `number`, if it was made from `spec`.
-    fn same_provider(
-        &self,
-        runtime: &str,
-        number: u32,
-        spec: &BackendSpec,
-    ) -> Option<Arc<BackendProvider>> {
-        let r = self
-            .config
-            .runtimes
-            .iter()
-            .position(|r| r.name == runtime)?;
-        let v = self.config.runtimes[r]
-            .versions
-            .iter()
-            .position(|v| v.number == number)?;
-        (self.specs.get(r)?.get(v)? == spec).then(|| Arc::clone(&self.providers[r][v]))
-    }
-
     pub fn runtime_name(&self, index: usize) -> &str {
         self.runtime_names.get(index).map_or("?", |n| n)
-    }
-
-    /// The provider of version `number` of runtime `index`, if it (still) exists.
-    pub fn provider(&self, index: usize, number: u32) -> Option<&BackendProvider> {
-        let v = self
-            .config
-            .runtimes
-            .get(index)?
-            .versions
-            .iter()
-            .position(|v| v.number == number)?;
-        self.providers.get(index)?.get(v).map(|p| &**p)
     }
 }
 

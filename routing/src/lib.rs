@@ -3,7 +3,8 @@
 //! - [`SessionId`]: validated runtime session ids;
 //! - [`SessionDirectory`]: session id → one sticky backend, with ownership and in-flight counts;
 //! - [`admission`]: session count and rate limits;
-//! - [`provider`]: where a new session's backend comes from (static pool, process);
+//! - [`provider`]: where a new session's backend comes from (static pool, process, sandbox, microVM);
+//! - [`placement`]: one provider per runtime version, kept across reloads; a new session's version;
 //! - [`lifecycle`]: the sweep that ends idle, expired and dead sessions;
 //! - [`ping`]: the container contract's `/ping` probe;
 //! - [`face`]: parsers of the faces' URLs, custom headers and JSON-RPC ids (untrusted input,
@@ -17,6 +18,7 @@ pub mod face;
 pub mod fuzzing;
 pub mod lifecycle;
 pub mod ping;
+pub mod placement;
 pub mod provider;
 pub mod session_id;
 
