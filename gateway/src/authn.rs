@@ -22,8 +22,8 @@ use auth::{AuthFailure, Presented, Principal};
 use conf::InboundAuth;
 use pingora::proxy::Session;
 
+use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
-use crate::state::RequestCtx;
 
 /// One runtime's authenticator.
 pub enum Authenticator {

@@ -12,6 +12,7 @@
 mod admin;
 
 mod authn;
+mod ctx;
 mod error;
 mod front;
 mod headers;

@@ -19,7 +19,7 @@ use conf::Protocol;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use pingora::proxy::Session;
 
-use crate::state::RequestCtx;
+use crate::ctx::RequestCtx;
 
 /// Latency buckets, in seconds: 100 µs to 60 s.
 const LATENCY_BUCKETS: &[f64] = &[

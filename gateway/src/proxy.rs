@@ -24,13 +24,14 @@ use routing::directory::EndReason;
 use routing::face::{self, JsonRpcId, MAX_ENVELOPE_BYTES};
 use routing::provider::BackendAddr;
 
+use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
 use crate::front;
 use crate::headers;
 use crate::observe;
 use crate::request::{self, Decision};
 use crate::response;
-use crate::state::{RequestCtx, Shared};
+use crate::state::Shared;
 use crate::telemetry;
 use crate::ws::FrameMeter;
 

@@ -11,10 +11,11 @@ use routing::face::query_param;
 use routing::{Caller, OpenError, PlacementError, SessionId, Ticket, TicketError};
 
 use crate::authn;
+use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
 use crate::headers::{MCP_SESSION_ID, SESSION_ID};
 use crate::route::{self, RouteKind, Target};
-use crate::state::{RequestCtx, Shared, Snapshot};
+use crate::state::{Shared, Snapshot};
 use routing::EndReason;
 
 /// What the request stage decided.

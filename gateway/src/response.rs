@@ -4,9 +4,10 @@ use conf::Protocol;
 use pingora::ErrorType;
 use pingora::prelude::*;
 
+use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
 use crate::headers::{MCP_SESSION_ID, SESSION_ID};
-use crate::state::{RequestCtx, Shared};
+use crate::state::Shared;
 use auth::BEARER_SUBPROTOCOL;
 
 /// `upstream_response_filter`: a backend that answers with an error becomes a 424

@@ -19,7 +19,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::admin::AdminApp;
 use crate::front::Front;
 use crate::proxy::Gateway;
-use crate::state::{ListenerOverrides, Shared};
+use crate::state::{ListenerOverrides, Shared, Snapshot};
 
 /// The longest timeout kept on Pingora's fast timer (the 30 s body-read gap at most).
 const FAST_TIMER_MAX_SECS: u64 = 30;
@@ -156,7 +156,7 @@ struct Lifecycle {
 
 impl Lifecycle {
     /// Tops up warm pools and reports them, with each microVM runtime's acceleration.
-    fn tend_providers(&self, snapshot: &crate::state::Snapshot) {
+    fn tend_providers(&self, snapshot: &Snapshot) {
         for (runtime, version, provider) in snapshot.providers.iter() {
             provider.refill();
             let labels = [

@@ -1,25 +1,18 @@
-//! What every listener shares, and the per-request context.
+//! What every listener shares: the config snapshot, the session directory, the counters.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
 
-use auth::Principal;
-use bytes::Bytes;
 use conf::{BackendSpec, Config, ConfigErrors};
 use metrics_exporter_prometheus::PrometheusHandle;
 use routing::placement::Providers;
-use routing::provider::BackendAddr;
 use routing::provider::SlotRegistry;
-use routing::{AdmissionLimits, Caller, SessionDirectory, SessionId, Ticket};
+use routing::{AdmissionLimits, SessionDirectory};
 
 use crate::authn::Authenticator;
-use crate::error::GatewayError;
 use crate::front::Connections;
-use crate::route::{Route, Target};
-use crate::ws::FrameMeter;
 
 /// Everything derived from one config: swapped as a whole on reload. A request takes the
 /// snapshot current when it arrives and keeps it to its end.
@@ -311,83 +304,15 @@ fn public_url(config: &Config, index: usize) -> String {
     }
 }
 
-/// One request's state, from `request_filter` to `logging` (Pingora's `CTX`).
-pub struct RequestCtx {
-    /// The config this request runs under, from start to end.
-    pub snapshot: Arc<Snapshot>,
-    pub started: Instant,
-    pub route: Option<Route>,
-    pub target: Option<Target>,
-    pub session_id: Option<SessionId>,
-    pub request_id: String,
-    /// Set once authentication succeeded.
-    pub principal: Option<Principal>,
-    /// A SigV4 body read and verified in the request stage, for the proxy to send.
-    pub verified_body: Option<Bytes>,
-    /// Holds the session in flight; dropped with the context, after `logging`.
-    pub ticket: Option<Ticket>,
-    pub peer: Option<BackendAddr>,
-    pub request_body_bytes: u64,
-    /// The failure the client is told about, when there is one.
-    pub error: Option<GatewayError>,
-    /// The backend failed under this request: the session is ended after it.
-    pub backend_failed: bool,
-    /// The stream was ended for lasting longer than `stream_timeout_secs`.
-    pub stream_expired: bool,
-    /// Follows the client's WebSocket frames once the connection is upgraded.
-    pub ws_meter: Option<FrameMeter>,
-    /// When the backend address was handed to Pingora, and how long connecting then took.
-    pub peer_chosen: Option<Instant>,
-    /// The request's trace span, when traces are exported.
-    pub otel: Option<opentelemetry::Context>,
-    pub upstream_connect: Option<std::time::Duration>,
-    /// Who is calling (set once admitted).
-    pub caller: Option<Caller>,
-    /// The session was found by its `Mcp-Session-Id` (it must already exist).
-    pub session_known: bool,
-    /// The backend refused the connection: place a new one before the retry.
-    pub replace_backend: bool,
-    /// A new backend was already placed for this request (only once).
-    pub replaced: bool,
-    _inflight: InflightGuard,
-}
+/// Counts a request as in flight while it lives (drain waits for the count to reach zero).
+pub struct InflightGuard(Arc<Shared>);
 
-impl RequestCtx {
+impl InflightGuard {
     pub fn new(shared: &Arc<Shared>) -> Self {
         shared.inflight.fetch_add(1, Ordering::AcqRel);
-        Self {
-            snapshot: shared.snapshot(),
-            started: Instant::now(),
-            route: None,
-            target: None,
-            session_id: None,
-            request_id: uuid::Uuid::new_v4().hyphenated().to_string(),
-            principal: None,
-            verified_body: None,
-            ticket: None,
-            peer: None,
-            request_body_bytes: 0,
-            error: None,
-            backend_failed: false,
-            stream_expired: false,
-            ws_meter: None,
-            peer_chosen: None,
-            otel: None,
-            upstream_connect: None,
-            caller: None,
-            session_known: false,
-            replace_backend: false,
-            replaced: false,
-            _inflight: InflightGuard(Arc::clone(shared)),
-        }
-    }
-
-    pub fn session_id(&self) -> Option<&str> {
-        self.session_id.as_ref().map(SessionId::as_str)
+        Self(Arc::clone(shared))
     }
 }
-
-struct InflightGuard(Arc<Shared>);
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
