@@ -73,6 +73,8 @@ pub(super) struct Remains {
     pub dir: Option<PathBuf>,
     /// A helper process of the backend's (a sandbox's `slirp4netns`): killed on drop.
     pub helper: Option<tokio::process::Child>,
+    /// The loopback ports the backend was given: free for others once it is gone.
+    pub ports: Option<super::process::Ports>,
 }
 
 impl Remains {
@@ -82,6 +84,7 @@ impl Remains {
             cgroup: None,
             dir: Some(dir),
             helper: None,
+            ports: None,
         }
     }
 }

@@ -178,7 +178,9 @@ impl Vm {
             .join(format!("vm-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
         std::fs::create_dir(&dir).map_err(PlacementError::Isolation)?;
         let mut remains = Remains::in_dir(dir.clone());
-        let ports = reserve_endpoint().map_err(PlacementError::Ports)?;
+        let reserved = reserve_endpoint().map_err(PlacementError::Ports)?;
+        let ports = reserved.0;
+        remains.ports = Some(reserved);
         let net = GuestNet::new(spec.egress, &ports).map_err(PlacementError::Isolation)?;
         let mut cmd = Command::new(&spec.qemu);
         cmd.args(machine_args(spec, accel))

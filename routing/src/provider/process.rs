@@ -3,9 +3,11 @@
 //! The gateway reserves three loopback ports, starts the command with them substituted for
 //! `{http}`, `{mcp}` and `{a2a}`, and waits until `GET /ping` answers 200.
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Mutex;
 
 use conf::{Endpoint, ProcessSpec};
 use tokio::process::Command;
@@ -43,7 +45,8 @@ impl ProcessProvider {
     }
 
     async fn spawn_once(&self) -> Result<Backend, PlacementError> {
-        let endpoint = reserve_endpoint().map_err(PlacementError::Ports)?;
+        let ports = reserve_endpoint().map_err(PlacementError::Ports)?;
+        let endpoint = ports.0;
         let fill = |s: &str| {
             s.replace("{http}", &endpoint.http.to_string())
                 .replace("{mcp}", &addr_or_empty(endpoint.mcp))
@@ -60,7 +63,9 @@ impl ProcessProvider {
         // Dropping `child` on any early return kills it (kill_on_drop).
         let addrs = Addrs::from(endpoint);
         wait_ready(&mut child, &addrs.http, self.spec.ready_timeout).await?;
-        let lease = ChildLease::new(child, self.spec.stop_timeout, Remains::default());
+        let mut remains = Remains::default();
+        remains.ports = Some(ports);
+        let lease = ChildLease::new(child, self.spec.stop_timeout, remains);
         tracing::debug!(pid = lease.pid(), http = %endpoint.http, "process backend ready");
         Ok(Backend {
             addrs,
@@ -73,13 +78,77 @@ fn addr_or_empty(a: Option<SocketAddr>) -> String {
     a.map(|a| a.to_string()).unwrap_or_default()
 }
 
-/// Three free loopback ports, held at once so they differ, then let go for the child to bind.
-pub(super) fn reserve_endpoint() -> std::io::Result<Endpoint> {
-    let bind = || TcpListener::bind(("127.0.0.1", 0));
-    let (h, m, a) = (bind()?, bind()?, bind()?);
-    Ok(Endpoint {
-        http: h.local_addr()?,
-        mcp: Some(m.local_addr()?),
-        a2a: Some(a.local_addr()?),
-    })
+/// Loopback ports handed to backends that may still use them. The kernel can give a port let go
+/// by one reservation to the next `bind(0)`; two backends told the same port would answer each
+/// other's readiness probes, and one session would reach another's backend.
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// How many ports one reservation may look at before it gives up (all but three handed out).
+const MAX_TRIES: usize = 64;
+
+/// A backend's three loopback ports, not handed to any other backend while this lives.
+#[derive(Debug)]
+pub(super) struct Ports(pub Endpoint);
+
+impl Drop for Ports {
+    fn drop(&mut self) {
+        let mut out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        for addr in [Some(self.0.http), self.0.mcp, self.0.a2a]
+            .into_iter()
+            .flatten()
+        {
+            out.remove(&addr.port());
+        }
+    }
+}
+
+/// Three free loopback ports that no live backend was given, held at once so they differ,
+/// then let go for the child to bind.
+pub(super) fn reserve_endpoint() -> std::io::Result<Ports> {
+    let mut out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut held = Vec::with_capacity(3);
+    for _ in 0..MAX_TRIES {
+        let listener = TcpListener::bind(("127.0.0.1", 0))?;
+        let addr = listener.local_addr()?;
+        if !out.contains(&addr.port()) {
+            held.push((listener, addr));
+        }
+        if let [(_, http), (_, mcp), (_, a2a)] = held[..] {
+            for a in [http, mcp, a2a] {
+                out.insert(a.port());
+            }
+            return Ok(Ports(Endpoint {
+                http,
+                mcp: Some(mcp),
+                a2a: Some(a2a),
+            }));
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no three loopback ports free of other backends",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_never_handed_to_two_live_backends() {
+        let live: Vec<Ports> = (0..200).map(|_| reserve_endpoint().unwrap()).collect();
+        let mut seen = BTreeSet::new();
+        for p in &live {
+            for a in [Some(p.0.http), p.0.mcp, p.0.a2a].into_iter().flatten() {
+                assert!(seen.insert(a.port()), "port {} handed out twice", a.port());
+            }
+        }
+        let first = live[0].0.http.port();
+        drop(live);
+        let out = HANDED_OUT.lock().unwrap();
+        assert!(
+            !out.contains(&first),
+            "a dropped reservation gives its ports back"
+        );
+    }
 }
