@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub const MCP_ACCEPT: &str = "Accept: application/json, text/event-stream";
+const MCP_ACCEPT: &str = "Accept: application/json, text/event-stream";
 
 pub fn mcp_call(gw: &Gateway, headers: &[String], body: &str) -> Response {
     let url = gw.url(gw.mcp, "/mcp");

@@ -6,8 +6,6 @@ use serde_json::Value;
 
 use crate::common::*;
 
-const MCP_ACCEPT: &str = "Accept: application/json, text/event-stream";
-
 /// A gateway whose runtime is tests/fixtures/hostile_agent.py (one process per session).
 struct Hostile {
     gw: Gateway,
@@ -37,25 +35,10 @@ args = ["{}", "{{http}}", "{{mcp}}"]
     }
 
     fn mcp(&self, sid: Option<&str>, mcp_id: Option<&str>, body: &Value) -> Response {
-        let url = self.gw.url(self.gw.mcp, "/mcp");
-        let body = body.to_string();
-        let mut args = vec![
-            "-X",
-            "POST",
-            url.as_str(),
-            "-H",
-            "Content-Type: application/json",
-            "-H",
-            MCP_ACCEPT,
-            "-d",
-            &body,
-        ];
         let sid = sid.map(|s| format!("{SESSION_HEADER}: {s}"));
         let mcp_id = mcp_id.map(|m| format!("Mcp-Session-Id: {m}"));
-        for h in sid.iter().chain(&mcp_id) {
-            args.extend(["-H", h.as_str()]);
-        }
-        curl(&args)
+        let headers: Vec<String> = sid.into_iter().chain(mcp_id).collect();
+        mcp_call(&self.gw, &headers, &body.to_string())
     }
 }
 
@@ -109,18 +92,7 @@ fn implicit_mcp_sessions_cannot_be_named_in_advance() {
     // under that gateway's secret, so another gateway (another secret) names it differently.
     let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
     let implicit = |gw: &Gateway| {
-        let url = gw.url(gw.mcp, "/mcp");
-        let r = curl(&[
-            "-X",
-            "POST",
-            &url,
-            "-H",
-            "Content-Type: application/json",
-            "-H",
-            MCP_ACCEPT,
-            "-d",
-            ping,
-        ]);
+        let r = mcp_call(gw, &[], ping);
         assert_eq!(r.status, 200, "{}", r.body_text());
         r.header(SESSION_HEADER).unwrap().to_owned()
     };

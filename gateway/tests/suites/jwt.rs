@@ -54,15 +54,7 @@ fn missing_token_gets_401_with_a_resource_metadata_challenge() {
         format!("http://{}/runtimes/default/invocations", gw.http)
     );
     // MCP clients get the same challenge on the MCP port.
-    let r = curl(&[
-        "-X",
-        "POST",
-        &gw.url(gw.mcp, "/mcp"),
-        "-H",
-        "Accept: application/json, text/event-stream",
-        "-d",
-        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
-    ]);
+    let r = mcp_call(&gw, &[], INITIALIZE);
     assert_eq!(r.status, 401);
     assert!(
         r.header("www-authenticate")
