@@ -19,6 +19,7 @@ pub struct FileConfig {
     pub telemetry: FileTelemetry,
     pub admin: FileAdmin,
     pub aws: FileAws,
+    pub cluster: FileCluster,
     /// At least one. Deliberately no default here: a file that declares no runtime (an empty
     /// or truncated file above all) is refused, never read as the embedded default.
     #[serde(default)]
@@ -33,6 +34,44 @@ pub struct FileAdmin {
     /// `GET /healthz` needs `Authorization: Bearer <token>`. Relative paths are relative to this
     /// config file. Default: none (the admin listener is protected by its address alone).
     pub token_file: Option<String>,
+}
+
+/// Where sessions live. Without this table (or with `directory = "memory"`) the gateway is
+/// all-in-one: sessions live in its memory and end with it. With `directory = "redis"` it is a
+/// replica: sessions live in Redis and any replica serves any session.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileCluster {
+    /// `memory` (default) or `redis`.
+    pub directory: String,
+    /// `redis://[user:password@]host:port/db` or `rediss://…` (TLS). Required with `redis`.
+    pub redis_url: Option<String>,
+    /// Every key lives under `{<key_prefix>}:` (one hash slot). Default `sessiongate`.
+    pub key_prefix: String,
+    /// This replica's name in Redis and in `/sessions`. Default: hostname and process id.
+    pub node_id: Option<String>,
+    /// A file whose first line (at least 32 characters) every replica shares: it keys the
+    /// implicit MCP session ids. Required with `redis`. Relative to this config file.
+    pub secret_file: Option<String>,
+    /// Deadline of one Redis call, milliseconds. Default 250.
+    pub redis_timeout_ms: u64,
+    /// How long sessions cached on a replica keep working while Redis is unreachable, seconds.
+    /// Default 30.
+    pub redis_outage_grace_secs: u64,
+}
+
+impl Default for FileCluster {
+    fn default() -> Self {
+        Self {
+            directory: "memory".into(),
+            redis_url: None,
+            key_prefix: "sessiongate".into(),
+            node_id: None,
+            secret_file: None,
+            redis_timeout_ms: 250,
+            redis_outage_grace_secs: 30,
+        }
+    }
 }
 
 /// The AWS identity the AWS-compatible face answers as. ARNs in `/runtimes/{arn}/…` must name
@@ -79,6 +118,7 @@ impl Default for FileConfig {
             telemetry: FileTelemetry::default(),
             admin: FileAdmin::default(),
             aws: FileAws::default(),
+            cluster: FileCluster::default(),
             runtimes: vec![FileRuntime::default()],
         }
     }

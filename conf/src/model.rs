@@ -15,6 +15,8 @@ pub struct Config {
     pub telemetry: Telemetry,
     pub admin: Admin,
     pub aws: Aws,
+    /// `None`: all-in-one, sessions in memory.
+    pub cluster: Option<Cluster>,
     /// At least one; names are unique.
     pub runtimes: Vec<Runtime>,
     /// Index into `runtimes` of the runtime the plain container paths reach.
@@ -132,6 +134,31 @@ impl std::fmt::Debug for Admin {
         f.debug_struct("Admin")
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .finish()
+    }
+}
+
+/// A replica's session directory in Redis.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Cluster {
+    pub redis_url: String,
+    /// Keys are `{<key_prefix>}:…`.
+    pub key_prefix: String,
+    pub node_id: Option<String>,
+    /// Shared by every replica (at least 32 bytes).
+    pub secret: Vec<u8>,
+    pub redis_timeout: Duration,
+    pub redis_outage_grace: Duration,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("redis_url", &"<redacted>")
+            .field("key_prefix", &self.key_prefix)
+            .field("node_id", &self.node_id)
+            .field("redis_timeout", &self.redis_timeout)
+            .field("redis_outage_grace", &self.redis_outage_grace)
+            .finish_non_exhaustive()
     }
 }
 

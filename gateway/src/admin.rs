@@ -53,7 +53,7 @@ impl ServeHttp for AdminApp {
                 StatusCode::OK,
                 json!({
                     "status": "ok",
-                    "sessions": self.shared.directory.len(),
+                    "sessions": self.session_count().await,
                     "draining": self.shared.is_draining(),
                     "connections": self.shared.connections.count(),
                     "max_connections": self.shared.connections.max(),
@@ -67,7 +67,16 @@ impl ServeHttp for AdminApp {
                     body.into_bytes(),
                 )
             }
-            (&Method::GET, "/sessions") => json_response(StatusCode::OK, self.sessions()),
+            (&Method::GET, "/sessions") => match self.shared.directory.shared() {
+                None => json_response(StatusCode::OK, self.sessions()),
+                Some(redis) => match redis.list(MAX_LISTED).await {
+                    Ok(list) => json_response(StatusCode::OK, self.cluster_sessions(list)),
+                    Err(e) => json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        json!({ "message": e.to_string() }),
+                    ),
+                },
+            },
             (&Method::POST, "/config/reload") => {
                 let options = ReloadOptions {
                     allow_auth_downgrade: routing::face::query_param(
@@ -93,6 +102,9 @@ impl ServeHttp for AdminApp {
         }
     }
 }
+
+/// `/sessions` on a replica lists at most this many (the shared directory's first ones).
+const MAX_LISTED: usize = 10_000;
 
 impl AdminApp {
     fn sessions(&self) -> serde_json::Value {
@@ -130,22 +142,65 @@ impl AdminApp {
     }
 
     async fn end_session(&self, id: &str) -> Response<Vec<u8>> {
-        let Some(session) = self.shared.directory.get(id) else {
-            return json_response(
-                StatusCode::NOT_FOUND,
-                json!({ "message": "Session not found" }),
-            );
-        };
-        if self
+        let stopped = self
             .shared
             .directory
-            .stop(&session, routing::EndReason::Stopped)
-            .await
-        {
-            metrics::counter!("sessiongate_sessions_ended_total", "reason" => "stopped")
-                .increment(1);
+            .stop_named(id, None, routing::EndReason::Stopped)
+            .await;
+        match stopped {
+            Ok(true) => {
+                metrics::counter!("sessiongate_sessions_ended_total", "reason" => "stopped")
+                    .increment(1);
+                json_response(StatusCode::OK, json!({ "ended": id }))
+            }
+            Ok(false) => json_response(
+                StatusCode::NOT_FOUND,
+                json!({ "message": "Session not found" }),
+            ),
+            Err(_) => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({ "message": "session directory unavailable" }),
+            ),
         }
-        json_response(StatusCode::OK, json!({ "ended": id }))
+    }
+
+    /// Sessions in this gateway, or in the whole cluster on a replica (`null` when Redis cannot
+    /// be reached).
+    async fn session_count(&self) -> Option<usize> {
+        match self.shared.directory.shared() {
+            None => Some(self.shared.directory.len()),
+            Some(redis) => redis.count().await.ok(),
+        }
+    }
+
+    /// `/sessions` on a replica: every session of the cluster from the shared records, with
+    /// what this replica knows of its own requests.
+    fn cluster_sessions(&self, list: Vec<routing::cluster::Listed>) -> serde_json::Value {
+        let now = routing::directory::now_ms();
+        let node = self.shared.directory.shared().map(|r| r.node().to_owned());
+        let list: Vec<_> = list
+            .into_iter()
+            .map(|l| {
+                let inflight_here = self.shared.directory.get(&l.id).map_or(0, |s| s.inflight());
+                let addr = |p| l.backend.as_ref().and_then(|b| b.get(p)).map(|a| a.to_string());
+                json!({
+                    "id": l.id,
+                    "runtime": l.runtime,
+                    "version": l.version,
+                    "principal": l.principal,
+                    "state": if !l.live { "provisioning" } else if inflight_here > 0 { "active" } else { "idle" },
+                    "backend": l.backend.as_ref().map(|_| "static"),
+                    "http": addr(Protocol::Http),
+                    "mcp": addr(Protocol::Mcp),
+                    "a2a": addr(Protocol::A2a),
+                    "inflight": inflight_here,
+                    "started_at": l.created_ms / 1000,
+                    "age_secs": now.saturating_sub(l.created_ms) / 1000,
+                    "idle_secs": now.saturating_sub(l.last_ms) / 1000,
+                })
+            })
+            .collect();
+        json!({ "sessions": list, "replica": node })
     }
 }
 

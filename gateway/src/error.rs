@@ -66,6 +66,9 @@ pub enum GatewayError {
     WebSocketLimit(u16),
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    /// A replica cannot reach the shared session directory (Redis).
+    #[error("the session directory is unavailable")]
+    DirectoryUnavailable,
     #[error("too many client connections")]
     TooManyConnections,
     #[error("the gateway is out of resources (descriptors, memory)")]
@@ -246,6 +249,12 @@ impl GatewayError {
                 None,
             ),
             ShuttingDown => (503, "ServiceUnavailableException", "The gateway is shutting down".into(), Some(1)),
+            DirectoryUnavailable => (
+                503,
+                "ServiceUnavailableException",
+                "The session directory is unavailable, please retry".into(),
+                Some(1),
+            ),
             TooManyConnections => (
                 503,
                 "ServiceUnavailableException",
@@ -337,6 +346,7 @@ impl GatewayError {
             WebSocketLimit(1009) => "websocket_frame_too_big",
             WebSocketLimit(_) => "websocket_frame_rate",
             ShuttingDown => "shutting_down",
+            DirectoryUnavailable => "directory_unavailable",
             TooManyConnections => "too_many_connections",
             GatewayExhausted => "gateway_exhausted",
             RequestTimeout => "request_timeout",

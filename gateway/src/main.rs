@@ -12,6 +12,7 @@
 mod admin;
 
 mod authn;
+mod cluster;
 mod ctx;
 mod error;
 mod front;

@@ -277,6 +277,7 @@ impl ProxyHttp for Gateway {
             upstream,
             ctx,
         )
+        .await
     }
 
     async fn response_filter(

@@ -8,7 +8,7 @@ use auth::Principal;
 use conf::Protocol;
 use pingora::proxy::Session;
 use routing::face::query_param;
-use routing::{Caller, OpenError, PlacementError, SessionId, Ticket, TicketError};
+use routing::{Caller, Entry, OpenError, PlacementError, SessionId, Ticket, TicketError};
 
 use crate::authn;
 use crate::ctx::RequestCtx;
@@ -105,18 +105,18 @@ pub async fn admit(
     };
     ctx.target = Some(target);
 
-    let (id, known) = session_id(shared, session, target, runtime_name, &principal)?;
+    let (id, known) = session_id(shared, session, target, runtime_name, &principal).await?;
     ctx.session_id = Some(id.clone());
     ctx.session_known = known;
     // A client-chosen id starts a session on first use; an MCP id must already be known.
     let version = new_session_version(&snapshot, session, route.runtime)?;
-    let ticket = open(shared, ctx, &id, route.runtime, version, &caller, !known)?;
+    let ticket = open(shared, ctx, &id, route.runtime, version, &caller, !known).await?;
     place(shared, ctx, ticket, target).await?;
     ctx.caller = Some(caller);
     Ok(Decision::Proxy)
 }
 
-fn open(
+async fn open(
     shared: &Shared,
     ctx: &RequestCtx,
     id: &SessionId,
@@ -125,19 +125,29 @@ fn open(
     caller: &Caller,
     create: bool,
 ) -> Result<Ticket, GatewayError> {
+    let config = &ctx.snapshot.config;
+    let r = &config.runtimes[runtime];
     shared
         .directory
-        .open(
+        .enter(Entry {
             id,
-            &ctx.snapshot.runtime_names[runtime],
+            runtime: &ctx.snapshot.runtime_names[runtime],
             version,
             caller,
             create,
-        )
-        .map_err(|e| match e {
-            OpenError::NotFound => GatewayError::SessionNotFound,
-            OpenError::Rejected(r) => GatewayError::Rejected(r),
+            idle: r.idle_timeout.unwrap_or(config.sessions.idle_timeout),
+            life: r.max_lifetime.unwrap_or(config.sessions.max_lifetime),
         })
+        .await
+        .map_err(open_error)
+}
+
+fn open_error(e: OpenError) -> GatewayError {
+    match e {
+        OpenError::NotFound => GatewayError::SessionNotFound,
+        OpenError::Rejected(r) => GatewayError::Rejected(r),
+        OpenError::Unavailable => GatewayError::DirectoryUnavailable,
+    }
 }
 
 /// The session's backend: placed now if the session is new; `ctx.peer` and `ctx.ticket` are
@@ -185,6 +195,7 @@ async fn place(
         Err(e) => {
             let error = match e {
                 TicketError::Ended => GatewayError::SessionEnding,
+                TicketError::Unavailable => GatewayError::DirectoryUnavailable,
                 TicketError::Placement(PlacementError::PoolExhausted) => {
                     GatewayError::PoolExhausted
                 }
@@ -243,7 +254,7 @@ pub async fn replace_backend(shared: &Shared, ctx: &mut RequestCtx) -> Result<()
     let (id, version) = (session.id.clone(), session.version);
     drop(session);
     let runtime = ctx.route.map_or(0, |r| r.runtime);
-    let ticket = open(shared, ctx, &id, runtime, version, &caller, true)?;
+    let ticket = open(shared, ctx, &id, runtime, version, &caller, true).await?;
     place(shared, ctx, ticket, target).await
 }
 
@@ -255,7 +266,7 @@ pub async fn replace_backend(shared: &Shared, ctx: &mut RequestCtx) -> Result<()
 /// sessionless 2026 era, or the `initialize` that starts a handshake) goes to the caller's
 /// implicit MCP session for the runtime, so probes and stateless calls neither spawn a backend
 /// each nor share one between principals. Anything else without an id gets a new one.
-fn session_id(
+async fn session_id(
     shared: &Shared,
     session: &Session,
     target: Target,
@@ -281,7 +292,9 @@ fn session_id(
         let mcp_id = v.to_str().map_err(|_| GatewayError::SessionNotFound)?;
         return shared
             .directory
-            .session_for_mcp_id(mcp_id)
+            .find_mcp_session(mcp_id)
+            .await
+            .map_err(open_error)?
             .map(|id| (id, true))
             .ok_or(GatewayError::SessionNotFound);
     }
@@ -328,12 +341,17 @@ async fn stop_session(
     ctx.session_id = Some(id.clone());
     let found = shared
         .directory
-        .get(id.as_str())
-        .filter(|s| s.runtime == *runtime && s.principal == *principal)
-        .ok_or(GatewayError::SessionNotFound)?;
-    if shared.directory.stop(&found, EndReason::Stopped).await {
-        metrics::counter!("sessiongate_sessions_ended_total", "reason" => "stopped").increment(1);
+        .stop_named(
+            id.as_str(),
+            Some((&**runtime, principal)),
+            EndReason::Stopped,
+        )
+        .await
+        .map_err(open_error)?;
+    if !found {
+        return Err(GatewayError::SessionNotFound);
     }
+    metrics::counter!("sessiongate_sessions_ended_total", "reason" => "stopped").increment(1);
     Ok(Decision::Answer(
         200,
         serde_json::json!({ "runtimeSessionId": id.as_str() }),

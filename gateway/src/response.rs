@@ -16,7 +16,7 @@ use auth::BEARER_SUBPROTOCOL;
 /// An MCP `Mcp-Session-Id` is learned so later requests carrying only it find their session.
 /// A stateless MCP backend assigns none: then, as AgentCore does, the gateway mints one for a
 /// handshake-era request that carried none, returns it, and routes by it.
-pub fn from_backend(
+pub async fn from_backend(
     shared: &Shared,
     req: &RequestHeader,
     upgrade_requested: bool,
@@ -50,7 +50,7 @@ pub fn from_backend(
     };
     match upstream.headers.get(MCP_SESSION_ID).map(|v| v.to_str()) {
         Some(Ok(id)) => {
-            if !shared.directory.learn_mcp_id(ticket.session(), id) {
+            if !shared.directory.learn_mcp(ticket.session(), id).await {
                 // Another session owns this id: routing stays with its owner.
                 tracing::warn!(session = %ticket.session().id, "backend claimed an Mcp-Session-Id another session owns; ignored");
                 metrics::counter!("sessiongate_mcp_id_conflicts_total").increment(1);
@@ -65,7 +65,7 @@ pub fn from_backend(
             if handshake_era {
                 let minted = uuid::Uuid::new_v4().simple().to_string();
                 // A fresh UUID: no other session can own it.
-                let _ = shared.directory.learn_mcp_id(ticket.session(), &minted);
+                let _ = shared.directory.learn_mcp(ticket.session(), &minted).await;
                 upstream.insert_header(MCP_SESSION_ID, minted)?;
             }
         }

@@ -49,13 +49,10 @@ pub fn run(
         upgrade_sock: config.server.upgrade_socket.to_string_lossy().into_owned(),
         ..ServerConf::default()
     };
-    let shared = Arc::new(Shared::new(
-        config,
-        config_path,
-        overrides,
-        self_exe,
-        metrics,
-    ));
+    let shared = Arc::new(
+        Shared::new(config, config_path, overrides, self_exe, metrics)
+            .map_err(|e| anyhow::anyhow!("cannot set up the session directory: {e}"))?,
+    );
 
     // With `--upgrade`, bootstrap takes the listening sockets from the running process (which
     // hands them over when it gets SIGQUIT) instead of binding them.
@@ -99,6 +96,14 @@ pub fn run(
             shared: Arc::clone(&shared),
         },
     ));
+    if shared.directory.shared().is_some() {
+        server.add_service(background_service(
+            "cluster",
+            crate::cluster::ClusterSync {
+                shared: Arc::clone(&shared),
+            },
+        ));
+    }
     server.add_service(background_service(
         "lifecycle",
         Lifecycle {

@@ -131,8 +131,8 @@ pub struct Shared {
     /// Client connections, against `limits.max_connections`.
     pub connections: Connections,
     /// Keys what must not be computable from outside (implicit MCP session ids). Random per
-    /// process.
-    secret: [u8; 32],
+    /// process; on a replica the cluster's shared secret, so every replica computes the same.
+    secret: Vec<u8>,
 }
 
 /// How a reload was asked for.
@@ -172,7 +172,7 @@ impl Shared {
         overrides: ListenerOverrides,
         self_exe: PathBuf,
         metrics: PrometheusHandle,
-    ) -> Self {
+    ) -> Result<Self, String> {
         let telemetry = match crate::telemetry::Telemetry::start(&config.telemetry) {
             Ok(t) => t,
             Err(e) => {
@@ -181,10 +181,20 @@ impl Shared {
             }
         };
         let slots = SlotRegistry::default();
-        let directory = SessionDirectory::new(AdmissionLimits::from(&config.limits));
+        let limits = AdmissionLimits::from(&config.limits);
+        let (directory, secret) = match &config.cluster {
+            None => (SessionDirectory::new(limits), random_secret().to_vec()),
+            Some(c) => match routing::cluster::RedisDirectory::new(c) {
+                Ok(redis) => (
+                    SessionDirectory::replica(limits, Arc::new(redis)),
+                    c.secret.clone(),
+                ),
+                Err(e) => return Err(e.to_string()),
+            },
+        };
         let connections = Connections::new(config.limits.max_connections);
         let snapshot = Snapshot::build(config, &self_exe, &slots, None);
-        Self {
+        Ok(Self {
             snapshot: RwLock::new(Arc::new(snapshot)),
             directory,
             inflight: AtomicUsize::new(0),
@@ -196,8 +206,8 @@ impl Shared {
             self_exe,
             slots,
             connections,
-            secret: random_secret(),
-        }
+            secret,
+        })
     }
 
     pub fn secret(&self) -> &[u8] {
@@ -238,6 +248,11 @@ impl Shared {
                 old.config.listeners, config.listeners
             ));
             config.listeners = old.config.listeners;
+        }
+        if config.cluster != old.config.cluster {
+            notes
+                .push("[cluster] changes only through a restart; the running settings stay".into());
+            config.cluster = old.config.cluster.clone();
         }
         if config.server.threads != old.config.server.threads {
             notes.push("server.threads changes only through a restart".into());

@@ -222,6 +222,20 @@ impl Admission {
     }
 }
 
+impl Admission {
+    /// Takes one token of the new-session rate (a replica's new sessions are counted in Redis;
+    /// their rate is the replica's).
+    pub fn take_session_token(&self) -> Result<(), Rejection> {
+        self.rate
+            .read()
+            .map_err(|_| Rejection::SessionRate {
+                retry_after: Duration::from_secs(1),
+            })?
+            .take()
+            .map_err(|retry_after| Rejection::SessionRate { retry_after })
+    }
+}
+
 /// One admitted session's share of the counts; given back on drop.
 #[derive(Debug)]
 pub struct Reservation {

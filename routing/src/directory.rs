@@ -5,6 +5,9 @@
 //! request holds a [`Ticket`] while in flight; the idle sweep removes a session only under the
 //! map's shard lock and only when no ticket is out, so no request is ever handed a backend
 //! that is being torn down by the sweep.
+//!
+//! A replica (`[cluster] directory = "redis"`) serves from the same map, which is then a cache
+//! of the shared records in Redis ([`crate::cluster`]); `shared.rs` holds what differs.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,11 +18,15 @@ use dashmap::DashMap;
 use tokio::sync::OnceCell;
 
 use crate::admission::{Admission, AdmissionLimits, Caller, Rejection, Reservation};
+use crate::cluster::RedisDirectory;
 use crate::provider::{Backend, BackendProvider, PlacementError};
 use crate::session_id::SessionId;
 
 /// MCP session ids remembered per runtime session; older ones are forgotten first.
 const MAX_MCP_IDS_PER_SESSION: usize = 16;
+
+mod shared;
+pub use shared::Entry;
 
 #[derive(Debug)]
 pub struct SessionDirectory {
@@ -27,6 +34,8 @@ pub struct SessionDirectory {
     /// `Mcp-Session-Id` (learned from backends' responses) → runtime session.
     mcp_ids: DashMap<Box<str>, SessionId>,
     admission: Arc<Admission>,
+    /// The shared records behind this map, on a replica.
+    shared: Option<Arc<RedisDirectory>>,
 }
 
 /// Why a request could not be given its session.
@@ -37,6 +46,9 @@ pub enum OpenError {
     NotFound,
     #[error(transparent)]
     Rejected(#[from] Rejection),
+    /// The shared directory (Redis) cannot be reached.
+    #[error("session directory unavailable")]
+    Unavailable,
 }
 
 /// Why a session ended.
@@ -79,6 +91,14 @@ impl EndReason {
         Self::ALL.get(usize::from(code).checked_sub(1)?).copied()
     }
 
+    /// The reason [`EndReason::as_str`] names (`stopped` for anything else).
+    pub fn parse(s: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .unwrap_or(EndReason::Stopped)
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             EndReason::Idle => "idle",
@@ -103,6 +123,8 @@ pub struct Session {
     /// The runtime version it runs; it stays on it for its whole life.
     pub version: u32,
     pub principal: Principal,
+    /// Its incarnation: a later session with the same id has another (shared records).
+    pub incarnation: u64,
     created_ms: u64,
     last_activity_ms: AtomicU64,
     inflight: AtomicU32,
@@ -113,7 +135,15 @@ pub struct Session {
     mcp_ids: Mutex<Vec<Box<str>>>,
     /// What the lifecycle sweep learned from the backend's `/ping`.
     pub(crate) health: Mutex<HealthState>,
-    _reservation: Reservation,
+    /// Its share of this gateway's session counts (none on a replica: Redis counts them).
+    reservation: Option<Reservation>,
+    /// On a replica: this replica must place its backend (else it waits for another's).
+    placer: AtomicBool,
+    /// On a replica: the last activity already sent to Redis.
+    flushed_ms: AtomicU64,
+    /// On a replica: its runtime's idle timeout and max lifetime, as the record keeps them.
+    idle: Duration,
+    life: Duration,
 }
 
 /// The health-check record of one session.
@@ -125,6 +155,38 @@ pub(crate) struct HealthState {
 }
 
 impl Session {
+    /// A session: `(incarnation, created ms, last activity ms)` as given.
+    fn new(
+        id: SessionId,
+        runtime: Arc<str>,
+        version: u32,
+        principal: Principal,
+        (incarnation, created_ms, last_ms): (u64, u64, u64),
+        (idle, life): (Duration, Duration),
+        reservation: Option<Reservation>,
+    ) -> Self {
+        Self {
+            id,
+            runtime,
+            version,
+            principal,
+            incarnation,
+            created_ms,
+            last_activity_ms: AtomicU64::new(last_ms),
+            inflight: AtomicU32::new(1),
+            backend: OnceCell::new(),
+            ended: AtomicBool::new(false),
+            end_reason: AtomicU8::new(0),
+            mcp_ids: Mutex::new(Vec::new()),
+            health: Mutex::new(HealthState::default()),
+            reservation,
+            placer: AtomicBool::new(false),
+            flushed_ms: AtomicU64::new(last_ms),
+            idle,
+            life,
+        }
+    }
+
     /// The placed backend; `None` while it is still being provisioned.
     pub fn backend(&self) -> Option<&Backend> {
         self.backend.get()
@@ -171,7 +233,10 @@ impl Session {
 
     /// The key the session is counted under (its principal, or an anonymous caller's address).
     pub fn quota_key(&self) -> &Principal {
-        self._reservation.quota_key().unwrap_or(&self.principal)
+        self.reservation
+            .as_ref()
+            .and_then(Reservation::quota_key)
+            .unwrap_or(&self.principal)
     }
 
     /// The earliest it could end (Unix ms), idle and untouched from now on.
@@ -189,6 +254,8 @@ pub struct Ticket {
     session: Arc<Session>,
     /// True when this request created the session.
     pub created: bool,
+    /// On a replica: where the backend of a session placed elsewhere is looked up.
+    shared: Option<Arc<RedisDirectory>>,
 }
 
 impl Ticket {
@@ -206,12 +273,14 @@ impl Ticket {
             .session
             .backend
             .get_or_try_init(|| async {
-                let backend = provider.place().await?;
+                if let Some(shared) = &self.shared {
+                    return shared::obtain_backend(shared, &self.session, provider).await;
+                }
+                let backend = provider.place().await.map_err(TicketError::Placement)?;
                 backend.assign(self.session.id.as_str());
                 Ok(backend)
             })
-            .await
-            .map_err(TicketError::Placement)?;
+            .await?;
         if self.session.is_ended() {
             // Ended while we placed: the backend is released when the session is dropped.
             return Err(TicketError::Ended);
@@ -233,6 +302,8 @@ pub enum TicketError {
     Ended,
     #[error(transparent)]
     Placement(PlacementError),
+    #[error("session directory unavailable")]
+    Unavailable,
 }
 
 impl SessionDirectory {
@@ -241,6 +312,7 @@ impl SessionDirectory {
             sessions: DashMap::new(),
             mcp_ids: DashMap::new(),
             admission: Arc::new(Admission::new(limits)),
+            shared: None,
         }
     }
 
@@ -284,6 +356,7 @@ impl SessionDirectory {
                 return Ok(Ticket {
                     session: Arc::clone(&s),
                     created: false,
+                    shared: self.shared.clone(),
                 });
             }
             if !create {
@@ -291,27 +364,22 @@ impl SessionDirectory {
             }
             let reservation = self.admission.admit_session(caller)?;
             let now = now_ms();
-            let session = Arc::new(Session {
-                id: id.clone(),
-                runtime: Arc::clone(runtime),
+            let session = Arc::new(Session::new(
+                id.clone(),
+                Arc::clone(runtime),
                 version,
-                principal: principal.clone(),
-                created_ms: now,
-                last_activity_ms: AtomicU64::new(now),
-                inflight: AtomicU32::new(1),
-                backend: OnceCell::new(),
-                ended: AtomicBool::new(false),
-                end_reason: AtomicU8::new(0),
-                mcp_ids: Mutex::new(Vec::new()),
-                health: Mutex::new(HealthState::default()),
-                _reservation: reservation,
-            });
+                principal.clone(),
+                (0, now, now),
+                (Duration::ZERO, Duration::ZERO),
+                Some(reservation),
+            ));
             match self.sessions.entry(id.clone()) {
                 dashmap::Entry::Vacant(v) => {
                     v.insert(Arc::clone(&session));
                     return Ok(Ticket {
                         session,
                         created: true,
+                        shared: None,
                     });
                 }
                 // Another request created it first; drop ours (and its reservation) and join.
@@ -402,6 +470,17 @@ impl SessionDirectory {
         if !self.retire(session, reason) {
             return false;
         }
+        if let Some(shared) = &self.shared {
+            // Ended in the shared record, which frees the slot and tells every replica.
+            let id = session.id.as_str();
+            if let Err(e) = shared
+                .end(id, Some(session.incarnation), Some(reason.as_str()), None)
+                .await
+            {
+                tracing::warn!(session = %id, error = %e, "cannot end the session in the shared directory; it ends there at its idle deadline");
+            }
+            return true;
+        }
         match session.backend() {
             Some(b) if at_once => b.release_now().await,
             Some(b) => b.release().await,
@@ -425,7 +504,11 @@ impl SessionDirectory {
     }
 
     /// Ends every session (at shutdown), releasing the backends concurrently. Returns how many.
+    /// A replica ends none: its sessions live on in Redis and their backends elsewhere.
     pub async fn end_all(&self) -> usize {
+        if self.shared.is_some() {
+            return 0;
+        }
         let mut releases = tokio::task::JoinSet::new();
         for s in self.snapshot() {
             self.sessions.remove_if(&s.id, |_, v| Arc::ptr_eq(v, &s));

@@ -2,6 +2,7 @@
 //!
 //! - [`SessionId`]: validated runtime session ids;
 //! - [`SessionDirectory`]: session id → one sticky backend, with ownership and in-flight counts;
+//! - [`cluster`]: the shared records behind a replica's directory (Redis);
 //! - [`admission`]: session count and rate limits;
 //! - [`provider`]: where a new session's backend comes from (static pool, process, sandbox, microVM);
 //! - [`placement`]: one provider per runtime version, kept across reloads; a new session's version;
@@ -13,6 +14,7 @@
 //! Plain `http`/tokio types only: no Pingora here, so all of it is testable without a server.
 
 pub mod admission;
+pub mod cluster;
 pub mod directory;
 pub mod face;
 pub mod fuzzing;
@@ -23,6 +25,6 @@ pub mod provider;
 pub mod session_id;
 
 pub use admission::{AdmissionLimits, Caller, Rejection};
-pub use directory::{EndReason, OpenError, Session, SessionDirectory, Ticket, TicketError};
+pub use directory::{EndReason, Entry, OpenError, Session, SessionDirectory, Ticket, TicketError};
 pub use provider::{Backend, BackendProvider, PlacementError};
 pub use session_id::{SessionId, SessionIdError};

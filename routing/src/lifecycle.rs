@@ -133,7 +133,14 @@ pub async fn sweep(
         }
     }
     let now = now_ms();
-    for s in dir.snapshot() {
+    // On a replica, idle ends are decided on the shared record (`sweep_shared`): this replica's
+    // view of a session's activity is only its own.
+    let local = if dir.shared().is_some() {
+        Vec::new()
+    } else {
+        dir.snapshot()
+    };
+    for s in local {
         let (idle_timeout, _) = policy.timeouts(&s.runtime);
         let due = s.inflight() == 0 && s.idle_for(now) >= idle_timeout;
         let Some(addr) = s

@@ -14,11 +14,13 @@ use crate::{ConfigError, ConfigErrors};
 
 mod auth;
 mod backend;
+mod cluster;
 mod runtime;
 
 pub(crate) use auth::load_credentials;
 use auth::*;
 use backend::*;
+use cluster::*;
 use runtime::*;
 
 /// AgentCore's bounds for the lifecycle timeouts (we allow going below 60 s for tests).
@@ -193,6 +195,7 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
     );
     let admin_protection = admin(&mut errs, &f.admin, base);
     let aws = aws(&mut errs, &f.aws);
+    let cluster = cluster(&mut errs, &f.cluster, base);
 
     let t = &f.telemetry;
     errs.range(
@@ -282,6 +285,9 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
             runtime(&mut errs, &path, r, base)
         })
         .collect();
+    if cluster.is_some() {
+        cluster_backends(&mut errs, &runtimes);
+    }
 
     let default_runtime = match &f.default_runtime {
         None => 0,
@@ -335,6 +341,7 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
         },
         admin: admin_protection,
         aws,
+        cluster,
         telemetry: Telemetry {
             otlp_traces_url,
             service_name: t.service_name.clone(),

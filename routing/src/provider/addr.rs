@@ -60,3 +60,52 @@ impl From<Endpoint> for Addrs {
         }
     }
 }
+
+impl Addrs {
+    /// The shared record's form: `http mcp a2a`, `-` for a port not served. TCP only: a Unix
+    /// socket is reachable on its own machine alone, so it never goes into a shared record.
+    pub fn encode(&self) -> String {
+        let one = |a: Option<&BackendAddr>| match a {
+            Some(BackendAddr::Tcp(a)) => a.to_string(),
+            _ => "-".to_owned(),
+        };
+        format!(
+            "{} {} {}",
+            one(Some(&self.http)),
+            one(self.mcp.as_ref()),
+            one(self.a2a.as_ref())
+        )
+    }
+
+    /// The inverse of [`Addrs::encode`]; `None` for anything else (an empty field above all).
+    pub fn decode(s: &str) -> Option<Self> {
+        let mut parts = s.split(' ');
+        let mut next = || -> Option<Option<BackendAddr>> {
+            match parts.next()? {
+                "-" => Some(None),
+                a => a.parse().ok().map(|a| Some(BackendAddr::Tcp(a))),
+            }
+        };
+        let (http, mcp, a2a) = (next()??, next()?, next()?);
+        Some(Self { http, mcp, a2a })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shared_form_round_trips() {
+        let a = Addrs::from(Endpoint {
+            http: ([127, 0, 0, 1], 8080).into(),
+            mcp: None,
+            a2a: Some(([10, 0, 0, 2], 9000).into()),
+        });
+        assert_eq!(a.encode(), "127.0.0.1:8080 - 10.0.0.2:9000");
+        assert_eq!(Addrs::decode(&a.encode()), Some(a));
+        for bad in ["", "-", "- - -", "x - -", "127.0.0.1:1 -"] {
+            assert_eq!(Addrs::decode(bad), None, "{bad:?}");
+        }
+    }
+}

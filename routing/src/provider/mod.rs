@@ -195,9 +195,25 @@ enum Lease {
     Process(child::ChildLease),
     Sandbox(child::ChildLease),
     Microvm(child::ChildLease),
+    /// Held in the shared directory (a replica's static-pool slot): released by ending the
+    /// session's record there.
+    Shared,
 }
 
 impl Backend {
+    /// A backend whose lease the shared directory holds.
+    pub fn shared(addrs: Addrs) -> Self {
+        Self {
+            addrs,
+            lease: Lease::Shared,
+        }
+    }
+
+    /// Its addresses, when its lease is held in the shared directory.
+    pub fn shared_addrs(&self) -> Option<&Addrs> {
+        matches!(self.lease, Lease::Shared).then_some(&self.addrs)
+    }
+
     /// The backend's address for one protocol port; `None` when it does not serve it.
     pub fn addr(&self, protocol: Protocol) -> Option<&BackendAddr> {
         self.addrs.get(protocol)
@@ -205,7 +221,7 @@ impl Backend {
 
     fn child(&self) -> Option<&child::ChildLease> {
         match &self.lease {
-            Lease::Slot(_) => None,
+            Lease::Slot(_) | Lease::Shared => None,
             Lease::Process(c) | Lease::Sandbox(c) | Lease::Microvm(c) => Some(c),
         }
     }
@@ -235,6 +251,7 @@ impl Backend {
     pub async fn release(&self) {
         match &self.lease {
             Lease::Slot(s) => s.release(),
+            Lease::Shared => {}
             Lease::Process(c) | Lease::Sandbox(c) | Lease::Microvm(c) => c.stop().await,
         }
     }
@@ -243,6 +260,7 @@ impl Backend {
     pub async fn release_now(&self) {
         match &self.lease {
             Lease::Slot(s) => s.release(),
+            Lease::Shared => {}
             Lease::Process(c) | Lease::Sandbox(c) | Lease::Microvm(c) => c.kill().await,
         }
     }
@@ -250,7 +268,7 @@ impl Backend {
     /// What the backend is, for logs and the admin API: `static`, `process <pid>`, ….
     pub fn describe(&self) -> String {
         match &self.lease {
-            Lease::Slot(_) => "static".to_owned(),
+            Lease::Slot(_) | Lease::Shared => "static".to_owned(),
             Lease::Process(c) => format!("process {}", c.pid()),
             Lease::Sandbox(c) => format!("sandbox {}", c.pid()),
             Lease::Microvm(c) => format!("microvm {}", c.pid()),

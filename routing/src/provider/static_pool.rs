@@ -70,6 +70,18 @@ impl StaticProvider {
         Err(PlacementError::PoolExhausted)
     }
 
+    /// For a replica, whose slots are counted in Redis: sessions per endpoint, and the
+    /// endpoints in the order to try (starting after the last one handed out here).
+    pub fn shared_order(&self) -> (u32, Vec<super::Addrs>) {
+        let pool = &self.pool;
+        let n = pool.endpoints.len();
+        let start = pool.next.fetch_add(1, Ordering::Relaxed);
+        let order = (0..n)
+            .map(|i| pool.endpoints[(start + i) % n].into())
+            .collect();
+        (pool.sessions_per_endpoint, order)
+    }
+
     /// Sessions placed on each endpoint now (for tests and the admin API).
     pub fn occupancy(&self) -> Vec<u32> {
         self.pool

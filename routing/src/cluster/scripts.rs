@@ -1,0 +1,228 @@
+//! The Lua scripts that keep the shared session records consistent. Each runs atomically on the
+//! Redis server with its clock (`TIME`), so replicas never compare their own clocks.
+//!
+//! Keys (all under the hash tag `{prefix}`, passed as `ARGV[1]`):
+//! - `P:s:<id>` hash — one session: `gen` (incarnation), `rt` runtime, `pr` principal, `qk` quota
+//!   key, `ver` version, `st` `p` (placing) / `l` (live), `placer` + `dl` (placing deadline),
+//!   `cr` created, `last` last activity (ms), `idle`/`life` its timeouts (ms), `be` backend
+//!   addresses, `slot` static-pool endpoint, `mcp` its MCP session ids;
+//! - `P:active` sorted set id → the earliest it can end (its size is the exact active count);
+//! - `P:q:<quota key>` set of a caller's sessions; `P:slots` hash endpoint → sessions on it;
+//! - `P:mcp:<Mcp-Session-Id>` → session id; `P:epoch` (changes when Redis lost its data);
+//!   `P:sweeper` lock; channel `P:ev` (`<id> <gen> <reason>` when a session ends).
+
+/// Shared helpers, prepended to every script.
+const PRELUDE: &str = r#"
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function str(n) return string.format('%.0f', n) end
+"#;
+
+/// Create-or-join. KEYS[1] `P:s:<id>`; ARGV: prefix, id, runtime, principal, quota key, version,
+/// node, create (1/0), max active, max per quota key, placing ms, idle ms, life ms, new gen.
+/// Returns `{state, gen, version, created, last, backend}` with state `live`, `placing` (someone
+/// else places it), `place` (the caller must place it: new, or a stale placement taken over),
+/// `notfound`, or `{full|quota, retry ms}`.
+pub const OPEN: &str = r#"
+local P, id = ARGV[1], ARGV[2]
+local t = now()
+local r = redis.call('HMGET', KEYS[1], 'gen', 'rt', 'pr', 'ver', 'st', 'placer', 'dl', 'cr', 'last', 'be')
+if r[1] then
+  if r[2] ~= ARGV[3] or r[3] ~= ARGV[4] then return {'notfound'} end
+  if r[5] == 'p' then
+    if tonumber(r[7]) < t then
+      redis.call('HSET', KEYS[1], 'placer', ARGV[7], 'dl', str(t + tonumber(ARGV[11])))
+      return {'place', r[1], r[4], r[8], r[9], ''}
+    end
+    if r[6] == ARGV[7] then return {'place', r[1], r[4], r[8], r[9], ''} end
+    return {'placing', r[1], r[4], r[8], r[9], ''}
+  end
+  return {'live', r[1], r[4], r[8], r[9], r[10] or ''}
+end
+if ARGV[8] ~= '1' then return {'notfound'} end
+local active = P .. ':active'
+if redis.call('ZCARD', active) >= tonumber(ARGV[9]) then
+  local first = redis.call('ZRANGE', active, 0, 0, 'WITHSCORES')
+  return {'full', str(first[2] and (tonumber(first[2]) - t) or 1000)}
+end
+local q = P .. ':q:' .. ARGV[5]
+if redis.call('SCARD', q) >= tonumber(ARGV[10]) then
+  local soonest = nil
+  for _, m in ipairs(redis.call('SMEMBERS', q)) do
+    local sc = redis.call('ZSCORE', active, m)
+    if sc and (not soonest or tonumber(sc) < soonest) then soonest = tonumber(sc) end
+  end
+  return {'quota', str(soonest and (soonest - t) or 1000)}
+end
+local idle, life = tonumber(ARGV[12]), tonumber(ARGV[13])
+redis.call('HSET', KEYS[1], 'gen', ARGV[14], 'rt', ARGV[3], 'pr', ARGV[4], 'qk', ARGV[5],
+  'ver', ARGV[6], 'st', 'p', 'placer', ARGV[7], 'dl', str(t + tonumber(ARGV[11])),
+  'cr', str(t), 'last', str(t), 'idle', ARGV[12], 'life', ARGV[13])
+redis.call('ZADD', active, t + math.min(idle, life), id)
+redis.call('SADD', q, id)
+return {'place', ARGV[14], ARGV[6], str(t), str(t), ''}
+"#;
+
+/// Takes a static-pool slot for a session being placed by this node, in the same step that
+/// makes it live. KEYS[1] `P:s:<id>`; ARGV: prefix, gen, node, sessions per endpoint, then
+/// (endpoint key, backend addresses) pairs in the order to try. Returns the index of the pair
+/// taken, -1 when every endpoint is full, -2 when the session is no longer ours to place.
+pub const PLACE_SLOT: &str = r#"
+local r = redis.call('HMGET', KEYS[1], 'gen', 'st', 'placer')
+if r[1] ~= ARGV[2] or r[2] ~= 'p' or r[3] ~= ARGV[3] then return -2 end
+local slots = ARGV[1] .. ':slots'
+local per = tonumber(ARGV[4])
+for i = 5, #ARGV, 2 do
+  if tonumber(redis.call('HGET', slots, ARGV[i]) or '0') < per then
+    redis.call('HINCRBY', slots, ARGV[i], 1)
+    redis.call('HSET', KEYS[1], 'st', 'l', 'be', ARGV[i + 1], 'slot', ARGV[i])
+    return (i - 5) / 2
+  end
+end
+return -1
+"#;
+
+/// Ends a session, once: removes it from every set, frees its slot and MCP ids, and tells every
+/// replica. KEYS[1] `P:s:<id>`; ARGV: prefix, id, gen ('' any), reason ('' decide: idle or
+/// max_lifetime, and only if due), runtime ('' any), principal ('' any). Returns the reason it
+/// ended with, or '' when it did not end (gone already, another incarnation or owner, not due).
+pub const END: &str = r#"
+local P, id = ARGV[1], ARGV[2]
+local r = redis.call('HMGET', KEYS[1], 'gen', 'qk', 'slot', 'mcp', 'cr', 'last', 'idle', 'life', 'rt', 'pr')
+if not r[1] then
+  redis.call('ZREM', P .. ':active', id)
+  return ''
+end
+if ARGV[3] ~= '' and r[1] ~= ARGV[3] then return '' end
+if (ARGV[5] ~= '' and r[9] ~= ARGV[5]) or (ARGV[6] ~= '' and r[10] ~= ARGV[6]) then return '' end
+local reason = ARGV[4]
+if reason == '' then
+  local t = now()
+  local life_end = tonumber(r[5]) + tonumber(r[8])
+  local due = math.min(tonumber(r[6]) + tonumber(r[7]), life_end)
+  if due > t then
+    redis.call('ZADD', P .. ':active', due, id)
+    return ''
+  end
+  reason = (life_end <= t) and 'max_lifetime' or 'idle'
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', P .. ':active', id)
+redis.call('SREM', P .. ':q:' .. r[2], id)
+if r[3] then redis.call('HINCRBY', P .. ':slots', r[3], -1) end
+for m in string.gmatch(r[4] or '', '%S+') do
+  if redis.call('GET', P .. ':mcp:' .. m) == id then redis.call('DEL', P .. ':mcp:' .. m) end
+end
+redis.call('PUBLISH', P .. ':ev', id .. ' ' .. r[1] .. ' ' .. reason)
+return reason
+"#;
+
+/// One replica's activity, batched (about once a second): moves each session's shared last
+/// activity forward (a write at most once a second per session) and reports it back, so every
+/// replica's idle clock agrees. ARGV: prefix, then (id, gen, last activity ms or 0) triples.
+/// Returns `{epoch, last_1, …}`: each session's shared last activity, or -1 when it no longer
+/// exists as that incarnation.
+pub const TOUCH: &str = r#"
+local P = ARGV[1]
+local out = {redis.call('GET', P .. ':epoch') or ''}
+for i = 2, #ARGV, 3 do
+  local key = P .. ':s:' .. ARGV[i]
+  local r = redis.call('HMGET', key, 'gen', 'last', 'cr', 'idle', 'life')
+  if r[1] ~= ARGV[i + 1] then
+    out[#out + 1] = '-1'
+  else
+    local last, mine = tonumber(r[2]), tonumber(ARGV[i + 2])
+    if mine >= last + 1000 then
+      last = mine
+      redis.call('HSET', key, 'last', str(last))
+      redis.call('ZADD', P .. ':active', math.min(last + tonumber(r[4]), tonumber(r[3]) + tonumber(r[5])), ARGV[i])
+    end
+    out[#out + 1] = str(last)
+  end
+end
+return out
+"#;
+
+/// Sessions whose end is due, for the one replica holding the sweeper lock. ARGV: prefix, node,
+/// lock ms, at most. Returns (id, gen, backend) triples (gen '' when the record is gone), or
+/// nothing when another replica sweeps.
+pub const DUE: &str = r#"
+local P = ARGV[1]
+if not redis.call('SET', P .. ':sweeper', ARGV[2], 'NX', 'PX', ARGV[3]) then
+  if redis.call('GET', P .. ':sweeper') ~= ARGV[2] then return {} end
+  redis.call('PEXPIRE', P .. ':sweeper', ARGV[3])
+end
+local out = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. ':active', '-inf', now(), 'LIMIT', 0, tonumber(ARGV[4]))) do
+  local r = redis.call('HMGET', P .. ':s:' .. id, 'gen', 'be')
+  out[#out + 1] = id
+  out[#out + 1] = r[1] or ''
+  out[#out + 1] = r[2] or ''
+end
+return out
+"#;
+
+/// Routes an `Mcp-Session-Id` to a session unless another session owns it; keeps at most
+/// ARGV[5] per session (the oldest forgotten). KEYS[1] `P:s:<id>`; ARGV: prefix, id, gen, MCP
+/// id, max. Returns 1 when the id routes to the session now.
+pub const LEARN_MCP: &str = r#"
+local P, id = ARGV[1], ARGV[2]
+local r = redis.call('HMGET', KEYS[1], 'gen', 'mcp')
+if r[1] ~= ARGV[3] then return 0 end
+local k = P .. ':mcp:' .. ARGV[4]
+local owner = redis.call('GET', k)
+if owner == id then return 1 end
+if owner then return 0 end
+redis.call('SET', k, id)
+local ids = {}
+for m in string.gmatch(r[2] or '', '%S+') do ids[#ids + 1] = m end
+ids[#ids + 1] = ARGV[4]
+while #ids > tonumber(ARGV[5]) do
+  local old = table.remove(ids, 1)
+  if redis.call('GET', P .. ':mcp:' .. old) == id then redis.call('DEL', P .. ':mcp:' .. old) end
+end
+redis.call('HSET', KEYS[1], 'mcp', table.concat(ids, ' '))
+return 1
+"#;
+
+/// Writes back a live session a replica still knows after Redis lost its data. KEYS[1]
+/// `P:s:<id>`; ARGV: prefix, id, gen, runtime, principal, quota key, version, created, last,
+/// idle ms, life ms, backend, slot ('' none), MCP ids. Returns 1 when restored, 0 when the
+/// record exists already.
+pub const RESTORE: &str = r#"
+local P, id = ARGV[1], ARGV[2]
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'gen', ARGV[3], 'rt', ARGV[4], 'pr', ARGV[5], 'qk', ARGV[6],
+  'ver', ARGV[7], 'st', 'l', 'placer', '', 'dl', '0', 'cr', ARGV[8], 'last', ARGV[9],
+  'idle', ARGV[10], 'life', ARGV[11], 'be', ARGV[12], 'mcp', ARGV[14])
+if ARGV[13] ~= '' then
+  redis.call('HSET', KEYS[1], 'slot', ARGV[13])
+  redis.call('HINCRBY', P .. ':slots', ARGV[13], 1)
+end
+redis.call('ZADD', P .. ':active', math.min(tonumber(ARGV[9]) + tonumber(ARGV[10]), tonumber(ARGV[8]) + tonumber(ARGV[11])), id)
+redis.call('SADD', P .. ':q:' .. ARGV[6], id)
+for m in string.gmatch(ARGV[14], '%S+') do redis.call('SET', P .. ':mcp:' .. m, id, 'NX') end
+return 1
+"#;
+
+/// Every session record (for `/sessions`), at most ARGV[2]. Returns per session: id, runtime,
+/// version, principal, state, created, last, backend.
+pub const LIST: &str = r#"
+local P = ARGV[1]
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', P .. ':active', 0, tonumber(ARGV[2]) - 1)) do
+  local r = redis.call('HMGET', P .. ':s:' .. id, 'rt', 'ver', 'pr', 'st', 'cr', 'last', 'be')
+  if r[1] then
+    out[#out + 1] = id
+    for i = 1, 7 do out[#out + 1] = r[i] or '' end
+  end
+end
+return out
+"#;
+
+/// The scripts with the prelude, ready to load.
+pub fn script(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{PRELUDE}{body}"))
+}

@@ -1,0 +1,484 @@
+//! What the directory does differently on a replica: its map is a cache of the shared records
+//! in Redis, filled on a miss, emptied by end announcements, and kept in step once a second.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+
+use super::*;
+use crate::cluster::{OpenArgs, Opened, PLACING_DEADLINE, RedisDirectory, Restore, SlotTaken};
+
+/// How often a replica that waits for another's placement looks again.
+const PLACEMENT_POLL: Duration = Duration::from_millis(20);
+/// A cached session unused here this long leaves the cache (not the cluster).
+const CACHE_IDLE: Duration = Duration::from_secs(60);
+/// Sessions per activity batch.
+const BATCH: usize = 256;
+
+/// What a request brings to [`SessionDirectory::enter`].
+#[derive(Debug)]
+pub struct Entry<'a> {
+    pub id: &'a SessionId,
+    pub runtime: &'a Arc<str>,
+    /// The version a new session starts on.
+    pub version: u32,
+    pub caller: &'a Caller,
+    pub create: bool,
+    /// The runtime's idle timeout and max lifetime (kept in the shared record).
+    pub idle: Duration,
+    pub life: Duration,
+}
+
+impl SessionDirectory {
+    /// A replica's directory: a cache of the records `shared` keeps.
+    pub fn replica(limits: AdmissionLimits, shared: Arc<RedisDirectory>) -> Self {
+        let mut dir = Self::new(limits);
+        dir.shared = Some(shared);
+        dir
+    }
+
+    pub fn shared(&self) -> Option<&Arc<RedisDirectory>> {
+        self.shared.as_ref()
+    }
+
+    /// Gives a request its session (see [`SessionDirectory::open`]); on a replica, a session
+    /// not cached here is looked up in (or created in) the shared directory.
+    pub async fn enter(&self, e: Entry<'_>) -> Result<Ticket, OpenError> {
+        let Some(shared) = &self.shared else {
+            return self.open(e.id, e.runtime, e.version, e.caller, e.create);
+        };
+        if !shared.within_grace() {
+            return Err(OpenError::Unavailable);
+        }
+        match self.open(e.id, e.runtime, e.version, e.caller, false) {
+            Err(OpenError::NotFound) => self.enter_shared(shared, &e).await,
+            cached => cached,
+        }
+    }
+
+    async fn enter_shared(
+        &self,
+        shared: &Arc<RedisDirectory>,
+        e: &Entry<'_>,
+    ) -> Result<Ticket, OpenError> {
+        let limits = self.admission.limits();
+        if e.create {
+            // The new-session rate is this replica's (see the README: per replica).
+            self.admission.take_session_token()?;
+        }
+        let args = OpenArgs {
+            id: e.id.as_str(),
+            runtime: e.runtime,
+            principal: e.caller.principal.as_str(),
+            quota_key: e.caller.quota.as_str(),
+            version: e.version,
+            create: e.create,
+            max_active: limits.max_active_sessions,
+            max_per_key: if e.caller.anonymous {
+                limits.max_sessions_per_anonymous_address
+            } else {
+                limits.max_sessions_per_principal
+            },
+            idle: e.idle,
+            life: e.life,
+        };
+        let incarnation = uuid::Uuid::new_v4().as_u64_pair().0 | 1;
+        let opened = shared
+            .open(&args, incarnation)
+            .await
+            .map_err(|_| OpenError::Unavailable)?;
+        let (record, placer) = match opened {
+            Opened::Live(r) | Opened::Placing(r) => (r, false),
+            Opened::Place(r) => (r, true),
+            Opened::NotFound => return Err(OpenError::NotFound),
+            Opened::Full(retry) => {
+                return Err(Rejection::ActiveSessions {
+                    retry_after: retry.max(Duration::from_secs(1)),
+                }
+                .into());
+            }
+            Opened::Quota(retry) => {
+                return Err(Rejection::PrincipalSessions {
+                    retry_after: retry.max(Duration::from_secs(1)),
+                }
+                .into());
+            }
+        };
+        let created = placer && record.incarnation == incarnation;
+        let session = Session::new(
+            e.id.clone(),
+            Arc::clone(e.runtime),
+            record.version,
+            e.caller.principal.clone(),
+            (record.incarnation, record.created_ms, record.last_ms),
+            (e.idle, e.life),
+            None,
+        );
+        session.placer.store(placer, Ordering::Release);
+        if let Some(addrs) = record.backend {
+            let _ = session.backend.set(Backend::shared(addrs));
+        }
+        let session = Arc::new(session);
+        let max_inflight = limits.max_inflight_per_session;
+        match self.sessions.entry(e.id.clone()) {
+            dashmap::Entry::Occupied(mut o) if o.get().incarnation != record.incarnation => {
+                // A stale incarnation (its end announcement not seen yet): replaced.
+                let old = o.insert(Arc::clone(&session));
+                self.retire(&old, EndReason::Stopped);
+            }
+            dashmap::Entry::Occupied(o) => {
+                // Another request on this replica cached it first: join that one.
+                let s = o.get();
+                if s.inflight.fetch_add(1, Ordering::AcqRel) >= max_inflight {
+                    s.inflight.fetch_sub(1, Ordering::AcqRel);
+                    return Err(Rejection::SessionInflight.into());
+                }
+                s.touch();
+                return Ok(Ticket {
+                    session: Arc::clone(s),
+                    created: false,
+                    shared: Some(Arc::clone(shared)),
+                });
+            }
+            dashmap::Entry::Vacant(v) => {
+                v.insert(Arc::clone(&session));
+            }
+        }
+        Ok(Ticket {
+            session,
+            created,
+            shared: Some(Arc::clone(shared)),
+        })
+    }
+
+    /// The runtime session an `Mcp-Session-Id` routes to: known here, or in the shared
+    /// directory.
+    pub async fn find_mcp_session(&self, mcp_id: &str) -> Result<Option<SessionId>, OpenError> {
+        if let Some(id) = self.session_for_mcp_id(mcp_id) {
+            return Ok(Some(id));
+        }
+        let Some(shared) = &self.shared else {
+            return Ok(None);
+        };
+        let id = shared
+            .session_for_mcp_id(mcp_id)
+            .await
+            .map_err(|_| OpenError::Unavailable)?;
+        Ok(id.and_then(|id| SessionId::parse(id.as_bytes()).ok()))
+    }
+
+    /// [`SessionDirectory::learn_mcp_id`], in the shared directory too on a replica.
+    pub async fn learn_mcp(&self, session: &Session, mcp_id: &str) -> bool {
+        let Some(shared) = &self.shared else {
+            return self.learn_mcp_id(session, mcp_id);
+        };
+        let known = session
+            .mcp_ids
+            .lock()
+            .is_ok_and(|ids| ids.iter().any(|i| &**i == mcp_id));
+        if known {
+            return true;
+        }
+        let routed = shared
+            .learn_mcp_id(
+                session.id.as_str(),
+                session.incarnation,
+                mcp_id,
+                MAX_MCP_IDS_PER_SESSION,
+            )
+            .await
+            .unwrap_or(false);
+        // Cached here as well (the shared record decided; the local map only follows it).
+        routed && self.learn_mcp_id(session, mcp_id)
+    }
+
+    /// Stops the session `id` if `owner` (runtime, principal) owns it, or whoever does when
+    /// `None` (the admin API). Returns whether there was such a session.
+    pub async fn stop_named(
+        &self,
+        id: &str,
+        owner: Option<(&str, &Principal)>,
+        reason: EndReason,
+    ) -> Result<bool, OpenError> {
+        let cached = self
+            .get(id)
+            .filter(|s| owner.is_none_or(|(rt, p)| *s.runtime == *rt && s.principal == *p));
+        let Some(shared) = &self.shared else {
+            return Ok(match cached {
+                Some(s) => {
+                    self.stop(&s, reason).await;
+                    true
+                }
+                None => false,
+            });
+        };
+        let ended = shared
+            .end(
+                id,
+                None,
+                Some(reason.as_str()),
+                owner.map(|(rt, p)| (rt, p.as_str())),
+            )
+            .await
+            .map_err(|_| OpenError::Unavailable)?;
+        if let Some(s) = cached {
+            self.sessions.remove_if(&s.id, |_, v| Arc::ptr_eq(v, &s));
+            self.retire(&s, reason);
+        }
+        Ok(ended.is_some())
+    }
+
+    /// Drops a session another replica ended from this cache (an end announcement).
+    pub fn forget(&self, id: &str, incarnation: u64, reason: EndReason) {
+        if let Some((_, s)) = self
+            .sessions
+            .remove_if(id, |_, s| s.incarnation == incarnation)
+        {
+            self.retire(&s, reason);
+        }
+    }
+
+    /// Listens for end announcements for as long as the replica runs, resubscribing after a
+    /// disconnection (the activity batch catches what was announced meanwhile).
+    pub async fn listen_for_ends(&self) {
+        let Some(shared) = &self.shared else { return };
+        let mut warned = false;
+        loop {
+            match shared.subscribe().await {
+                Ok(pubsub) => {
+                    warned = false;
+                    let mut messages = pubsub.into_on_message();
+                    while let Some(msg) = messages.next().await {
+                        let Ok(payload) = msg.get_payload::<String>() else {
+                            continue;
+                        };
+                        if let Some((id, incarnation, reason)) = crate::cluster::parse_end(&payload)
+                        {
+                            self.forget(id, incarnation, EndReason::parse(reason));
+                        }
+                    }
+                }
+                Err(e) if !warned => {
+                    warned = true;
+                    tracing::warn!(error = %e, "cannot subscribe to session ends; retrying");
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Once a second on a replica: sends this replica's activity, learns every cached session's
+    /// shared last activity, drops sessions that ended elsewhere, leaves out of the cache what
+    /// is unused here, and writes sessions back if Redis lost its data.
+    pub async fn sync_shared(&self) -> Result<(), crate::cluster::Unavailable> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let now = now_ms();
+        let sessions: Vec<Arc<Session>> = self
+            .snapshot()
+            .into_iter()
+            .filter(|s| s.backend().is_some())
+            .collect();
+        let mut epoch = String::new();
+        let mut chunks: Vec<&[Arc<Session>]> = sessions.chunks(BATCH).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        for chunk in chunks {
+            let batch: Vec<(String, u64, u64)> = chunk
+                .iter()
+                .map(|s| {
+                    let last = if s.inflight() > 0 {
+                        now
+                    } else {
+                        s.last_activity_ms.load(Ordering::Acquire)
+                    };
+                    let mine = if last > s.flushed_ms.load(Ordering::Acquire) {
+                        last
+                    } else {
+                        0
+                    };
+                    (s.id.as_str().to_owned(), s.incarnation, mine)
+                })
+                .collect();
+            let (reported, lasts) = shared.touch(&batch).await?;
+            epoch = reported;
+            for ((s, (_, _, mine)), last) in chunk.iter().zip(&batch).zip(lasts) {
+                match last {
+                    Some(last) => {
+                        s.flushed_ms.fetch_max(*mine, Ordering::AcqRel);
+                        s.last_activity_ms.fetch_max(last, Ordering::AcqRel);
+                    }
+                    None => self.forget(s.id.as_str(), s.incarnation, EndReason::Stopped),
+                }
+            }
+        }
+        if shared.epoch_changed(&epoch).await? {
+            let restored = self.restore_all(shared).await;
+            tracing::warn!(
+                restored,
+                "the session directory lost its data (Redis restarted empty); this replica wrote back the sessions it knew"
+            );
+        }
+        for s in &sessions {
+            self.sessions.remove_if(&s.id, |_, v| {
+                Arc::ptr_eq(v, s) && v.inflight() == 0 && v.idle_for(now) >= CACHE_IDLE
+            });
+        }
+        Ok(())
+    }
+
+    async fn restore_all(&self, shared: &RedisDirectory) -> usize {
+        let mut restored = 0;
+        for s in self.snapshot() {
+            let Some(backend) = s.backend().and_then(Backend::shared_addrs) else {
+                continue;
+            };
+            let mcp_ids = s
+                .mcp_ids
+                .lock()
+                .map(|ids| ids.iter().map(|i| i.to_string()).collect())
+                .unwrap_or_default();
+            let slot = backend.http.to_string();
+            let record = Restore {
+                id: s.id.as_str(),
+                incarnation: s.incarnation,
+                runtime: &s.runtime,
+                principal: s.principal.as_str(),
+                quota_key: s.quota_key().as_str(),
+                version: s.version,
+                created_ms: s.created_ms,
+                last_ms: s.last_activity_ms.load(Ordering::Acquire),
+                idle: s.idle,
+                life: s.life,
+                backend,
+                slot: Some(&slot),
+                mcp_ids,
+            };
+            if shared.restore(&record).await.unwrap_or(false) {
+                restored += 1;
+            }
+        }
+        restored
+    }
+
+    /// The cluster-wide idle and lifetime ends, run by whichever replica holds the sweeper
+    /// lock: a due session's backend is asked once more whether it is busy (then it lives on).
+    pub async fn sweep_shared(&self, lock: Duration) -> Vec<(String, EndReason)> {
+        let Some(shared) = &self.shared else {
+            return Vec::new();
+        };
+        let Ok(due) = shared.due(lock, 64).await else {
+            return Vec::new();
+        };
+        let mut checks = tokio::task::JoinSet::new();
+        for d in due {
+            checks.spawn(async move {
+                let busy = match &d.backend {
+                    Some(a) => crate::ping::ping(&a.http, Duration::from_secs(1))
+                        .await
+                        .is_ok_and(|h| h.busy),
+                    None => false,
+                };
+                (d, busy)
+            });
+        }
+        let mut ended = Vec::new();
+        while let Some(Ok((d, busy))) = checks.join_next().await {
+            let Some(incarnation) = d.incarnation else {
+                let _ = shared.end(&d.id, None, Some("idle"), None).await;
+                continue;
+            };
+            if busy {
+                let _ = shared.touch(&[(d.id.clone(), incarnation, now_ms())]).await;
+                continue;
+            }
+            if let Ok(Some(reason)) = shared.end(&d.id, Some(incarnation), None, None).await {
+                ended.push((d.id, EndReason::parse(&reason)));
+            }
+        }
+        ended
+    }
+}
+
+/// The backend of a replica's session: the one another replica placed, or one this replica
+/// places now (a static-pool slot taken in Redis).
+pub(super) async fn obtain_backend(
+    shared: &RedisDirectory,
+    s: &Session,
+    provider: &BackendProvider,
+) -> Result<Backend, TicketError> {
+    let give_up = Instant::now() + PLACING_DEADLINE + Duration::from_secs(5);
+    let mut place = s.placer.load(Ordering::Acquire);
+    loop {
+        if place {
+            return place_here(shared, s, provider).await;
+        }
+        if s.is_ended() {
+            return Err(TicketError::Ended);
+        }
+        if Instant::now() > give_up {
+            return Err(TicketError::Unavailable);
+        }
+        tokio::time::sleep(PLACEMENT_POLL).await;
+        let args = OpenArgs {
+            id: s.id.as_str(),
+            runtime: &s.runtime,
+            principal: s.principal.as_str(),
+            quota_key: "",
+            version: s.version,
+            create: false,
+            max_active: 0,
+            max_per_key: 0,
+            idle: s.idle,
+            life: s.life,
+        };
+        match shared.open(&args, 0).await {
+            Ok(Opened::Live(r)) if r.incarnation == s.incarnation => {
+                return r
+                    .backend
+                    .map(Backend::shared)
+                    .ok_or(TicketError::Unavailable);
+            }
+            Ok(Opened::Place(r)) if r.incarnation == s.incarnation => place = true,
+            Ok(Opened::Placing(r)) if r.incarnation == s.incarnation => {}
+            Ok(_) => return Err(TicketError::Ended),
+            Err(_) => return Err(TicketError::Unavailable),
+        }
+    }
+}
+
+async fn place_here(
+    shared: &RedisDirectory,
+    s: &Session,
+    provider: &BackendProvider,
+) -> Result<Backend, TicketError> {
+    let BackendProvider::Static(pool) = provider else {
+        // check-config refuses spawned backends on a replica; a stale provider cannot get here.
+        return Err(TicketError::Placement(PlacementError::Spawn(
+            std::io::Error::other("a replica places static-pool sessions only"),
+        )));
+    };
+    let (per, order) = pool.shared_order();
+    let pairs: Vec<(String, String)> = order
+        .iter()
+        .map(|a| (a.http.to_string(), a.encode()))
+        .collect();
+    match shared
+        .place_slot(s.id.as_str(), s.incarnation, per, &pairs)
+        .await
+        .map_err(|_| TicketError::Unavailable)?
+    {
+        SlotTaken::Taken(i) => order
+            .into_iter()
+            .nth(i)
+            .map(Backend::shared)
+            .ok_or(TicketError::Unavailable),
+        SlotTaken::Full => Err(TicketError::Placement(PlacementError::PoolExhausted)),
+        SlotTaken::Lost => Err(TicketError::Ended),
+    }
+}
