@@ -487,3 +487,72 @@ fn taking_authentication_away_is_found() {
     assert!(none.auth_weakened_by(&old).is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_cluster_needs_redis_a_shared_secret_and_static_pools() {
+    let dir = std::env::temp_dir().join(format!("sg-conf-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("secret"), "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::write(dir.join("short"), "tooshort\n").unwrap();
+    let pool = "[[runtimes]]\nname = 'a'\n[runtimes.backend]\nprovider = 'static'\n\
+                endpoints = [{ http = '127.0.0.1:9001' }]\n";
+    let cfg = |cluster: &str, runtimes: &str| {
+        validate::validate(parse_file(&format!("{cluster}\n{runtimes}")).unwrap(), &dir)
+    };
+    assert!(Config::embedded_default().cluster.is_none(), "all-in-one");
+    let c = cfg(
+        "[cluster]\ndirectory = 'redis'\nredis_url = 'redis://:pw@127.0.0.1:6379/0'\nsecret_file = 'secret'\nnode_id = 'r1'\n",
+        pool,
+    )
+    .unwrap();
+    let cluster = c.cluster.unwrap();
+    assert_eq!(cluster.key_prefix, "sessiongate");
+    assert_eq!(cluster.redis_timeout, Duration::from_millis(250));
+    assert_eq!(cluster.redis_outage_grace, Duration::from_secs(30));
+    assert!(
+        !format!("{cluster:?}").contains("pw@"),
+        "the URL (password) never in Debug"
+    );
+
+    let paths = |cluster: &str, runtimes: &str| -> Vec<String> {
+        cfg(cluster, runtimes)
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|e| e.path)
+            .collect()
+    };
+    assert_eq!(
+        paths("[cluster]\ndirectory = 'redis'\n", pool),
+        ["cluster.redis_url", "cluster.secret_file"]
+    );
+    assert_eq!(
+        paths(
+            "[cluster]\ndirectory = 'redis'\nredis_url = 'http://x'\nsecret_file = 'short'\nkey_prefix = 'a b'\n",
+            pool
+        ),
+        [
+            "cluster.redis_url",
+            "cluster.key_prefix",
+            "cluster.secret_file"
+        ]
+    );
+    assert_eq!(
+        paths("[cluster]\ndirectory = 'etcd'\n", pool),
+        ["cluster.directory"]
+    );
+    assert_eq!(
+        paths("[cluster]\nredis_url = 'redis://127.0.0.1/'\n", pool),
+        ["cluster.redis_url"],
+        "a URL with the memory directory is a mistake worth saying"
+    );
+    // A backend spawned by a replica would die with it.
+    assert_eq!(
+        paths(
+            "[cluster]\ndirectory = 'redis'\nredis_url = 'redis://127.0.0.1/'\nsecret_file = 'secret'\n",
+            "[[runtimes]]\nname = 'p'\n"
+        ),
+        ["runtimes[0].versions[0].backend"]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -29,7 +29,11 @@ impl BackgroundService for ClusterSync {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut reachable = true;
             loop {
-                tick.tick().await;
+                let recover = dir.shared().map(|s| s.recover.notified());
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = async { if let Some(r) = recover { r.await } else { std::future::pending().await } } => {}
+                }
                 match dir.sync_shared().await {
                     Ok(()) if !reachable => {
                         reachable = true;

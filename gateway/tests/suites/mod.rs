@@ -2,6 +2,7 @@
 
 mod build;
 mod cli;
+mod cluster;
 mod deadlines;
 mod dockerfile;
 mod failures;

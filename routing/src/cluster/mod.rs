@@ -28,6 +28,8 @@ pub enum Opened {
     /// This replica must place its backend (a new session, or a placement whose replica died).
     Place(Record),
     NotFound,
+    /// Redis lost its data and the replicas are writing back what they know: retry shortly.
+    Recovering,
     /// The cluster's active session limit: retry after this long.
     Full(Duration),
     /// The caller's session limit.
@@ -109,8 +111,10 @@ pub struct RedisDirectory {
     outage_grace: Duration,
     /// When Redis last answered (Unix ms).
     last_ok_ms: AtomicU64,
-    /// The epoch this replica has seen (0: none yet).
+    /// The epoch this replica has seen ('' none yet).
     epoch: std::sync::Mutex<String>,
+    /// Woken when a request finds the data lost: the replica writes back its sessions now.
+    pub recover: tokio::sync::Notify,
     open: redis::Script,
     place_slot: redis::Script,
     end: redis::Script,
@@ -159,6 +163,7 @@ impl RedisDirectory {
             outage_grace: cluster.redis_outage_grace,
             last_ok_ms: AtomicU64::new(crate::directory::now_ms()),
             epoch: std::sync::Mutex::new(String::new()),
+            recover: tokio::sync::Notify::new(),
             open: scripts::script(scripts::OPEN),
             place_slot: scripts::script(scripts::PLACE_SLOT),
             end: scripts::script(scripts::END),
@@ -226,7 +231,9 @@ impl RedisDirectory {
             .arg(PLACING_DEADLINE.as_millis() as u64)
             .arg(a.idle.as_millis() as u64)
             .arg(a.life.as_millis() as u64)
-            .arg(incarnation);
+            .arg(incarnation)
+            .arg(self.known_epoch())
+            .arg(uuid::Uuid::new_v4().simple().to_string());
         let reply: Vec<String> = self.run(&inv).await?;
         let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or_default();
         let ms = |i: usize| Duration::from_millis(field(i).parse::<u64>().unwrap_or(1000));
@@ -250,6 +257,10 @@ impl RedisDirectory {
             "place" => Opened::Place(record()?),
             "full" => Opened::Full(ms(1)),
             "quota" => Opened::Quota(ms(1)),
+            "recovering" => {
+                self.recover.notify_one();
+                Opened::Recovering
+            }
             _ => Opened::NotFound,
         })
     }
@@ -322,12 +333,29 @@ impl RedisDirectory {
         Ok((epoch, lasts))
     }
 
+    fn known_epoch(&self) -> String {
+        self.epoch.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
     /// Whether Redis lost its data since this replica last looked: the epoch it just reported
-    /// differs from the one this replica knows. Sets a new epoch when there is none.
+    /// differs from the one this replica knows. Sets a new epoch when there is none, and holds
+    /// new sessions back for 2 s while the replicas write theirs back.
     pub async fn epoch_changed(&self, reported: &str) -> Result<bool, Unavailable> {
-        let known = self.epoch.lock().map(|e| e.clone()).unwrap_or_default();
+        let known = self.known_epoch();
         if !reported.is_empty() && reported == known {
             return Ok(false);
+        }
+        if !known.is_empty() {
+            let _: Option<String> = self
+                .command(
+                    redis::cmd("SET")
+                        .arg(format!("{}:recovering", self.prefix))
+                        .arg("1")
+                        .arg("PX")
+                        .arg(2000)
+                        .arg("NX"),
+                )
+                .await?;
         }
         let key = format!("{}:epoch", self.prefix);
         let fresh = uuid::Uuid::new_v4().simple().to_string();

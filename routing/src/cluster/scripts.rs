@@ -9,7 +9,8 @@
 //! - `P:active` sorted set id → the earliest it can end (its size is the exact active count);
 //! - `P:q:<quota key>` set of a caller's sessions; `P:slots` hash endpoint → sessions on it;
 //! - `P:mcp:<Mcp-Session-Id>` → session id; `P:epoch` (changes when Redis lost its data);
-//!   `P:sweeper` lock; channel `P:ev` (`<id> <gen> <reason>` when a session ends).
+//!   `P:recovering` (set for 2 s when a replica finds the data lost: no session is created
+//!   meanwhile, so none is created twice); `P:sweeper` lock; channel `P:ev` (`<id> <gen> <reason>` when a session ends).
 
 /// Shared helpers, prepended to every script.
 const PRELUDE: &str = r#"
@@ -21,10 +22,12 @@ local function str(n) return string.format('%.0f', n) end
 "#;
 
 /// Create-or-join. KEYS[1] `P:s:<id>`; ARGV: prefix, id, runtime, principal, quota key, version,
-/// node, create (1/0), max active, max per quota key, placing ms, idle ms, life ms, new gen.
-/// Returns `{state, gen, version, created, last, backend}` with state `live`, `placing` (someone
-/// else places it), `place` (the caller must place it: new, or a stale placement taken over),
-/// `notfound`, or `{full|quota, retry ms}`.
+/// node, create (1/0), max active, max per quota key, placing ms, idle ms, life ms, new
+/// incarnation, the epoch the caller knows ('' none yet), a fresh epoch.
+/// Returns `{state, gen, version, created, last, backend}` with state `live`, `placing`
+/// (someone else places it), `place` (the caller must place it: new, or a stale placement taken
+/// over), `notfound`, `{full|quota, retry ms}`, or `{recovering}` while Redis has lost its data
+/// and the replicas write back what they know (a session missing now may be written back).
 pub const OPEN: &str = r#"
 local P, id = ARGV[1], ARGV[2]
 local t = now()
@@ -41,6 +44,17 @@ if r[1] then
   end
   return {'live', r[1], r[4], r[8], r[9], r[10] or ''}
 end
+local epoch = redis.call('GET', P .. ':epoch')
+if not epoch then
+  if ARGV[15] ~= '' then
+    redis.call('SET', P .. ':recovering', '1', 'PX', 2000, 'NX')
+    return {'recovering'}
+  end
+  redis.call('SET', P .. ':epoch', ARGV[16], 'NX')
+elseif ARGV[15] ~= '' and epoch ~= ARGV[15] then
+  return {'recovering'}
+end
+if redis.call('EXISTS', P .. ':recovering') == 1 then return {'recovering'} end
 if ARGV[8] ~= '1' then return {'notfound'} end
 local active = P .. ':active'
 if redis.call('ZCARD', active) >= tonumber(ARGV[9]) then

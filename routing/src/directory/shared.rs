@@ -93,6 +93,7 @@ impl SessionDirectory {
             Opened::Live(r) | Opened::Placing(r) => (r, false),
             Opened::Place(r) => (r, true),
             Opened::NotFound => return Err(OpenError::NotFound),
+            Opened::Recovering => return Err(OpenError::Unavailable),
             Opened::Full(retry) => {
                 return Err(Rejection::ActiveSessions {
                     retry_after: retry.max(Duration::from_secs(1)),
@@ -283,7 +284,6 @@ impl SessionDirectory {
             .into_iter()
             .filter(|s| s.backend().is_some())
             .collect();
-        let mut epoch = String::new();
         let mut chunks: Vec<&[Arc<Session>]> = sessions.chunks(BATCH).collect();
         if chunks.is_empty() {
             chunks.push(&[]);
@@ -306,7 +306,15 @@ impl SessionDirectory {
                 })
                 .collect();
             let (reported, lasts) = shared.touch(&batch).await?;
-            epoch = reported;
+            if shared.epoch_changed(&reported).await? {
+                // Before anything is dropped as gone: Redis forgot it, this replica did not.
+                let restored = self.restore_all(shared).await;
+                tracing::warn!(
+                    restored,
+                    "the session directory lost its data (Redis restarted empty); this replica wrote back the sessions it knew"
+                );
+                return Ok(());
+            }
             for ((s, (_, _, mine)), last) in chunk.iter().zip(&batch).zip(lasts) {
                 match last {
                     Some(last) => {
@@ -316,13 +324,6 @@ impl SessionDirectory {
                     None => self.forget(s.id.as_str(), s.incarnation, EndReason::Stopped),
                 }
             }
-        }
-        if shared.epoch_changed(&epoch).await? {
-            let restored = self.restore_all(shared).await;
-            tracing::warn!(
-                restored,
-                "the session directory lost its data (Redis restarted empty); this replica wrote back the sessions it knew"
-            );
         }
         for s in &sessions {
             self.sessions.remove_if(&s.id, |_, v| {
