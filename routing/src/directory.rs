@@ -144,6 +144,10 @@ pub struct Session {
     /// On a replica: its runtime's idle timeout and max lifetime, as the record keeps them.
     idle: Duration,
     life: Duration,
+    /// On a replica: in-flight slots leased to this replica in Redis, and the most in flight
+    /// here since the last activity batch (what the lease shrinks to).
+    lease: AtomicU32,
+    peak: AtomicU32,
 }
 
 /// The health-check record of one session.
@@ -184,6 +188,8 @@ impl Session {
             flushed_ms: AtomicU64::new(last_ms),
             idle,
             life,
+            lease: AtomicU32::new(1),
+            peak: AtomicU32::new(1),
         }
     }
 

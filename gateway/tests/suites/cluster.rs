@@ -335,3 +335,33 @@ fn an_mcp_session_learned_on_one_replica_is_routed_by_every_replica() {
         );
     }
 }
+
+#[test]
+fn the_in_flight_limit_of_a_session_holds_across_replicas() {
+    let c = Cluster::start(3, 1, |_| "[limits]\nmax_inflight_per_session = 2\n".into());
+    let sid = session_id("inflight");
+    assert_eq!(c.replicas[0].invoke(Some(&sid), "{}").status, 200);
+    // Two slow requests on two replicas hold both slots…
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let slow: Vec<_> = [0, 1]
+            .map(|i| {
+                let (gw, sid) = (&c.replicas[i], &sid);
+                s.spawn(move || gw.invoke(Some(sid), r#"{"sleep_ms": 2000}"#).status)
+            })
+            .into_iter()
+            .collect();
+        std::thread::sleep(Duration::from_millis(700));
+        // …so a third on the third replica is refused, as on one gateway.
+        let third = c.replicas[2].invoke(Some(&sid), "{}");
+        assert_eq!(third.status, 429, "{}", third.body_text());
+        let mut all: Vec<u16> = slow.into_iter().map(|h| h.join().unwrap()).collect();
+        all.push(third.status);
+        all
+    });
+    assert_eq!(statuses, [200, 200, 429]);
+    // Once they are done (and the idle replicas' leases shrink), the third replica serves it.
+    assert!(eventually(Duration::from_secs(5), || c.replicas[2]
+        .invoke(Some(&sid), "{}")
+        .status
+        == 200));
+}

@@ -30,6 +30,8 @@ pub enum Opened {
     NotFound,
     /// Redis lost its data and the replicas are writing back what they know: retry shortly.
     Recovering,
+    /// Every in-flight slot of the session is leased to other replicas' requests.
+    Inflight,
     /// The cluster's active session limit: retry after this long.
     Full(Duration),
     /// The caller's session limit.
@@ -60,6 +62,8 @@ pub struct OpenArgs<'a> {
     pub max_per_key: usize,
     pub idle: Duration,
     pub life: Duration,
+    /// The session's in-flight limit (0: lease nothing, a lookup only).
+    pub max_inflight: u32,
 }
 
 /// A session as `/sessions` lists it from the shared records.
@@ -119,6 +123,7 @@ pub struct RedisDirectory {
     place_slot: redis::Script,
     end: redis::Script,
     touch: redis::Script,
+    lease: redis::Script,
     due: redis::Script,
     learn_mcp: redis::Script,
     restore: redis::Script,
@@ -168,6 +173,7 @@ impl RedisDirectory {
             place_slot: scripts::script(scripts::PLACE_SLOT),
             end: scripts::script(scripts::END),
             touch: scripts::script(scripts::TOUCH),
+            lease: scripts::script(scripts::LEASE),
             due: scripts::script(scripts::DUE),
             learn_mcp: scripts::script(scripts::LEARN_MCP),
             restore: scripts::script(scripts::RESTORE),
@@ -233,7 +239,8 @@ impl RedisDirectory {
             .arg(a.life.as_millis() as u64)
             .arg(incarnation)
             .arg(self.known_epoch())
-            .arg(uuid::Uuid::new_v4().simple().to_string());
+            .arg(uuid::Uuid::new_v4().simple().to_string())
+            .arg(a.max_inflight);
         let reply: Vec<String> = self.run(&inv).await?;
         let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or_default();
         let ms = |i: usize| Duration::from_millis(field(i).parse::<u64>().unwrap_or(1000));
@@ -257,6 +264,7 @@ impl RedisDirectory {
             "place" => Opened::Place(record()?),
             "full" => Opened::Full(ms(1)),
             "quota" => Opened::Quota(ms(1)),
+            "inflight" => Opened::Inflight,
             "recovering" => {
                 self.recover.notify_one();
                 Opened::Recovering
@@ -313,16 +321,17 @@ impl RedisDirectory {
         Ok((!reason.is_empty()).then_some(reason))
     }
 
-    /// Sends this replica's activity: `(id, incarnation, last activity ms or 0)`. Returns the epoch and,
-    /// per session, the shared last activity (`None`: it is gone).
+    /// Sends this replica's activity: `(id, incarnation, last activity ms or 0, in-flight slots
+    /// kept leased)`. Returns the epoch and, per session, the shared last activity (`None`: it
+    /// is gone).
     pub async fn touch(
         &self,
-        batch: &[(String, u64, u64)],
+        batch: &[(String, u64, u64, u32)],
     ) -> Result<(String, Vec<Option<u64>>), Unavailable> {
         let mut inv = self.touch.prepare_invoke();
-        inv.arg(&self.prefix);
-        for (id, incarnation, last) in batch {
-            inv.arg(id).arg(incarnation).arg(last);
+        inv.arg(&self.prefix).arg(&self.node);
+        for (id, incarnation, last, lease) in batch {
+            inv.arg(id).arg(incarnation).arg(last).arg(lease);
         }
         let mut reply: Vec<String> = self.run(&inv).await?;
         if reply.is_empty() {
@@ -387,6 +396,25 @@ impl RedisDirectory {
                 backend: Addrs::decode(&c[2]),
             })
             .collect())
+    }
+
+    /// Grows this replica's in-flight lease on a session to `slots`, if the other replicas'
+    /// leases leave room under `max`.
+    pub async fn lease(
+        &self,
+        id: &str,
+        incarnation: u64,
+        slots: u32,
+        max: u32,
+    ) -> Result<bool, Unavailable> {
+        let mut inv = self.lease.key(self.key(id));
+        inv.arg(&self.prefix)
+            .arg(&self.node)
+            .arg(incarnation)
+            .arg(slots)
+            .arg(max);
+        let granted: i64 = self.run(&inv).await?;
+        Ok(granted == 1)
     }
 
     /// Routes `mcp_id` to session `id` unless another session owns it.

@@ -5,7 +5,9 @@
 //! - `P:s:<id>` hash — one session: `gen` (incarnation), `rt` runtime, `pr` principal, `qk` quota
 //!   key, `ver` version, `st` `p` (placing) / `l` (live), `placer` + `dl` (placing deadline),
 //!   `cr` created, `last` last activity (ms), `idle`/`life` its timeouts (ms), `be` backend
-//!   addresses, `slot` static-pool endpoint, `mcp` its MCP session ids;
+//!   addresses, `slot` static-pool endpoint, `mcp` its MCP session ids, `l:<node>` the
+//!   in-flight slots leased to each replica (their sum never exceeds the session's limit);
+//! - `P:nodes` sorted set replica → last seen (a replica silent for 5 s holds no lease);
 //! - `P:active` sorted set id → the earliest it can end (its size is the exact active count);
 //! - `P:q:<quota key>` set of a caller's sessions; `P:slots` hash endpoint → sessions on it;
 //! - `P:mcp:<Mcp-Session-Id>` → session id; `P:epoch` (changes when Redis lost its data);
@@ -19,11 +21,29 @@ local function now()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local function str(n) return string.format('%.0f', n) end
+-- In-flight slots leased to other live replicas (a replica silent for 5 s holds none).
+local function leased_by_others(P, key, node, t)
+  local total = 0
+  local fields = redis.call('HGETALL', key)
+  for i = 1, #fields, 2 do
+    local f = fields[i]
+    if string.sub(f, 1, 2) == 'l:' and string.sub(f, 3) ~= node then
+      local seen = redis.call('ZSCORE', P .. ':nodes', string.sub(f, 3))
+      if seen and tonumber(seen) > t - 5000 then
+        total = total + tonumber(fields[i + 1])
+      else
+        redis.call('HDEL', key, f)
+      end
+    end
+  end
+  return total
+end
 "#;
 
 /// Create-or-join. KEYS[1] `P:s:<id>`; ARGV: prefix, id, runtime, principal, quota key, version,
 /// node, create (1/0), max active, max per quota key, placing ms, idle ms, life ms, new
-/// incarnation, the epoch the caller knows ('' none yet), a fresh epoch.
+/// incarnation, the epoch the caller knows ('' none yet), a fresh epoch, max in flight per
+/// session. A joining replica is leased one in-flight slot (`{inflight}` when none is free).
 /// Returns `{state, gen, version, created, last, backend}` with state `live`, `placing`
 /// (someone else places it), `place` (the caller must place it: new, or a stale placement taken
 /// over), `notfound`, `{full|quota, retry ms}`, or `{recovering}` while Redis has lost its data
@@ -34,6 +54,14 @@ local t = now()
 local r = redis.call('HMGET', KEYS[1], 'gen', 'rt', 'pr', 'ver', 'st', 'placer', 'dl', 'cr', 'last', 'be')
 if r[1] then
   if r[2] ~= ARGV[3] or r[3] ~= ARGV[4] then return {'notfound'} end
+  if ARGV[17] ~= '0' then
+    redis.call('ZADD', P .. ':nodes', t, ARGV[7])
+    local mine = tonumber(redis.call('HGET', KEYS[1], 'l:' .. ARGV[7]) or '0')
+    if mine < 1 then
+      if leased_by_others(P, KEYS[1], ARGV[7], t) + 1 > tonumber(ARGV[17]) then return {'inflight'} end
+      redis.call('HSET', KEYS[1], 'l:' .. ARGV[7], 1)
+    end
+  end
   if r[5] == 'p' then
     if tonumber(r[7]) < t then
       redis.call('HSET', KEYS[1], 'placer', ARGV[7], 'dl', str(t + tonumber(ARGV[11])))
@@ -73,7 +101,7 @@ end
 local idle, life = tonumber(ARGV[12]), tonumber(ARGV[13])
 redis.call('HSET', KEYS[1], 'gen', ARGV[14], 'rt', ARGV[3], 'pr', ARGV[4], 'qk', ARGV[5],
   'ver', ARGV[6], 'st', 'p', 'placer', ARGV[7], 'dl', str(t + tonumber(ARGV[11])),
-  'cr', str(t), 'last', str(t), 'idle', ARGV[12], 'life', ARGV[13])
+  'cr', str(t), 'last', str(t), 'idle', ARGV[12], 'life', ARGV[13], 'l:' .. ARGV[7], 1)
 redis.call('ZADD', active, t + math.min(idle, life), id)
 redis.call('SADD', q, id)
 return {'place', ARGV[14], ARGV[6], str(t), str(t), ''}
@@ -134,14 +162,17 @@ return reason
 "#;
 
 /// One replica's activity, batched (about once a second): moves each session's shared last
-/// activity forward (a write at most once a second per session) and reports it back, so every
-/// replica's idle clock agrees. ARGV: prefix, then (id, gen, last activity ms or 0) triples.
+/// activity forward (a write at most once a second per session), sets the in-flight slots this
+/// replica keeps leased, and reports each session's last activity back, so every replica's idle
+/// clock agrees. ARGV: prefix, node, then (id, gen, last activity ms or 0, lease) quads.
 /// Returns `{epoch, last_1, …}`: each session's shared last activity, or -1 when it no longer
-/// exists as that incarnation.
+/// exists as that incarnation. Also marks the node alive (its leases count while it is).
 pub const TOUCH: &str = r#"
-local P = ARGV[1]
+local P, node = ARGV[1], ARGV[2]
+local t = now()
+redis.call('ZADD', P .. ':nodes', t, node)
 local out = {redis.call('GET', P .. ':epoch') or ''}
-for i = 2, #ARGV, 3 do
+for i = 3, #ARGV, 4 do
   local key = P .. ':s:' .. ARGV[i]
   local r = redis.call('HMGET', key, 'gen', 'last', 'cr', 'idle', 'life')
   if r[1] ~= ARGV[i + 1] then
@@ -153,10 +184,28 @@ for i = 2, #ARGV, 3 do
       redis.call('HSET', key, 'last', str(last))
       redis.call('ZADD', P .. ':active', math.min(last + tonumber(r[4]), tonumber(r[3]) + tonumber(r[5])), ARGV[i])
     end
+    if ARGV[i + 3] == '0' then
+      redis.call('HDEL', key, 'l:' .. node)
+    else
+      redis.call('HSET', key, 'l:' .. node, ARGV[i + 3])
+    end
     out[#out + 1] = str(last)
   end
 end
 return out
+"#;
+
+/// Grows this replica's in-flight lease on a session to ARGV[4] slots if the others' leases
+/// leave room under ARGV[5]. KEYS[1] `P:s:<id>`; ARGV: prefix, node, gen, slots, max. Returns 1
+/// when granted.
+pub const LEASE: &str = r#"
+local r = redis.call('HGET', KEYS[1], 'gen')
+if r ~= ARGV[3] then return 0 end
+redis.call('ZADD', ARGV[1] .. ':nodes', now(), ARGV[2])
+if leased_by_others(ARGV[1], KEYS[1], ARGV[2], now()) + tonumber(ARGV[4]) > tonumber(ARGV[5]) then return 0 end
+local mine = tonumber(redis.call('HGET', KEYS[1], 'l:' .. ARGV[2]) or '0')
+if tonumber(ARGV[4]) > mine then redis.call('HSET', KEYS[1], 'l:' .. ARGV[2], ARGV[4]) end
+return 1
 "#;
 
 /// Sessions whose end is due, for the one replica holding the sweeper lock. ARGV: prefix, node,

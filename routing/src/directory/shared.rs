@@ -52,10 +52,32 @@ impl SessionDirectory {
         if !shared.within_grace() {
             return Err(OpenError::Unavailable);
         }
-        match self.open(e.id, e.runtime, e.version, e.caller, false) {
-            Err(OpenError::NotFound) => self.enter_shared(shared, &e).await,
-            cached => cached,
+        let ticket = match self.open(e.id, e.runtime, e.version, e.caller, false) {
+            Err(OpenError::NotFound) => return self.enter_shared(shared, &e).await,
+            cached => cached?,
+        };
+        let s = &ticket.session;
+        let inflight = s.inflight();
+        s.peak.fetch_max(inflight, Ordering::AcqRel);
+        if inflight > s.lease.load(Ordering::Acquire) {
+            // More in flight here than this replica holds slots for: lease more (exact across
+            // replicas; a steady load keeps its lease and never comes here).
+            let max = self.admission.limits().max_inflight_per_session;
+            match shared
+                .lease(s.id.as_str(), s.incarnation, inflight, max)
+                .await
+            {
+                Ok(true) => {
+                    s.lease.fetch_max(inflight, Ordering::AcqRel);
+                }
+                Ok(false) => return Err(Rejection::SessionInflight.into()),
+                // Redis unreachable: within the outage grace a cached session keeps serving,
+                // with this replica's own count as its only in-flight limit.
+                Err(_) if shared.within_grace() => {}
+                Err(_) => return Err(OpenError::Unavailable),
+            }
         }
+        Ok(ticket)
     }
 
     async fn enter_shared(
@@ -83,6 +105,7 @@ impl SessionDirectory {
             },
             idle: e.idle,
             life: e.life,
+            max_inflight: limits.max_inflight_per_session,
         };
         let incarnation = uuid::Uuid::new_v4().as_u64_pair().0 | 1;
         let opened = shared
@@ -94,6 +117,7 @@ impl SessionDirectory {
             Opened::Place(r) => (r, true),
             Opened::NotFound => return Err(OpenError::NotFound),
             Opened::Recovering => return Err(OpenError::Unavailable),
+            Opened::Inflight => return Err(Rejection::SessionInflight.into()),
             Opened::Full(retry) => {
                 return Err(Rejection::ActiveSessions {
                     retry_after: retry.max(Duration::from_secs(1)),
@@ -289,9 +313,15 @@ impl SessionDirectory {
             chunks.push(&[]);
         }
         for chunk in chunks {
-            let batch: Vec<(String, u64, u64)> = chunk
+            let batch: Vec<(String, u64, u64, u32)> = chunk
                 .iter()
                 .map(|s| {
+                    // The lease shrinks to the most in flight here over the last second.
+                    let inflight = s.inflight();
+                    let lease = s.peak.swap(inflight, Ordering::AcqRel).max(inflight);
+                    s.lease.store(lease, Ordering::Release);
+                    let lease = lease.max(s.inflight());
+                    s.lease.fetch_max(lease, Ordering::AcqRel);
                     let last = if s.inflight() > 0 {
                         now
                     } else {
@@ -302,7 +332,7 @@ impl SessionDirectory {
                     } else {
                         0
                     };
-                    (s.id.as_str().to_owned(), s.incarnation, mine)
+                    (s.id.as_str().to_owned(), s.incarnation, mine, lease)
                 })
                 .collect();
             let (reported, lasts) = shared.touch(&batch).await?;
@@ -315,7 +345,7 @@ impl SessionDirectory {
                 );
                 return Ok(());
             }
-            for ((s, (_, _, mine)), last) in chunk.iter().zip(&batch).zip(lasts) {
+            for ((s, (_, _, mine, _)), last) in chunk.iter().zip(&batch).zip(lasts) {
                 match last {
                     Some(last) => {
                         s.flushed_ms.fetch_max(*mine, Ordering::AcqRel);
@@ -395,7 +425,13 @@ impl SessionDirectory {
                 continue;
             };
             if busy {
-                let _ = shared.touch(&[(d.id.clone(), incarnation, now_ms())]).await;
+                let lease = self
+                    .get(&d.id)
+                    .filter(|s| s.incarnation == incarnation)
+                    .map_or(0, |s| s.lease.load(Ordering::Acquire));
+                let _ = shared
+                    .touch(&[(d.id.clone(), incarnation, now_ms(), lease)])
+                    .await;
                 continue;
             }
             if let Ok(Some(reason)) = shared.end(&d.id, Some(incarnation), None, None).await {
@@ -437,6 +473,7 @@ pub(super) async fn obtain_backend(
             max_per_key: 0,
             idle: s.idle,
             life: s.life,
+            max_inflight: 0,
         };
         match shared.open(&args, 0).await {
             Ok(Opened::Live(r)) if r.incarnation == s.incarnation => {
