@@ -148,6 +148,8 @@ pub struct Session {
     /// here since the last activity batch (what the lease shrinks to).
     lease: AtomicU32,
     peak: AtomicU32,
+    /// On a replica: its backend was checked against the runtime's pool.
+    verified: AtomicBool,
 }
 
 /// The health-check record of one session.
@@ -190,6 +192,7 @@ impl Session {
             life,
             lease: AtomicU32::new(1),
             peak: AtomicU32::new(1),
+            verified: AtomicBool::new(false),
         }
     }
 
@@ -287,6 +290,15 @@ impl Ticket {
                 Ok(backend)
             })
             .await?;
+        if self.shared.is_some() && !self.session.verified.load(Ordering::Acquire) {
+            // The record came from Redis: its backend must be one this runtime's pool has, so
+            // that whoever can write to Redis still cannot point a replica anywhere else.
+            if !shared::in_pool(backend, provider) {
+                tracing::error!(session = %self.session.id, "a shared session record names a backend outside the runtime's pool; refused");
+                return Err(TicketError::Unavailable);
+            }
+            self.session.verified.store(true, Ordering::Release);
+        }
         if self.session.is_ended() {
             // Ended while we placed: the backend is released when the session is dropped.
             return Err(TicketError::Ended);

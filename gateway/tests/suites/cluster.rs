@@ -365,3 +365,16 @@ fn the_in_flight_limit_of_a_session_holds_across_replicas() {
         .status
         == 200));
 }
+
+#[test]
+fn a_record_pointing_outside_the_pool_is_never_followed() {
+    let c = Cluster::start(2, 1, |_| String::new());
+    let sid = session_id("forged");
+    instance(&c.replicas[0].invoke(Some(&sid), "{}"));
+    // Whoever can write to Redis points the session at another address (here: Redis itself).
+    let key = format!("{{sessiongate}}:s:{sid}");
+    let forged = format!("127.0.0.1:{} - -", c.redis.port);
+    assert_eq!(c.redis.cli(&["HSET", &key, "be", &forged]), "0");
+    let r = c.replicas[1].invoke(Some(&sid), "{}");
+    assert_eq!(r.status, 503, "{}", r.body_text());
+}

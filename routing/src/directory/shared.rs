@@ -490,6 +490,14 @@ pub(super) async fn obtain_backend(
     }
 }
 
+/// Whether a backend from a shared record is one of `provider`'s endpoints.
+pub(super) fn in_pool(backend: &Backend, provider: &BackendProvider) -> bool {
+    match (backend.shared_addrs(), provider) {
+        (Some(addrs), BackendProvider::Static(pool)) => pool.has(addrs),
+        _ => false,
+    }
+}
+
 async fn place_here(
     shared: &RedisDirectory,
     s: &Session,

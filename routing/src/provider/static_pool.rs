@@ -82,6 +82,14 @@ impl StaticProvider {
         (pool.sessions_per_endpoint, order)
     }
 
+    /// Whether `addrs` are one of this pool's endpoints.
+    pub fn has(&self, addrs: &super::Addrs) -> bool {
+        self.pool
+            .endpoints
+            .iter()
+            .any(|e| super::Addrs::from(*e) == *addrs)
+    }
+
     /// Sessions placed on each endpoint now (for tests and the admin API).
     pub fn occupancy(&self) -> Vec<u32> {
         self.pool
