@@ -12,32 +12,46 @@ use super::*;
 pub struct Redis {
     child: Option<Child>,
     pub port: u16,
+    /// `requirepass`, if any.
+    password: Option<String>,
 }
 
 impl Redis {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// One that wants `password` (Redis AUTH).
+    pub fn start_with(password: Option<&str>) -> Self {
         for _ in 0..3 {
-            let port = free_port();
-            if let Some(child) = Self::spawn(port) {
-                return Self {
-                    child: Some(child),
-                    port,
-                };
+            let mut redis = Self {
+                child: None,
+                port: free_port(),
+                password: password.map(str::to_owned),
+            };
+            if let Some(child) = redis.spawn() {
+                redis.child = Some(child);
+                return redis;
             }
         }
         panic!("redis-server did not start");
     }
 
-    fn spawn(port: u16) -> Option<Child> {
-        let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+    fn spawn(&self) -> Option<Child> {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"]);
+        if let Some(p) = &self.password {
+            command.args(["--requirepass", p]);
+        }
+        let mut child = command
             .stdout(Stdio::null())
             .stdin(Stdio::null())
             .spawn()
             .expect("redis-server (Debian package redis-server; scripts/setup --test installs it)");
         let up = eventually(Duration::from_secs(10), || {
-            matches!(child.try_wait(), Ok(None)) && redis_cli(port, &["PING"]) == "PONG"
+            matches!(child.try_wait(), Ok(None)) && self.cli(&["PING"]) == "PONG"
         });
         if up {
             Some(child)
@@ -49,12 +63,24 @@ impl Redis {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
     }
 
     /// Runs one command with `redis-cli`; its output, trimmed.
     pub fn cli(&self, args: &[&str]) -> String {
-        redis_cli(self.port, args)
+        let mut command = Command::new("redis-cli");
+        command.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some(p) = &self.password {
+            command.args(["--no-auth-warning", "-a", p]);
+        }
+        command
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
     }
 
     /// Sessions taken on each static endpoint, summed.
@@ -76,7 +102,7 @@ impl Redis {
     /// Starts it again on the same port, empty (a restart that lost its data).
     pub fn restart_empty(&mut self) {
         self.kill();
-        self.child = Some(Self::spawn(self.port).expect("redis-server did not restart"));
+        self.child = Some(self.spawn().expect("redis-server did not restart"));
     }
 }
 
@@ -84,15 +110,6 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
 }
 
 /// A secret file every replica shares.

@@ -378,3 +378,18 @@ fn a_record_pointing_outside_the_pool_is_never_followed() {
     let r = c.replicas[1].invoke(Some(&sid), "{}");
     assert_eq!(r.status, 503, "{}", r.body_text());
 }
+
+#[test]
+fn a_redis_that_wants_a_password_gets_it_from_the_url_and_a_wrong_one_is_a_clear_503() {
+    let redis = Redis::start_with(Some("s3cret-redis-password"));
+    let secret_dir = TempDir::new();
+    let secret = cluster_secret(&secret_dir);
+    let agent = Agent::start();
+    let config = replica_config(&redis, &secret, std::slice::from_ref(&agent), "");
+    let gw = Gateway::start(&config);
+    assert_eq!(gw.invoke(Some(&session_id("auth")), "{}").status, 200);
+    let wrong = Gateway::start(&config.replace("s3cret-redis-password", "wrong"));
+    let r = wrong.invoke(Some(&session_id("auth")), "{}");
+    assert_eq!(r.status, 503, "{}", r.body_text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+}
