@@ -20,6 +20,7 @@ pub struct FileConfig {
     pub admin: FileAdmin,
     pub aws: FileAws,
     pub cluster: FileCluster,
+    pub host: FileHost,
     /// At least one. Deliberately no default here: a file that declares no runtime (an empty
     /// or truncated file above all) is refused, never read as the embedded default.
     #[serde(default)]
@@ -74,6 +75,32 @@ impl Default for FileCluster {
     }
 }
 
+/// `sessiongate host`: a machine that owns spawned backends and serves them to every replica.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileHost {
+    /// Where replicas reach this host (its relay and control API). Default `127.0.0.1:7070`.
+    pub listen: String,
+    /// The address replicas connect to, when `listen` is a wildcard. Default: `listen`.
+    pub advertise: Option<String>,
+    /// Its name in Redis. Default: hostname and process id (a restarted host is a new host:
+    /// its backends died with the old process).
+    pub id: Option<String>,
+    /// Sessions it runs at most. Default 100.
+    pub capacity: u32,
+}
+
+impl Default for FileHost {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7070".into(),
+            advertise: None,
+            id: None,
+            capacity: 100,
+        }
+    }
+}
+
 /// The AWS identity the AWS-compatible face answers as. ARNs in `/runtimes/{arn}/…` must name
 /// this region and account when they are set.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -119,6 +146,7 @@ impl Default for FileConfig {
             admin: FileAdmin::default(),
             aws: FileAws::default(),
             cluster: FileCluster::default(),
+            host: FileHost::default(),
             runtimes: vec![FileRuntime::default()],
         }
     }

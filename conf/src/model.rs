@@ -17,6 +17,8 @@ pub struct Config {
     pub aws: Aws,
     /// `None`: all-in-one, sessions in memory.
     pub cluster: Option<Cluster>,
+    /// What `sessiongate host` runs as.
+    pub host: Host,
     /// At least one; names are unique.
     pub runtimes: Vec<Runtime>,
     /// Index into `runtimes` of the runtime the plain container paths reach.
@@ -135,6 +137,16 @@ impl std::fmt::Debug for Admin {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .finish()
     }
+}
+
+/// A backend host's place in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub listen: SocketAddr,
+    /// What replicas connect to (never a wildcard address).
+    pub advertise: SocketAddr,
+    pub id: Option<String>,
+    pub capacity: u32,
 }
 
 /// A replica's session directory in Redis.

@@ -546,13 +546,23 @@ fn a_cluster_needs_redis_a_shared_secret_and_static_pools() {
         ["cluster.redis_url"],
         "a URL with the memory directory is a mistake worth saying"
     );
-    // A backend spawned by a replica would die with it.
-    assert_eq!(
-        paths(
+    // Spawned backends live on hosts; a host must say where replicas reach it.
+    assert!(
+        cfg(
             "[cluster]\ndirectory = 'redis'\nredis_url = 'redis://127.0.0.1/'\nsecret_file = 'secret'\n",
             "[[runtimes]]\nname = 'p'\n"
-        ),
-        ["runtimes[0].versions[0].backend"]
+        )
+        .is_ok()
     );
+    assert_eq!(
+        paths("[host]\nlisten = '0.0.0.0:7070'\ncapacity = 0\n", pool),
+        ["host.advertise", "host.capacity"]
+    );
+    let c = cfg(
+        "[host]\nlisten = '0.0.0.0:7070'\nadvertise = '10.0.0.5:7070'\n",
+        pool,
+    )
+    .unwrap();
+    assert_eq!(c.host.advertise.to_string(), "10.0.0.5:7070");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -189,7 +189,11 @@ impl AdminApp {
                     "version": l.version,
                     "principal": l.principal,
                     "state": if !l.live { "provisioning" } else if inflight_here > 0 { "active" } else { "idle" },
-                    "backend": l.backend.as_ref().map(|_| "static"),
+                    "backend": match (&l.host, &l.backend) {
+                        (Some(host), _) => Some(format!("host {host}")),
+                        (None, Some(_)) => Some("static".to_owned()),
+                        (None, None) => None,
+                    },
                     "http": addr(Protocol::Http),
                     "mcp": addr(Protocol::Mcp),
                     "a2a": addr(Protocol::A2a),

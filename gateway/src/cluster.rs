@@ -11,8 +11,10 @@ use pingora::services::background::BackgroundService;
 
 use crate::state::Shared;
 
-/// How often a replica sends its activity and sweeps.
+/// How often a replica sends its activity and reads the live hosts.
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the sweep runs (a lost host's sessions end within this plus the host TTL).
+const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// The sweeper lock outlives a tick, so one replica keeps it while it runs.
 const SWEEP_LOCK: Duration = Duration::from_secs(3);
 
@@ -24,6 +26,18 @@ pub struct ClusterSync {
 impl BackgroundService for ClusterSync {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let dir = &self.shared.directory;
+        let sweep = async {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                for (id, reason) in dir.sweep_shared(SWEEP_LOCK).await {
+                    tracing::info!(session = %id, reason = reason.as_str(), "session ended");
+                    metrics::counter!("sessiongate_sessions_ended_total", "reason" => reason.as_str())
+                        .increment(1);
+                }
+            }
+        };
         let sync = async {
             let mut tick = tokio::time::interval(SYNC_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -33,6 +47,9 @@ impl BackgroundService for ClusterSync {
                 tokio::select! {
                     _ = tick.tick() => {}
                     () = async { if let Some(r) = recover { r.await } else { std::future::pending().await } } => {}
+                }
+                if let Some(shared) = dir.shared() {
+                    let _ = shared.refresh_hosts().await;
                 }
                 match dir.sync_shared().await {
                     Ok(()) if !reachable => {
@@ -46,11 +63,6 @@ impl BackgroundService for ClusterSync {
                     }
                     Err(_) => {}
                 }
-                for (id, reason) in dir.sweep_shared(SWEEP_LOCK).await {
-                    tracing::info!(session = %id, reason = reason.as_str(), "session ended");
-                    metrics::counter!("sessiongate_sessions_ended_total", "reason" => reason.as_str())
-                        .increment(1);
-                }
                 if let Some(shared) = dir.shared()
                     && let Ok(n) = shared.count().await
                 {
@@ -62,6 +74,7 @@ impl BackgroundService for ClusterSync {
             _ = shutdown.changed() => {}
             () = dir.listen_for_ends() => {}
             () = sync => {}
+            () = sweep => {}
         }
     }
 }

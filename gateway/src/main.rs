@@ -17,6 +17,7 @@ mod ctx;
 mod error;
 mod front;
 mod headers;
+mod host;
 mod invoke;
 mod lograte;
 mod observe;
@@ -75,6 +76,9 @@ enum Command {
     },
     /// Run the reference agent (the container contract: HTTP, MCP, A2A).
     Agent(agent::AgentAddrs),
+    /// Run a backend host: own this machine's spawned backends and serve them to every replica
+    /// (needs `[cluster]`; see `[host]`).
+    Host(host::HostArgs),
     /// Inside a sandbox: run the agent command and relay its contract ports to Unix sockets.
     #[command(hide = true)]
     SandboxInit(sandbox_init::Args),
@@ -124,6 +128,7 @@ fn main() -> ExitCode {
         Some(Command::Run(args)) => run(args),
         Some(Command::CheckConfig { file }) => return check_config(&file),
         Some(Command::Agent(addrs)) => agent::run(addrs),
+        Some(Command::Host(args)) => run_host(args),
         Some(Command::SandboxInit(args)) => return sandbox_init::run(args),
         Some(Command::Invoke(args)) => invoke::run(args),
         Some(Command::Health { admin }) => health(admin),
@@ -252,4 +257,9 @@ fn init_tracing() {
         .with(fmt.with_filter(levels.and(rate.clone())))
         .init();
     rate.spawn_reporter();
+}
+
+fn run_host(args: host::HostArgs) -> anyhow::Result<()> {
+    let config = conf::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    host::run(config, args.listen, args.advertise)
 }

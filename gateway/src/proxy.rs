@@ -97,6 +97,8 @@ impl ProxyHttp for Gateway {
         }
         let mut peer = match &ctx.peer {
             Some(BackendAddr::Tcp(addr)) => HttpPeer::new(*addr, false, String::new()),
+            // A backend on a host: its relay; upstream_request_filter names the backend.
+            Some(BackendAddr::Relay(relay)) => HttpPeer::new(relay.host, false, String::new()),
             Some(BackendAddr::Unix(path)) => {
                 let path = path.to_str().ok_or_else(|| {
                     Error::explain(ErrorType::InternalError, "backend socket path is not UTF-8")
@@ -195,6 +197,11 @@ impl ProxyHttp for Gateway {
         // With traces on, the backend's work is a child of this request's span.
         if let Some(tp) = ctx.otel.as_ref().and_then(telemetry::traceparent) {
             upstream.insert_header(headers::TRACEPARENT, tp)?;
+        }
+        if let Some(BackendAddr::Relay(relay)) = &ctx.peer {
+            for (name, value) in relay.headers() {
+                upstream.insert_header(name, value)?;
+            }
         }
         Ok(())
     }

@@ -162,8 +162,12 @@ struct Lifecycle {
 impl Lifecycle {
     /// Tops up warm pools and reports them, with each microVM runtime's acceleration.
     fn tend_providers(&self, snapshot: &Snapshot) {
+        // A replica keeps no warm backends: spawned backends live on backend hosts.
+        let replica = self.shared.directory.shared().is_some();
         for (runtime, version, provider) in snapshot.providers.iter() {
-            provider.refill();
+            if !replica {
+                provider.refill();
+            }
             let labels = [
                 ("runtime", runtime.to_owned()),
                 ("version", version.to_string()),

@@ -28,7 +28,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    fn build(
+    pub(crate) fn build(
         config: Config,
         self_exe: &Path,
         slots: &SlotRegistry,

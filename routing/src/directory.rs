@@ -65,10 +65,12 @@ pub enum EndReason {
     Shutdown,
     /// A config reload removed its runtime.
     RuntimeRemoved,
+    /// Its backend's host stopped answering (its heartbeat expired).
+    HostLost,
 }
 
 impl EndReason {
-    const ALL: [EndReason; 9] = [
+    const ALL: [EndReason; 10] = [
         EndReason::Idle,
         EndReason::MaxLifetime,
         EndReason::BackendExited,
@@ -78,6 +80,7 @@ impl EndReason {
         EndReason::Stopped,
         EndReason::Shutdown,
         EndReason::RuntimeRemoved,
+        EndReason::HostLost,
     ];
 
     fn code(self) -> u8 {
@@ -110,6 +113,7 @@ impl EndReason {
             EndReason::Stopped => "stopped",
             EndReason::Shutdown => "shutdown",
             EndReason::RuntimeRemoved => "runtime_removed",
+            EndReason::HostLost => "host_lost",
         }
     }
 }
@@ -293,7 +297,7 @@ impl Ticket {
         if self.shared.is_some() && !self.session.verified.load(Ordering::Acquire) {
             // The record came from Redis: its backend must be one this runtime's pool has, so
             // that whoever can write to Redis still cannot point a replica anywhere else.
-            if !shared::in_pool(backend, provider) {
+            if !shared::in_pool(backend, provider, self.shared.as_deref()).await {
                 tracing::error!(session = %self.session.id, "a shared session record names a backend outside the runtime's pool; refused");
                 return Err(TicketError::Unavailable);
             }

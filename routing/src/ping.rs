@@ -53,11 +53,17 @@ pub async fn ping(addr: &BackendAddr, timeout: Duration) -> Result<Health, PingE
         match addr {
             BackendAddr::Tcp(a) => {
                 let stream = TcpStream::connect(a).await.map_err(PingError::Connect)?;
-                ping_over(stream, &a.to_string()).await
+                ping_over(stream, &a.to_string(), None).await
             }
             BackendAddr::Unix(p) => {
                 let stream = UnixStream::connect(p).await.map_err(PingError::Connect)?;
-                ping_over(stream, "localhost").await
+                ping_over(stream, "localhost", None).await
+            }
+            BackendAddr::Relay(r) => {
+                let stream = TcpStream::connect(r.host)
+                    .await
+                    .map_err(PingError::Connect)?;
+                ping_over(stream, &r.host.to_string(), Some(r)).await
             }
         }
     };
@@ -66,7 +72,11 @@ pub async fn ping(addr: &BackendAddr, timeout: Duration) -> Result<Health, PingE
         .map_err(|_| PingError::Timeout(timeout))?
 }
 
-async fn ping_over<S>(stream: S, host: &str) -> Result<Health, PingError>
+async fn ping_over<S>(
+    stream: S,
+    host: &str,
+    relay: Option<&crate::provider::addr::Relay>,
+) -> Result<Health, PingError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -75,8 +85,13 @@ where
         .map_err(|e| PingError::Http(e.to_string()))?;
     // The connection task ends by itself when the response has been read and `sender` dropped.
     tokio::spawn(conn);
-    let req = http::Request::get("/ping")
-        .header(http::header::HOST, host)
+    let mut req = http::Request::get("/ping").header(http::header::HOST, host);
+    if let Some(r) = relay {
+        for (name, value) in r.headers() {
+            req = req.header(name, value);
+        }
+    }
+    let req = req
         .body(Empty::<Bytes>::new())
         .map_err(|e| PingError::Http(e.to_string()))?;
     let resp = sender

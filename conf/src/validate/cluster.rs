@@ -4,8 +4,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::Errors;
-use crate::file::FileCluster;
-use crate::model::{BackendSpec, Cluster, Runtime};
+use crate::file::{FileCluster, FileHost};
+use crate::model::{Cluster, Host};
 
 /// The shared secret's least length: it keys HMACs, so at least as many bytes as their output.
 const MIN_SECRET_LEN: usize = 32;
@@ -115,24 +115,30 @@ fn secret(errs: &mut Errors, file: Option<&str>, base: &Path) -> Vec<u8> {
     }
 }
 
-/// A replica reaches its sessions' backends from any machine: static pools only, until backend
-/// hosts (`sessiongate host`) own the spawned ones.
-pub(super) fn cluster_backends(errs: &mut Errors, runtimes: &[Option<Runtime>]) {
-    for (i, r) in runtimes.iter().enumerate() {
-        let Some(r) = r else { continue };
-        for (j, v) in r.versions.iter().enumerate() {
-            if !matches!(v.backend, BackendSpec::Static(_)) {
-                errs.push(
-                    format!("runtimes[{i}].versions[{j}].backend"),
-                    format!(
-                        "runtime `{}` spawns its backends ({}): a replica with a Redis directory \
-                         serves static pools only, since a backend spawned by one replica would \
-                         die with it",
-                        r.name,
-                        v.backend.provider_name()
-                    ),
-                );
-            }
-        }
+/// `[host]`: checked always (it has defaults), used by `sessiongate host`.
+pub(super) fn host(errs: &mut Errors, h: &FileHost) -> Host {
+    let listen = errs.addr("host.listen", &h.listen);
+    let advertise = match &h.advertise {
+        Some(a) => errs.addr("host.advertise", a),
+        None => listen,
+    };
+    if advertise.is_some_and(|a| a.ip().is_unspecified() || a.port() == 0) {
+        errs.push(
+            "host.advertise",
+            "replicas need an address they can connect to: set `host.advertise` when `host.listen` is a wildcard",
+        );
+    }
+    if let Some(id) = &h.id
+        && (id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        errs.push("host.id", "1–128 visible ASCII characters");
+    }
+    errs.range("host.capacity", h.capacity.into(), 1, 100_000);
+    let fallback = std::net::SocketAddr::from(([127, 0, 0, 1], 7070));
+    Host {
+        listen: listen.unwrap_or(fallback),
+        advertise: advertise.unwrap_or(fallback),
+        id: h.id.clone(),
+        capacity: h.capacity,
     }
 }

@@ -196,6 +196,7 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
     let admin_protection = admin(&mut errs, &f.admin, base);
     let aws = aws(&mut errs, &f.aws);
     let cluster = cluster(&mut errs, &f.cluster, base);
+    let host = host(&mut errs, &f.host);
 
     let t = &f.telemetry;
     errs.range(
@@ -285,9 +286,6 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
             runtime(&mut errs, &path, r, base)
         })
         .collect();
-    if cluster.is_some() {
-        cluster_backends(&mut errs, &runtimes);
-    }
 
     let default_runtime = match &f.default_runtime {
         None => 0,
@@ -342,6 +340,7 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
         admin: admin_protection,
         aws,
         cluster,
+        host,
         telemetry: Telemetry {
             otlp_traces_url,
             service_name: t.service_name.clone(),

@@ -211,3 +211,90 @@ pub fn instance(r: &Response) -> String {
     assert_eq!(r.status, 200, "{}", r.body_text());
     r.json()["instance"].as_str().unwrap_or_default().to_owned()
 }
+
+/// `sessiongate host` on a free loopback port; stopped (SIGTERM, then SIGKILL) on drop.
+pub struct Host {
+    pub child: Child,
+    pub addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Host {
+    pub fn start(config: &str) -> Self {
+        for _ in 0..3 {
+            let dir = TempDir::new();
+            let path = dir.write("host.toml", config);
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let mut child = Command::new(bin())
+                .args(["host", "--config"])
+                .arg(&path)
+                .args(["--listen", &addr.to_string()])
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap();
+            let url = format!("http://{addr}/");
+            let up = eventually(Duration::from_secs(10), || {
+                matches!(child.try_wait(), Ok(None))
+                    && curl(&["-m", "2", &url])
+                        .body_text()
+                        .contains("not a relayed request")
+            });
+            if up {
+                return Self {
+                    child,
+                    addr,
+                    _dir: dir,
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("the host did not start");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its backend processes (direct children, whichever thread forked them).
+    pub fn children(&self) -> Vec<u32> {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return Vec::new();
+        };
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+            .flat_map(|c| {
+                c.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .filter(|&p| alive(p))
+            .collect()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            if !eventually(Duration::from_secs(10), || {
+                matches!(self.child.try_wait(), Ok(Some(_)))
+            }) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+/// A config every host and replica of a test shares: the Redis directory and the embedded
+/// default's runtime (a `process` backend running `sessiongate agent`), with `extra` TOML.
+pub fn host_config(redis: &Redis, secret: &Path, extra: &str) -> String {
+    format!(
+        "[cluster]\ndirectory = \"redis\"\nredis_url = \"{}\"\nsecret_file = \"{}\"\n{extra}\n\
+         [[runtimes]]\nname = \"default\"\n",
+        redis.url(),
+        secret.display(),
+    )
+}

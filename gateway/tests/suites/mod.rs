@@ -7,6 +7,7 @@ mod deadlines;
 mod dockerfile;
 mod failures;
 mod hostile;
+mod hosts;
 mod jwt;
 mod lifecycle;
 mod limits;

@@ -9,7 +9,13 @@
 //! session within milliseconds; the activity batch doubles as the check that catches an
 //! announcement missed while a replica was disconnected.
 
+pub mod auth;
+mod hosts;
 mod scripts;
+
+pub use hosts::{
+    HEARTBEAT_INTERVAL, HOST_TTL, HostInfo, HostPlaceError, PLACE_PATH, PlacedOnHost, RELEASE_PATH,
+};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -77,6 +83,8 @@ pub struct Listed {
     pub created_ms: u64,
     pub last_ms: u64,
     pub backend: Option<Addrs>,
+    /// The backend host it runs on (`None`: a static-pool endpoint).
+    pub host: Option<String>,
 }
 
 /// A session whose end is due, as the sweeper sees it.
@@ -106,6 +114,10 @@ pub struct RedisDirectory {
     /// Drives the connection: Pingora gives each service its own runtime, and the connection
     /// must outlive whichever called first.
     runtime: Option<tokio::runtime::Runtime>,
+    /// The cluster's shared secret (relay tokens, control calls, host records).
+    secret: Vec<u8>,
+    /// The live backend hosts, as last read (replicas place spawned backends on them).
+    hosts: std::sync::RwLock<Vec<HostInfo>>,
     client: redis::Client,
     conn: ConnectionManager,
     /// `{key_prefix}`: every key in one hash slot.
@@ -128,6 +140,11 @@ pub struct RedisDirectory {
     learn_mcp: redis::Script,
     restore: redis::Script,
     list: redis::Script,
+    place_host: redis::Script,
+    heartbeat: redis::Script,
+    list_hosts: redis::Script,
+    hosts_lost: redis::Script,
+    still_placed: redis::Script,
 }
 
 impl std::fmt::Debug for RedisDirectory {
@@ -160,6 +177,8 @@ impl RedisDirectory {
         };
         Ok(Self {
             runtime: Some(runtime),
+            secret: cluster.secret.clone(),
+            hosts: std::sync::RwLock::new(Vec::new()),
             client,
             conn,
             prefix: format!("{{{}}}", cluster.key_prefix),
@@ -178,11 +197,21 @@ impl RedisDirectory {
             learn_mcp: scripts::script(scripts::LEARN_MCP),
             restore: scripts::script(scripts::RESTORE),
             list: scripts::script(scripts::LIST),
+            place_host: scripts::script(scripts::PLACE_HOST),
+            heartbeat: scripts::script(scripts::HEARTBEAT),
+            list_hosts: scripts::script(scripts::HOSTS),
+            hosts_lost: scripts::script(scripts::HOSTS_LOST),
+            still_placed: scripts::script(scripts::STILL_PLACED),
         })
     }
 
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// A record's backend addresses, with the relay token for a backend on a host.
+    fn addrs(&self, s: &str) -> Option<Addrs> {
+        Addrs::decode_with(s, |backend| auth::relay_token(&self.secret, backend))
     }
 
     fn key(&self, id: &str) -> String {
@@ -255,7 +284,7 @@ impl RedisDirectory {
                 version: u32::try_from(num(2)?).unwrap_or(1),
                 created_ms: num(3)?,
                 last_ms: num(4)?,
-                backend: Addrs::decode(field(5)),
+                backend: self.addrs(field(5)),
             })
         };
         Ok(match field(0) {
@@ -310,13 +339,27 @@ impl RedisDirectory {
         reason: Option<&str>,
         owner: Option<(&str, &str)>,
     ) -> Result<Option<String>, Unavailable> {
+        self.end_where(id, incarnation, reason, owner, None).await
+    }
+
+    /// [`RedisDirectory::end`], only if the record still names `backend` (a host ending the
+    /// session of a backend that exited).
+    pub async fn end_where(
+        &self,
+        id: &str,
+        incarnation: Option<u64>,
+        reason: Option<&str>,
+        owner: Option<(&str, &str)>,
+        backend: Option<&str>,
+    ) -> Result<Option<String>, Unavailable> {
         let mut inv = self.end.key(self.key(id));
         inv.arg(&self.prefix)
             .arg(id)
             .arg(incarnation.map(|g| g.to_string()).unwrap_or_default())
             .arg(reason.unwrap_or_default())
             .arg(owner.map_or("", |o| o.0))
-            .arg(owner.map_or("", |o| o.1));
+            .arg(owner.map_or("", |o| o.1))
+            .arg(backend.unwrap_or_default());
         let reason: String = self.run(&inv).await?;
         Ok((!reason.is_empty()).then_some(reason))
     }
@@ -380,22 +423,28 @@ impl RedisDirectory {
         Ok(!first)
     }
 
-    /// The sessions whose end is due, if this replica holds the sweeper lock.
-    pub async fn due(&self, lock: Duration, max: usize) -> Result<Vec<Due>, Unavailable> {
+    /// The sessions whose end is due, if this replica holds the sweeper lock (`None`: another
+    /// replica sweeps).
+    pub async fn due(&self, lock: Duration, max: usize) -> Result<Option<Vec<Due>>, Unavailable> {
         let mut inv = self.due.prepare_invoke();
         inv.arg(&self.prefix)
             .arg(&self.node)
             .arg(lock.as_millis() as u64)
             .arg(max);
         let reply: Vec<String> = self.run(&inv).await?;
-        Ok(reply
-            .chunks_exact(3)
-            .map(|c| Due {
-                id: c[0].clone(),
-                incarnation: c[1].parse().ok(),
-                backend: Addrs::decode(&c[2]),
-            })
-            .collect())
+        if reply.first().map(String::as_str) != Some("1") {
+            return Ok(None);
+        }
+        Ok(Some(
+            reply[1..]
+                .chunks_exact(3)
+                .map(|c| Due {
+                    id: c[0].clone(),
+                    incarnation: c[1].parse().ok(),
+                    backend: self.addrs(&c[2]),
+                })
+                .collect(),
+        ))
     }
 
     /// Grows this replica's in-flight lease on a session to `slots`, if the other replicas'
@@ -470,7 +519,7 @@ impl RedisDirectory {
         inv.arg(&self.prefix).arg(max);
         let reply: Vec<String> = self.run(&inv).await?;
         Ok(reply
-            .chunks_exact(8)
+            .chunks_exact(9)
             .map(|c| Listed {
                 id: c[0].clone(),
                 runtime: c[1].clone(),
@@ -479,7 +528,8 @@ impl RedisDirectory {
                 live: c[4] == "l",
                 created_ms: c[5].parse().unwrap_or(0),
                 last_ms: c[6].parse().unwrap_or(0),
-                backend: Addrs::decode(&c[7]),
+                backend: self.addrs(&c[7]),
+                host: (!c[8].is_empty()).then(|| c[8].clone()),
             })
             .collect())
     }

@@ -5,11 +5,14 @@
 //! - `P:s:<id>` hash — one session: `gen` (incarnation), `rt` runtime, `pr` principal, `qk` quota
 //!   key, `ver` version, `st` `p` (placing) / `l` (live), `placer` + `dl` (placing deadline),
 //!   `cr` created, `last` last activity (ms), `idle`/`life` its timeouts (ms), `be` backend
-//!   addresses, `slot` static-pool endpoint, `mcp` its MCP session ids, `l:<node>` the
+//!   addresses (`relay <host addr> <backend id> <ports>` on a host), `host` its host,
+//!   `slot` static-pool endpoint, `mcp` its MCP session ids, `l:<node>` the
 //!   in-flight slots leased to each replica (their sum never exceeds the session's limit);
 //! - `P:nodes` sorted set replica → last seen (a replica silent for 5 s holds no lease);
 //! - `P:active` sorted set id → the earliest it can end (its size is the exact active count);
 //! - `P:q:<quota key>` set of a caller's sessions; `P:slots` hash endpoint → sessions on it;
+//! - `P:host:<id>` a backend host's record (expires unless its heartbeat renews it), `P:hosts`
+//!   sorted set host → last heartbeat, `P:hs:<host>` the sessions placed on it;
 //! - `P:mcp:<Mcp-Session-Id>` → session id; `P:epoch` (changes when Redis lost its data);
 //!   `P:recovering` (set for 2 s when a replica finds the data lost: no session is created
 //!   meanwhile, so none is created twice); `P:sweeper` lock; channel `P:ev` (`<id> <gen> <reason>` when a session ends).
@@ -21,6 +24,21 @@ local function now()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local function str(n) return string.format('%.0f', n) end
+-- Ends session `id` (its record exists): out of every set, its slot, host and MCP ids freed,
+-- announced to every replica.
+local function finish(P, id, reason)
+  local key = P .. ':s:' .. id
+  local r = redis.call('HMGET', key, 'gen', 'qk', 'slot', 'mcp', 'host')
+  redis.call('DEL', key)
+  redis.call('ZREM', P .. ':active', id)
+  redis.call('SREM', P .. ':q:' .. r[2], id)
+  if r[3] then redis.call('HINCRBY', P .. ':slots', r[3], -1) end
+  if r[5] then redis.call('SREM', P .. ':hs:' .. r[5], id) end
+  for m in string.gmatch(r[4] or '', '%S+') do
+    if redis.call('GET', P .. ':mcp:' .. m) == id then redis.call('DEL', P .. ':mcp:' .. m) end
+  end
+  redis.call('PUBLISH', P .. ':ev', id .. ' ' .. r[1] .. ' ' .. reason)
+end
 -- In-flight slots leased to other live replicas (a replica silent for 5 s holds none).
 local function leased_by_others(P, key, node, t)
   local total = 0
@@ -128,37 +146,94 @@ return -1
 
 /// Ends a session, once: removes it from every set, frees its slot and MCP ids, and tells every
 /// replica. KEYS[1] `P:s:<id>`; ARGV: prefix, id, gen ('' any), reason ('' decide: idle or
-/// max_lifetime, and only if due), runtime ('' any), principal ('' any). Returns the reason it
-/// ended with, or '' when it did not end (gone already, another incarnation or owner, not due).
+/// max_lifetime, and only if due), runtime ('' any), principal ('' any), backend ('' any: else
+/// only if the record names this backend). Returns the reason it ended with, or '' when it did
+/// not end (gone already, another incarnation, owner or backend, not due).
 pub const END: &str = r#"
 local P, id = ARGV[1], ARGV[2]
-local r = redis.call('HMGET', KEYS[1], 'gen', 'qk', 'slot', 'mcp', 'cr', 'last', 'idle', 'life', 'rt', 'pr')
+local r = redis.call('HMGET', KEYS[1], 'gen', 'cr', 'last', 'idle', 'life', 'rt', 'pr', 'be')
 if not r[1] then
   redis.call('ZREM', P .. ':active', id)
   return ''
 end
 if ARGV[3] ~= '' and r[1] ~= ARGV[3] then return '' end
-if (ARGV[5] ~= '' and r[9] ~= ARGV[5]) or (ARGV[6] ~= '' and r[10] ~= ARGV[6]) then return '' end
+if (ARGV[5] ~= '' and r[6] ~= ARGV[5]) or (ARGV[6] ~= '' and r[7] ~= ARGV[6]) then return '' end
+if ARGV[7] ~= '' and not string.find(r[8] or '', ' ' .. ARGV[7] .. ' ', 1, true) then return '' end
 local reason = ARGV[4]
 if reason == '' then
   local t = now()
-  local life_end = tonumber(r[5]) + tonumber(r[8])
-  local due = math.min(tonumber(r[6]) + tonumber(r[7]), life_end)
+  local life_end = tonumber(r[2]) + tonumber(r[5])
+  local due = math.min(tonumber(r[3]) + tonumber(r[4]), life_end)
   if due > t then
     redis.call('ZADD', P .. ':active', due, id)
     return ''
   end
   reason = (life_end <= t) and 'max_lifetime' or 'idle'
 end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', P .. ':active', id)
-redis.call('SREM', P .. ':q:' .. r[2], id)
-if r[3] then redis.call('HINCRBY', P .. ':slots', r[3], -1) end
-for m in string.gmatch(r[4] or '', '%S+') do
-  if redis.call('GET', P .. ':mcp:' .. m) == id then redis.call('DEL', P .. ':mcp:' .. m) end
-end
-redis.call('PUBLISH', P .. ':ev', id .. ' ' .. r[1] .. ' ' .. reason)
+finish(P, id, reason)
 return reason
+"#;
+
+/// Places a session this replica places on a host: live, with the host's relay address and the
+/// backend id, counted in the host's set. KEYS[1] `P:s:<id>`; ARGV: prefix, gen, node, host id,
+/// backend addresses. Returns 1, or -2 when the session is no longer this replica's to place.
+pub const PLACE_HOST: &str = r#"
+local r = redis.call('HMGET', KEYS[1], 'gen', 'st', 'placer')
+if r[1] ~= ARGV[2] or r[2] ~= 'p' or r[3] ~= ARGV[3] then return -2 end
+redis.call('HSET', KEYS[1], 'st', 'l', 'be', ARGV[5], 'host', ARGV[4])
+redis.call('SADD', ARGV[1] .. ':hs:' .. ARGV[4], string.sub(KEYS[1], string.len(ARGV[1]) + 4))
+return 1
+"#;
+
+/// A host's heartbeat: its record (address, capacity, load, MAC) for ARGV[4] ms, and its place in
+/// the live set. ARGV: prefix, host id, record, ttl ms.
+pub const HEARTBEAT: &str = r#"
+redis.call('SET', ARGV[1] .. ':host:' .. ARGV[2], ARGV[3], 'PX', tonumber(ARGV[4]))
+redis.call('ZADD', ARGV[1] .. ':hosts', now(), ARGV[2])
+return 1
+"#;
+
+/// The hosts heard from within ARGV[2] ms: (id, record) pairs.
+pub const HOSTS: &str = r#"
+local out = {}
+for _, h in ipairs(redis.call('ZRANGEBYSCORE', ARGV[1] .. ':hosts', now() - tonumber(ARGV[2]), '+inf')) do
+  local rec = redis.call('GET', ARGV[1] .. ':host:' .. h)
+  if rec then
+    out[#out + 1] = h
+    out[#out + 1] = rec
+  end
+end
+return out
+"#;
+
+/// Ends the sessions of every host silent for ARGV[2] ms (reason `host_lost`) and forgets the
+/// host. Run by the replica holding the sweeper lock. Returns the ended session ids.
+pub const HOSTS_LOST: &str = r#"
+local P = ARGV[1]
+local out = {}
+for _, h in ipairs(redis.call('ZRANGEBYSCORE', P .. ':hosts', '-inf', now() - tonumber(ARGV[2]))) do
+  for _, id in ipairs(redis.call('SMEMBERS', P .. ':hs:' .. h)) do
+    if redis.call('HGET', P .. ':s:' .. id, 'host') == h then
+      finish(P, id, 'host_lost')
+      out[#out + 1] = id
+    end
+  end
+  redis.call('DEL', P .. ':hs:' .. h, P .. ':host:' .. h)
+  redis.call('ZREM', P .. ':hosts', h)
+end
+return out
+"#;
+
+/// For a host's own backends: whether each (session id, backend id) pair is still a live
+/// session's backend on this host. ARGV: prefix, host id, then pairs. Returns 1/0 per pair.
+pub const STILL_PLACED: &str = r#"
+local out = {}
+for i = 3, #ARGV, 2 do
+  local r = redis.call('HMGET', ARGV[1] .. ':s:' .. ARGV[i], 'host', 'be')
+  local here = r[1] == ARGV[2] and string.find(r[2] or '', ' ' .. ARGV[i + 1] .. ' ', 1, true)
+  out[#out + 1] = here and 1 or 0
+end
+return out
 "#;
 
 /// One replica's activity, batched (about once a second): moves each session's shared last
@@ -209,15 +284,15 @@ return 1
 "#;
 
 /// Sessions whose end is due, for the one replica holding the sweeper lock. ARGV: prefix, node,
-/// lock ms, at most. Returns (id, gen, backend) triples (gen '' when the record is gone), or
-/// nothing when another replica sweeps.
+/// lock ms, at most. Returns `{'1', (id, gen, backend) triples…}` (gen '' when the record is
+/// gone), or `{'0'}` when another replica sweeps.
 pub const DUE: &str = r#"
 local P = ARGV[1]
 if not redis.call('SET', P .. ':sweeper', ARGV[2], 'NX', 'PX', ARGV[3]) then
-  if redis.call('GET', P .. ':sweeper') ~= ARGV[2] then return {} end
+  if redis.call('GET', P .. ':sweeper') ~= ARGV[2] then return {'0'} end
   redis.call('PEXPIRE', P .. ':sweeper', ARGV[3])
 end
-local out = {}
+local out = {'1'}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. ':active', '-inf', now(), 'LIMIT', 0, tonumber(ARGV[4]))) do
   local r = redis.call('HMGET', P .. ':s:' .. id, 'gen', 'be')
   out[#out + 1] = id
@@ -271,15 +346,15 @@ return 1
 "#;
 
 /// Every session record (for `/sessions`), at most ARGV[2]. Returns per session: id, runtime,
-/// version, principal, state, created, last, backend.
+/// version, principal, state, created, last, backend, host.
 pub const LIST: &str = r#"
 local P = ARGV[1]
 local out = {}
 for _, id in ipairs(redis.call('ZRANGE', P .. ':active', 0, tonumber(ARGV[2]) - 1)) do
-  local r = redis.call('HMGET', P .. ':s:' .. id, 'rt', 'ver', 'pr', 'st', 'cr', 'last', 'be')
+  local r = redis.call('HMGET', P .. ':s:' .. id, 'rt', 'ver', 'pr', 'st', 'cr', 'last', 'be', 'host')
   if r[1] then
     out[#out + 1] = id
-    for i = 1, 7 do out[#out + 1] = r[i] or '' end
+    for i = 1, 8 do out[#out + 1] = r[i] or '' end
   end
 end
 return out

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 
 use super::*;
-use crate::cluster::{OpenArgs, Opened, PLACING_DEADLINE, RedisDirectory, Restore, SlotTaken};
+use crate::cluster::{
+    HostPlaceError, OpenArgs, Opened, PLACING_DEADLINE, RedisDirectory, Restore, SlotTaken,
+};
 
 /// How often a replica that waits for another's placement looks again.
 const PLACEMENT_POLL: Duration = Duration::from_millis(20);
@@ -403,8 +405,15 @@ impl SessionDirectory {
         let Some(shared) = &self.shared else {
             return Vec::new();
         };
-        let Ok(due) = shared.due(lock, 64).await else {
+        let Ok(Some(due)) = shared.due(lock, 64).await else {
             return Vec::new();
+        };
+        let mut ended: Vec<(String, EndReason)> = match shared.hosts_lost().await {
+            Ok(lost) => lost
+                .into_iter()
+                .map(|id| (id, EndReason::HostLost))
+                .collect(),
+            Err(_) => Vec::new(),
         };
         let mut checks = tokio::task::JoinSet::new();
         for d in due {
@@ -418,7 +427,6 @@ impl SessionDirectory {
                 (d, busy)
             });
         }
-        let mut ended = Vec::new();
         while let Some(Ok((d, busy))) = checks.join_next().await {
             let Some(incarnation) = d.incarnation else {
                 let _ = shared.end(&d.id, None, Some("idle"), None).await;
@@ -490,10 +498,22 @@ pub(super) async fn obtain_backend(
     }
 }
 
-/// Whether a backend from a shared record is one of `provider`'s endpoints.
-pub(super) fn in_pool(backend: &Backend, provider: &BackendProvider) -> bool {
-    match (backend.shared_addrs(), provider) {
-        (Some(addrs), BackendProvider::Static(pool)) => pool.has(addrs),
+/// Whether a backend from a shared record is one `provider` could have given: an endpoint of
+/// its static pool, or a backend on a live host (whose record carries the cluster's MAC).
+pub(super) async fn in_pool(
+    backend: &Backend,
+    provider: &BackendProvider,
+    shared: Option<&RedisDirectory>,
+) -> bool {
+    let Some(addrs) = backend.shared_addrs() else {
+        return false;
+    };
+    match (addrs.relayed(), provider, shared) {
+        (None, BackendProvider::Static(pool), _) => pool.has(addrs),
+        (Some(relay), BackendProvider::Spawned(_), Some(shared)) => {
+            shared.knows_host(relay.host)
+                || (shared.refresh_hosts().await.is_ok() && shared.knows_host(relay.host))
+        }
         _ => false,
     }
 }
@@ -504,10 +524,22 @@ async fn place_here(
     provider: &BackendProvider,
 ) -> Result<Backend, TicketError> {
     let BackendProvider::Static(pool) = provider else {
-        // check-config refuses spawned backends on a replica; a stale provider cannot get here.
-        return Err(TicketError::Placement(PlacementError::Spawn(
-            std::io::Error::other("a replica places static-pool sessions only"),
-        )));
+        // Spawned backends live on backend hosts, never in a replica.
+        return match shared
+            .place_on_host(s.id.as_str(), s.incarnation, &s.runtime, s.version)
+            .await
+        {
+            Ok(placed) => {
+                s.verified.store(true, Ordering::Release);
+                Ok(Backend::shared(placed.addrs))
+            }
+            Err(HostPlaceError::Unavailable(_)) => Err(TicketError::Unavailable),
+            Err(HostPlaceError::Lost) => Err(TicketError::Ended),
+            Err(HostPlaceError::NoHost(why)) => {
+                tracing::warn!(session = %s.id, %why, "no backend host took the session");
+                Err(TicketError::Placement(PlacementError::NoHost(why)))
+            }
+        };
     };
     let (per, order) = pool.shared_order();
     let pairs: Vec<(String, String)> = order

@@ -12,6 +12,36 @@ use conf::{Endpoint, Protocol};
 pub enum BackendAddr {
     Tcp(SocketAddr),
     Unix(Arc<Path>),
+    /// A backend on a host (`sessiongate host`), reached through the host's relay.
+    Relay(Arc<Relay>),
+}
+
+impl Relay {
+    /// The headers a relayed request carries (the relay removes them before the backend).
+    pub fn headers(&self) -> [(&'static str, &str); 3] {
+        [
+            (RELAY_BACKEND, &self.backend),
+            (RELAY_PORT, self.port.as_str()),
+            (RELAY_AUTH, &self.token),
+        ]
+    }
+}
+
+/// Which backend on the host a relayed request is for.
+pub const RELAY_BACKEND: &str = "x-sessiongate-backend";
+/// Which of its protocol ports (`http`, `mcp`, `a2a`).
+pub const RELAY_PORT: &str = "x-sessiongate-port";
+/// The relay token ([`crate::cluster::auth::relay_token`]).
+pub const RELAY_AUTH: &str = "x-sessiongate-auth";
+
+/// One protocol port of a backend on a host: connect to `host`, name the backend and the port,
+/// prove it with the token (the relay checks it against the cluster's secret).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Relay {
+    pub host: SocketAddr,
+    pub backend: Box<str>,
+    pub port: Protocol,
+    pub token: Box<str>,
 }
 
 impl fmt::Display for BackendAddr {
@@ -19,6 +49,7 @@ impl fmt::Display for BackendAddr {
         match self {
             Self::Tcp(a) => a.fmt(f),
             Self::Unix(p) => write!(f, "unix:{}", p.display()),
+            Self::Relay(r) => write!(f, "relay:{}/{}/{}", r.host, r.backend, r.port.as_str()),
         }
     }
 }
@@ -65,6 +96,14 @@ impl Addrs {
     /// The shared record's form: `http mcp a2a`, `-` for a port not served. TCP only: a Unix
     /// socket is reachable on its own machine alone, so it never goes into a shared record.
     pub fn encode(&self) -> String {
+        if let Some(r) = self.relayed() {
+            let ports = format!(
+                "h{}{}",
+                if self.mcp.is_some() { "m" } else { "" },
+                if self.a2a.is_some() { "a" } else { "" }
+            );
+            return format!("relay {} {} {ports}", r.host, r.backend);
+        }
         let one = |a: Option<&BackendAddr>| match a {
             Some(BackendAddr::Tcp(a)) => a.to_string(),
             _ => "-".to_owned(),
@@ -77,7 +116,54 @@ impl Addrs {
         )
     }
 
-    /// The inverse of [`Addrs::encode`]; `None` for anything else (an empty field above all).
+    /// A backend on a host: `relay <host> <backend> <ports>` (`h`, `m`, `a`).
+    pub fn relay(host: SocketAddr, backend: &str, mcp: bool, a2a: bool, token: &str) -> Self {
+        let at = |port| {
+            BackendAddr::Relay(Arc::new(Relay {
+                host,
+                backend: backend.into(),
+                port,
+                token: token.into(),
+            }))
+        };
+        Self {
+            http: at(Protocol::Http),
+            mcp: mcp.then(|| at(Protocol::Mcp)),
+            a2a: a2a.then(|| at(Protocol::A2a)),
+        }
+    }
+
+    /// The relay this backend is reached through, if it lives on a host.
+    pub fn relayed(&self) -> Option<&Relay> {
+        match &self.http {
+            BackendAddr::Relay(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The inverse of [`Addrs::encode`], with `token` for relayed backends (from the backend
+    /// id); `None` for anything else (an empty field above all).
+    pub fn decode_with(s: &str, token: impl Fn(&str) -> String) -> Option<Self> {
+        let Some(rest) = s.strip_prefix("relay ") else {
+            return Self::decode(s);
+        };
+        let mut parts = rest.split(' ');
+        let host = parts.next()?.parse().ok()?;
+        let backend = parts.next()?;
+        let ports = parts.next()?;
+        if backend.is_empty() || parts.next().is_some() {
+            return None;
+        }
+        Some(Self::relay(
+            host,
+            backend,
+            ports.contains('m'),
+            ports.contains('a'),
+            &token(backend),
+        ))
+    }
+
+    /// The inverse of [`Addrs::encode`] for direct addresses; `None` for anything else.
     pub fn decode(s: &str) -> Option<Self> {
         let mut parts = s.split(' ');
         let mut next = || -> Option<Option<BackendAddr>> {
@@ -104,8 +190,32 @@ mod tests {
         });
         assert_eq!(a.encode(), "127.0.0.1:8080 - 10.0.0.2:9000");
         assert_eq!(Addrs::decode(&a.encode()), Some(a));
-        for bad in ["", "-", "- - -", "x - -", "127.0.0.1:1 -"] {
+        for bad in [
+            "",
+            "-",
+            "- - -",
+            "x - -",
+            "127.0.0.1:1 -",
+            "relay 127.0.0.1:1 b hm",
+        ] {
             assert_eq!(Addrs::decode(bad), None, "{bad:?}");
+        }
+        let relayed = Addrs::relay(([10, 0, 0, 5], 7070).into(), "b1", true, false, "t");
+        assert_eq!(relayed.encode(), "relay 10.0.0.5:7070 b1 hm");
+        assert_eq!(
+            Addrs::decode_with(&relayed.encode(), |b| {
+                assert_eq!(b, "b1");
+                "t".into()
+            }),
+            Some(relayed)
+        );
+        for bad in [
+            "relay",
+            "relay x b h",
+            "relay 10.0.0.5:7070  h",
+            "relay 10.0.0.5:7070 b h extra",
+        ] {
+            assert_eq!(Addrs::decode_with(bad, |_| String::new()), None, "{bad:?}");
         }
     }
 }

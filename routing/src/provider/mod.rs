@@ -10,7 +10,7 @@
 //! Every spawning provider can keep a warm pool; every backend is ready only once `GET /ping`
 //! answers 200.
 
-mod addr;
+pub mod addr;
 mod cgroup;
 mod child;
 mod guest_net;
@@ -180,6 +180,8 @@ pub enum PlacementError {
     NotReady(Duration),
     #[error("the guest: {0}")]
     Guest(String),
+    #[error("{0}")]
+    NoHost(String),
 }
 
 /// A session's backend: its addresses and the lease that keeps it reserved.

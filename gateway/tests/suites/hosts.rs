@@ -1,0 +1,192 @@
+//! Backend hosts (`sessiongate host`): spawned backends live on hosts, replicas reach them
+//! through each host's relay; a replica or a host may die.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use crate::common::cluster::*;
+use crate::common::*;
+
+struct Topology {
+    hosts: Vec<Host>,
+    replicas: Vec<Gateway>,
+    redis: Redis,
+    _secret: TempDir,
+}
+
+impl Topology {
+    fn start(hosts: usize, replicas: usize, extra: &str) -> Self {
+        let redis = Redis::start();
+        let secret_dir = TempDir::new();
+        let secret = cluster_secret(&secret_dir);
+        let config = host_config(&redis, &secret, extra);
+        let hosts = (0..hosts).map(|_| Host::start(&config)).collect();
+        let replicas = (0..replicas).map(|_| Gateway::start(&config)).collect();
+        Self {
+            hosts,
+            replicas,
+            redis,
+            _secret: secret_dir,
+        }
+    }
+
+    /// The host (index) running session `sid`, by its relay address in `/sessions`.
+    fn host_of(&self, sid: &str) -> Option<usize> {
+        let listed = self.replicas[0].sessions();
+        let http = listed.iter().find(|s| s["id"] == sid)?["http"]
+            .as_str()?
+            .to_owned();
+        self.hosts
+            .iter()
+            .position(|h| http.starts_with(&format!("relay:{}/", h.addr)))
+    }
+}
+
+#[test]
+fn spawned_backends_live_on_hosts_and_every_replica_reaches_them() {
+    let t = Topology::start(2, 2, "");
+    let mut placed: HashMap<String, (String, usize)> = HashMap::new();
+    for i in 0..4 {
+        let sid = session_id(&format!("hosted{i}"));
+        let first = instance(&t.replicas[i % 2].invoke(Some(&sid), "{}"));
+        let host = t.host_of(&sid).expect("the session runs on a host");
+        placed.insert(sid, (first, host));
+        // The hosts' load reaches the replicas with their next heartbeat.
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let used: HashSet<usize> = placed.values().map(|(_, h)| *h).collect();
+    assert_eq!(
+        used.len(),
+        2,
+        "the least loaded host takes the next session: {placed:?}"
+    );
+    for (sid, (first, _)) in &placed {
+        for r in &t.replicas {
+            assert_eq!(&instance(&r.invoke(Some(sid), "{}")), first);
+        }
+    }
+    // The backends are the hosts' children, none the replicas'.
+    let on_hosts: usize = t.hosts.iter().map(|h| h.children().len()).sum();
+    assert_eq!(on_hosts, 4);
+    for r in &t.replicas {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", r.pid())).unwrap();
+        let children: String = tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+            .collect();
+        assert!(children.trim().is_empty(), "a replica spawned {children}");
+    }
+    // A stop releases the backend on its host.
+    let (sid, _) = placed.iter().next().unwrap();
+    let r = t.replicas[1].post("/runtimes/default/stopruntimesession", Some(sid), "{}", &[]);
+    assert_eq!(r.status, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || t
+            .hosts
+            .iter()
+            .map(|h| h.children().len())
+            .sum::<usize>()
+            == 3),
+        "the stopped session's backend was not released"
+    );
+}
+
+#[test]
+fn a_killed_host_s_sessions_start_afresh_on_the_other_host_within_two_seconds() {
+    let mut t = Topology::start(2, 2, "");
+    let mut sessions = Vec::new();
+    for i in 0..4 {
+        let sid = session_id(&format!("hostkill{i}"));
+        let first = instance(&t.replicas[0].invoke(Some(&sid), "{}"));
+        sessions.push((sid, first));
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let victim = t.host_of(&sessions[0].0).unwrap();
+    let doomed: Vec<&(String, String)> = sessions
+        .iter()
+        .filter(|(sid, _)| t.host_of(sid) == Some(victim))
+        .collect();
+    let orphans = t.hosts[victim].children();
+    assert!(!orphans.is_empty());
+    let killed = Instant::now();
+    t.hosts[victim].child.kill().unwrap();
+    t.hosts[victim].child.wait().unwrap();
+    // Untouched, they end within two seconds (the host's heartbeat stops)…
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            let listed = t.replicas[1].sessions();
+            doomed
+                .iter()
+                .all(|(sid, _)| !listed.iter().any(|s| s["id"] == sid.as_str()))
+        }),
+        "sessions of the dead host still listed"
+    );
+    assert!(killed.elapsed() < Duration::from_millis(2500));
+    // …and their next request gets a fresh backend on the other host.
+    for (sid, first) in &doomed {
+        let r = t.replicas[1].invoke(Some(sid), "{}");
+        assert_ne!(&instance(&r), first, "a new backend");
+        assert_eq!(t.host_of(sid), Some(1 - victim));
+    }
+    // The others never noticed.
+    for (sid, first) in sessions.iter().filter(|s| !doomed.contains(s)) {
+        assert_eq!(&instance(&t.replicas[0].invoke(Some(sid), "{}")), first);
+    }
+    // No process of the dead host outlives it.
+    assert!(eventually(Duration::from_secs(5), || orphans
+        .iter()
+        .all(|&p| !alive(p))));
+    let ended = t.replicas.iter().any(|r| {
+        r.metrics()
+            .contains("sessiongate_sessions_ended_total{reason=\"host_lost\"}")
+    });
+    assert!(ended, "counted as host_lost");
+    drop(t.redis);
+}
+
+#[test]
+fn a_host_answers_only_signed_calls() {
+    let t = Topology::start(1, 1, "");
+    let sid = session_id("signed");
+    instance(&t.replicas[0].invoke(Some(&sid), "{}"));
+    let host = t.hosts[0].addr;
+    let listed = t.replicas[0].sessions();
+    let relay = listed[0]["http"].as_str().unwrap().to_owned();
+    let backend = relay.split('/').nth(1).unwrap().to_owned();
+    let url = format!("http://{host}/invocations");
+    let as_relay = |auth: &str| {
+        curl(&[
+            "-X",
+            "POST",
+            &url,
+            "-d",
+            "{}",
+            "-H",
+            &format!("x-sessiongate-backend: {backend}"),
+            "-H",
+            "x-sessiongate-port: http",
+            "-H",
+            &format!("x-sessiongate-auth: {auth}"),
+        ])
+    };
+    assert_eq!(as_relay("0000").status, 403, "a wrong relay token");
+    assert_eq!(
+        curl(&["-X", "POST", &url, "-d", "{}"]).status,
+        403,
+        "no token"
+    );
+    let place = format!("http://{host}/_sessiongate/place");
+    let body = r#"{"session":"x","runtime":"default","version":1}"#;
+    let unsigned = curl(&["-X", "POST", &place, "-d", body]);
+    assert_eq!(unsigned.status, 403, "{}", unsigned.body_text());
+    let forged = curl(&[
+        "-X",
+        "POST",
+        &place,
+        "-d",
+        body,
+        "-H",
+        "x-sessiongate-auth: 1:00",
+    ]);
+    assert_eq!(forged.status, 403);
+    assert_eq!(t.hosts[0].children().len(), 1, "nothing was placed");
+}
