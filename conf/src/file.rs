@@ -81,7 +81,8 @@ impl Default for FileCluster {
 pub struct FileHost {
     /// Where replicas reach this host (its relay and control API). Default `127.0.0.1:7070`.
     pub listen: String,
-    /// The address replicas connect to, when `listen` is a wildcard. Default: `listen`.
+    /// The address replicas connect to (required, here or as `--advertise`, when `listen` is a
+    /// wildcard). Default: `listen`.
     pub advertise: Option<String>,
     /// Its name in Redis. Default: hostname and process id (a restarted host is a new host:
     /// its backends died with the old process).

@@ -556,7 +556,7 @@ fn a_cluster_needs_redis_a_shared_secret_and_static_pools() {
     );
     assert_eq!(
         paths("[host]\nlisten = '0.0.0.0:7070'\ncapacity = 0\n", pool),
-        ["host.advertise", "host.capacity"]
+        ["host.capacity"]
     );
     let c = cfg(
         "[host]\nlisten = '0.0.0.0:7070'\nadvertise = '10.0.0.5:7070'\n",

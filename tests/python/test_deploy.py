@@ -22,7 +22,7 @@ def sessiongate_commands():
         if svc["image"].startswith("sessiongate"):
             yield f"compose {name}", svc["command"]
     for doc in manifests():
-        if doc["kind"] != "Deployment":
+        if doc["kind"] not in ("Deployment", "DaemonSet"):
             continue
         for c in doc["spec"]["template"]["spec"]["containers"]:
             if c["image"].startswith("sessiongate"):
@@ -46,7 +46,7 @@ def help_text(sub: str | None) -> str:
 
 
 def test_every_command_and_flag_is_the_real_cli():
-    subcommands = {"run", "check-config", "invoke", "reload", "health", "agent"}
+    subcommands = {"run", "check-config", "invoke", "reload", "health", "agent", "host"}
     seen = 0
     for where, args in sessiongate_commands():
         sub = args[0] if args and not args[0].startswith("-") else None
@@ -55,7 +55,7 @@ def test_every_command_and_flag_is_the_real_cli():
         for flag in (a for a in args if a.startswith("--")):
             assert f"{flag} " in text or f"{flag}\n" in text, f"{where}: `{flag}` is not a flag of `{sub or 'sessiongate'}`"
         seen += 1
-    assert seen >= 6, seen
+    assert seen >= 9, seen
 
 
 def check_config(config_text: str, files: dict[str, str], tmp_path: Path, name: str):
@@ -86,9 +86,15 @@ def test_every_mounted_config_passes_check_config(tmp_path):
     check_config(text, {"secret/cluster.secret": SECRET}, tmp_path, "k8s")
     # What the manifests mount is what they define.
     deployment = next(d for d in manifests() if d["kind"] == "Deployment" and d["metadata"]["name"] == "sessiongate")
-    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
-    assert volumes["config"]["configMap"]["name"] == "sessiongate-replica"
-    assert volumes["secret"]["secret"]["secretName"] == "sessiongate-cluster"
+    hosts = next(d for d in manifests() if d["kind"] == "DaemonSet")
+    for workload in (deployment, hosts):
+        volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["config"]["configMap"]["name"] == "sessiongate-replica"
+        assert volumes["secret"]["secret"]["secretName"] == "sessiongate-cluster"
+    # Hosts and replicas share the file; a host's wildcard listen gets its address on the CLI.
+    for where, args in sessiongate_commands():
+        if args[0] == "host":
+            assert "--advertise" in args, where
 
 
 def test_the_k8s_services_reach_what_the_configs_name():

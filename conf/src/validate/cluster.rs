@@ -122,12 +122,8 @@ pub(super) fn host(errs: &mut Errors, h: &FileHost) -> Host {
         Some(a) => errs.addr("host.advertise", a),
         None => listen,
     };
-    if advertise.is_some_and(|a| a.ip().is_unspecified() || a.port() == 0) {
-        errs.push(
-            "host.advertise",
-            "replicas need an address they can connect to: set `host.advertise` when `host.listen` is a wildcard",
-        );
-    }
+    // A wildcard `advertise` is refused when a host starts (`--advertise` may still give one):
+    // replicas and hosts share one file.
     if let Some(id) = &h.id
         && (id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()))
     {
