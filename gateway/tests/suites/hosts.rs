@@ -190,3 +190,53 @@ fn a_host_answers_only_signed_calls() {
     assert_eq!(forged.status, 403);
     assert_eq!(t.hosts[0].children().len(), 1, "nothing was placed");
 }
+
+#[test]
+fn sandboxed_backends_on_a_host_answer_every_face_and_websockets_through_the_relay() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+    let redis = Redis::start();
+    let secret_dir = TempDir::new();
+    let secret = cluster_secret(&secret_dir);
+    // Sandboxes are reached over Unix sockets: only the host's relay can reach them.
+    let config = host_config(&redis, &secret, "").replace(
+        "name = \"default\"\n",
+        "name = \"default\"\n[runtimes.backend]\nprovider = \"sandbox\"\n",
+    );
+    let host = Host::start(&config);
+    let (a, b) = (Gateway::start(&config), Gateway::start(&config));
+    let init = mcp_call(&a, &[], INITIALIZE);
+    assert_eq!(init.status, 200, "{}", init.body_text());
+    let sid = init.header(SESSION_HEADER).unwrap().to_owned();
+    let mcp_id = init.header("mcp-session-id").unwrap().to_owned();
+    let call = mcp_call(&b, &[format!("Mcp-Session-Id: {mcp_id}")], ECHO_CALL);
+    assert_eq!(call.status, 200, "{}", call.body_text());
+    let instance = call.json()["result"]["structuredContent"]["instance"].clone();
+    assert_eq!(b.invoke(Some(&sid), "{}").json()["instance"], instance);
+    let a2a = a2a_send(&a, &sid, "hello");
+    assert_eq!(a2a.json()["result"]["metadata"]["instance"], instance);
+    assert!(
+        a.sessions()[0]["backend"]
+            .as_str()
+            .unwrap()
+            .starts_with("host ")
+    );
+    assert!(!host.children().is_empty(), "the sandbox runs on the host");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut req = format!("ws://{}/ws", b.http).into_client_request().unwrap();
+        req.headers_mut()
+            .insert(SESSION_HEADER, sid.parse().unwrap());
+        let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        for text in ["through", "the", "relay"] {
+            ws.send(Message::text(text)).await.unwrap();
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
+        }
+        ws.close(None).await.unwrap();
+    });
+}
