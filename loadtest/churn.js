@@ -12,9 +12,11 @@ export const options = {
 
 const target = __ENV.HTTP_URL || 'http://127.0.0.1:8080';
 const runtime = __ENV.RUNTIME || 'default';
+// `/runtimes/<name>` to reach another runtime than the default one.
+const prefix = __ENV.PATH_PREFIX || '';
 
 export default function () {
-  const r = post(`${target}/invocations`, '{}', { headers: { 'Content-Type': 'application/json' } });
+  const r = post(`${target}${prefix}/invocations`, '{}', { headers: { 'Content-Type': 'application/json' } });
   check(r, { 'invoke 200': (x) => x.status === 200 });
   const sid = r.headers['X-Amzn-Bedrock-Agentcore-Runtime-Session-Id'];
   const stop = post(`${target}/runtimes/${runtime}/stopruntimesession`, '{}', {

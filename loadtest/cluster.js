@@ -16,17 +16,20 @@ export const moved = new Counter('sessions_moved');
 export const retried = new Counter('client_retries');
 
 const target = __ENV.HTTP_URL || 'http://127.0.0.1:8080';
+// `/runtimes/<name>` to reach another runtime than the default one (then set RUNTIME too).
+const prefix = __ENV.PATH_PREFIX || '';
+const tag = `cluster-${__ENV.RUNTIME || 'default'}`;
 const body = JSON.stringify({ prompt: 'hello' });
 let first = null;
 
 function invoke(sid) {
-  return post(`${target}/invocations`, body, {
+  return post(`${target}${prefix}/invocations`, body, {
     headers: { 'Content-Type': 'application/json', 'X-Amzn-Bedrock-AgentCore-Runtime-Session-Id': sid },
   });
 }
 
 export default function () {
-  const sid = sessionId('cluster', __VU);
+  const sid = sessionId(tag, __VU);
   let r = invoke(sid);
   if (r.status !== 200) {
     // In flight on a replica that died: the client's one retry reaches another replica.
@@ -43,5 +46,5 @@ export default function () {
 }
 
 export function teardown() {
-  stopSessions('cluster');
+  stopSessions(tag);
 }

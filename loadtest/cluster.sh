@@ -5,7 +5,9 @@
 #      on a warm session: none is meant to show) vs three replicas behind HAProxy round-robin;
 #   2. session churn (each iteration places, invokes, stops): memory vs Redis placement;
 #   3. three replicas behind HAProxy while one is killed with SIGKILL mid-run: throughput,
-#      p50/p99, requests that needed the client's retry, sessions that moved (must be 0).
+#      p50/p99, requests that needed the client's retry, sessions that moved (must be 0);
+#   4. process backends: on the all-in-one vs on two backend hosts through a replica (the relay's
+#      cost on warm sessions, and placement on a host per new session).
 # The report is printed and written to loadtest/cluster-last-run.md (OUT=… to change).
 #
 #   loadtest/cluster.sh                 # DURATION=10s VUS=32
@@ -58,6 +60,7 @@ body() {
   printf 'max_inflight_per_session = 10000\nrequests_per_second_per_principal = 10000000\n'
   printf '[[runtimes]]\nname = "default"\n[runtimes.backend]\nprovider = "static"\n'
   printf 'sessions_per_endpoint = 1000000\nendpoints = [%s]\n' "$(IFS=,; echo "${endpoints[*]}")"
+  printf '[[runtimes]]\nname = "spawned"\n[runtimes.backend]\nprovider = "process"\nwarm_pool = 8\n'
 }
 body >"$work/memory.toml"
 {
@@ -75,6 +78,11 @@ start_gateway() { # config → "pid http admin"
   echo "$pid $h $x"
 }
 read -r mem_pid MEM _ < <(start_gateway "$work/memory.toml"); pids+=("$mem_pid")
+for _ in 1 2; do
+  hp=$(port)
+  RUST_LOG=warn "$bin" host --config "$work/replica.toml" --listen 127.0.0.1:$hp >>"$work/hosts.log" 2>&1 & pids+=($!)
+  for _ in $(seq 100); do curl -s "http://127.0.0.1:$hp/" 2>/dev/null | grep -q relayed && break; sleep 0.05; done
+done
 replica_http=(); replica_admin=(); replica_pid=()
 for i in 0 1 2; do
   read -r p h x < <(start_gateway "$work/replica.toml")
@@ -125,6 +133,10 @@ run_k6 warm-replica cluster.js "http://127.0.0.1:${replica_http[0]}"; row "warm 
 run_k6 warm-lb cluster.js "http://127.0.0.1:$LB"; row "warm sessions, 3 replicas behind HAProxy" warm-lb
 run_k6 churn-memory churn.js "http://127.0.0.1:$MEM" -e VUS=8; row "churn (place, invoke, stop), all-in-one" churn-memory
 run_k6 churn-replica churn.js "http://127.0.0.1:${replica_http[0]}" -e VUS=8; row "churn (place, invoke, stop), one replica" churn-replica
+run_k6 proc-warm-memory cluster.js "http://127.0.0.1:$MEM" -e RUNTIME=spawned -e PATH_PREFIX=/runtimes/spawned; row "process backends, warm sessions, all-in-one" proc-warm-memory
+run_k6 proc-warm-hosts cluster.js "http://127.0.0.1:${replica_http[0]}" -e RUNTIME=spawned -e PATH_PREFIX=/runtimes/spawned; row "process backends, warm sessions, on 2 hosts via a replica" proc-warm-hosts
+run_k6 proc-churn-memory churn.js "http://127.0.0.1:$MEM" -e VUS=4 -e RUNTIME=spawned -e PATH_PREFIX=/runtimes/spawned; row "process backends, churn, all-in-one" proc-churn-memory
+run_k6 proc-churn-hosts churn.js "http://127.0.0.1:${replica_http[0]}" -e VUS=4 -e RUNTIME=spawned -e PATH_PREFIX=/runtimes/spawned; row "process backends, churn, on 2 hosts via a replica" proc-churn-hosts
 secs=${DURATION%s}
 ( sleep "$(( secs / 2 ))"; kill -9 "${replica_pid[1]}" ) &
 run_k6 kill-lb cluster.js "http://127.0.0.1:$LB"; row "3 replicas behind HAProxy, one SIGKILLed mid-run" kill-lb

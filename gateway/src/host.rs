@@ -43,6 +43,7 @@ const MAX_CONTROL_BODY: usize = 64 * 1024;
 struct Placed {
     backend: Backend,
     session: String,
+    incarnation: u64,
     since: Instant,
 }
 
@@ -310,6 +311,7 @@ impl HostRelay {
             Placed {
                 backend,
                 session: sid.to_owned(),
+                incarnation: req["incarnation"].as_u64().unwrap_or(0),
                 since: Instant::now(),
             },
         );
@@ -337,9 +339,12 @@ impl BackgroundService for Upkeep {
         let state = &self.state;
         let mut beat = tokio::time::interval(cluster::HEARTBEAT_INTERVAL);
         let mut gc = tokio::time::interval(GC_INTERVAL);
+        let ends = listen_for_ends(state);
+        tokio::pin!(ends);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
+                () = &mut ends => {}
                 _ = beat.tick() => {
                     let info = HostInfo { load: state.backends.len() as u32, ..state.info.clone() };
                     if let Err(e) = state.redis.heartbeat(&info).await {
@@ -376,6 +381,35 @@ impl BackgroundService for Upkeep {
         }
         while stops.join_next().await.is_some() {}
         tracing::info!("host stopped; its backends are released");
+    }
+}
+
+/// Releases a backend as soon as any replica announces its session's end (the once-a-second
+/// check catches what a disconnection missed).
+async fn listen_for_ends(state: &HostState) {
+    use futures_util::StreamExt;
+    loop {
+        if let Ok(pubsub) = state.redis.subscribe().await {
+            let mut messages = pubsub.into_on_message();
+            while let Some(msg) = messages.next().await {
+                let Ok(payload) = msg.get_payload::<String>() else {
+                    continue;
+                };
+                let Some((session, incarnation, _)) = cluster::parse_end(&payload) else {
+                    continue;
+                };
+                let ours: Vec<String> = state
+                    .backends
+                    .iter()
+                    .filter(|e| e.session == session && e.incarnation == incarnation)
+                    .map(|e| e.key().clone())
+                    .collect();
+                for id in ours {
+                    release(state, &id);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

@@ -116,7 +116,12 @@ impl RedisDirectory {
     ) -> Result<PlacedOnHost, HostPlaceError> {
         let mut hosts = self.refresh_hosts().await?;
         hosts.sort_by_key(|h| std::cmp::Reverse(i64::from(h.capacity) - i64::from(h.load)));
-        let body = serde_json::json!({ "session": id, "runtime": runtime, "version": version });
+        let body = serde_json::json!({
+            "session": id,
+            "incarnation": incarnation,
+            "runtime": runtime,
+            "version": version,
+        });
         let mut why = String::from("no live host");
         for host in hosts {
             let answer = match control(&self.secret, host.addr, PLACE_PATH, &body).await {
