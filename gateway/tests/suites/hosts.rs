@@ -240,3 +240,27 @@ fn sandboxed_backends_on_a_host_answer_every_face_and_websockets_through_the_rel
         ws.close(None).await.unwrap();
     });
 }
+
+#[test]
+fn sessions_on_hosts_survive_a_redis_that_restarts_empty() {
+    let mut t = Topology::start(1, 1, "");
+    let sid = session_id("redis-restart");
+    let first = instance(&t.replicas[0].invoke(Some(&sid), "{}"));
+    let backend = t.hosts[0].children();
+    assert_eq!(backend.len(), 1);
+    t.redis.restart_empty();
+    // The replica writes the session back, naming its host, before the host would release it.
+    let listed = format!("http://{}/sessions", t.replicas[0].admin);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let r = curl(&[&listed]);
+            r.status == 200 && r.body_text().contains(&sid)
+        }),
+        "not written back"
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(t.hosts[0].children(), backend, "the host kept its backend");
+    assert_eq!(instance(&t.replicas[0].invoke(Some(&sid), "{}")), first);
+    let key = format!("{{sessiongate}}:s:{sid}");
+    assert!(!t.redis.cli(&["HGET", &key, "host"]).is_empty());
+}

@@ -92,10 +92,20 @@ impl RedisDirectory {
                 })
             })
             .collect();
-        if let Ok(mut cache) = self.hosts.write() {
+        // An empty answer right after Redis restarted (hosts not heard from yet) keeps the last
+        // list: the write-back of sessions on hosts needs their ids.
+        if !hosts.is_empty()
+            && let Ok(mut cache) = self.hosts.write()
+        {
             cache.clone_from(&hosts);
         }
         Ok(hosts)
+    }
+
+    /// The id of the live host at `addr`, as last read.
+    pub fn host_id_of(&self, addr: SocketAddr) -> Option<String> {
+        let hosts = self.hosts.read().ok()?;
+        hosts.iter().find(|h| h.addr == addr).map(|h| h.id.clone())
     }
 
     /// Whether `addr` is a live host's, as last read.
@@ -182,6 +192,10 @@ impl RedisDirectory {
             inv.arg(session).arg(backend);
         }
         let reply: Vec<i64> = self.run(&inv).await?;
+        if reply.len() != backends.len() {
+            // Redis lost its data and the replicas are writing back: decide nothing now.
+            return Err(Unavailable("the session directory is recovering".into()));
+        }
         Ok(reply.into_iter().map(|v| v == 1).collect())
     }
 }

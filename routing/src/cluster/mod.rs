@@ -508,7 +508,8 @@ impl RedisDirectory {
             .arg(r.life.as_millis() as u64)
             .arg(r.backend.encode())
             .arg(r.slot.unwrap_or_default())
-            .arg(r.mcp_ids.join(" "));
+            .arg(r.mcp_ids.join(" "))
+            .arg(r.host.unwrap_or_default());
         let restored: i64 = self.run(&inv).await?;
         Ok(restored == 1)
     }
@@ -585,6 +586,8 @@ pub struct Restore<'a> {
     pub backend: &'a Addrs,
     pub slot: Option<&'a str>,
     pub mcp_ids: Vec<String>,
+    /// The backend host it runs on.
+    pub host: Option<&'a str>,
 }
 
 /// Parses one end announcement: `<id> <incarnation> <reason>`.

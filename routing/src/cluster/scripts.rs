@@ -225,8 +225,12 @@ return out
 "#;
 
 /// For a host's own backends: whether each (session id, backend id) pair is still a live
-/// session's backend on this host. ARGV: prefix, host id, then pairs. Returns 1/0 per pair.
+/// session's backend on this host. ARGV: prefix, host id, then pairs. Returns 1/0 per pair, or
+/// nothing while Redis has lost its data and the replicas are writing their sessions back.
 pub const STILL_PLACED: &str = r#"
+if redis.call('EXISTS', ARGV[1] .. ':epoch') == 0 or redis.call('EXISTS', ARGV[1] .. ':recovering') == 1 then
+  return {}
+end
 local out = {}
 for i = 3, #ARGV, 2 do
   local r = redis.call('HMGET', ARGV[1] .. ':s:' .. ARGV[i], 'host', 'be')
@@ -327,8 +331,8 @@ return 1
 
 /// Writes back a live session a replica still knows after Redis lost its data. KEYS[1]
 /// `P:s:<id>`; ARGV: prefix, id, gen, runtime, principal, quota key, version, created, last,
-/// idle ms, life ms, backend, slot ('' none), MCP ids. Returns 1 when restored, 0 when the
-/// record exists already.
+/// idle ms, life ms, backend, slot ('' none), MCP ids, host ('' none). Returns 1 when
+/// restored, 0 when the record exists already.
 pub const RESTORE: &str = r#"
 local P, id = ARGV[1], ARGV[2]
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -338,6 +342,10 @@ redis.call('HSET', KEYS[1], 'gen', ARGV[3], 'rt', ARGV[4], 'pr', ARGV[5], 'qk', 
 if ARGV[13] ~= '' then
   redis.call('HSET', KEYS[1], 'slot', ARGV[13])
   redis.call('HINCRBY', P .. ':slots', ARGV[13], 1)
+end
+if ARGV[15] ~= '' then
+  redis.call('HSET', KEYS[1], 'host', ARGV[15])
+  redis.call('SADD', P .. ':hs:' .. ARGV[15], id)
 end
 redis.call('ZADD', P .. ':active', math.min(tonumber(ARGV[9]) + tonumber(ARGV[10]), tonumber(ARGV[8]) + tonumber(ARGV[11])), id)
 redis.call('SADD', P .. ':q:' .. ARGV[6], id)

@@ -376,7 +376,11 @@ impl SessionDirectory {
                 .lock()
                 .map(|ids| ids.iter().map(|i| i.to_string()).collect())
                 .unwrap_or_default();
-            let slot = backend.http.to_string();
+            // A static endpoint is a slot; a relayed backend belongs to its host.
+            let (slot, host) = match backend.relayed() {
+                Some(r) => (None, shared.host_id_of(r.host)),
+                None => (Some(backend.http.to_string()), None),
+            };
             let record = Restore {
                 id: s.id.as_str(),
                 incarnation: s.incarnation,
@@ -389,8 +393,9 @@ impl SessionDirectory {
                 idle: s.idle,
                 life: s.life,
                 backend,
-                slot: Some(&slot),
+                slot: slot.as_deref(),
                 mcp_ids,
+                host: host.as_deref(),
             };
             if shared.restore(&record).await.unwrap_or(false) {
                 restored += 1;
