@@ -210,13 +210,7 @@ impl Admission {
         }
         reservation.principal = Some(caller.quota.clone());
         // The rate is taken last so that a session refused for another reason spends no token.
-        self.rate
-            .read()
-            .map_err(|_| Rejection::SessionRate {
-                retry_after: Duration::from_secs(1),
-            })?
-            .take()
-            .map_err(|retry_after| Rejection::SessionRate { retry_after })?;
+        self.take_session_token()?;
         self.note_admitted(&caller.quota);
         Ok(reservation)
     }

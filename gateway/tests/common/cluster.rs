@@ -257,20 +257,9 @@ impl Host {
         self.child.id()
     }
 
-    /// Its backend processes (direct children, whichever thread forked them).
-    pub fn children(&self) -> Vec<u32> {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
-            return Vec::new();
-        };
-        tasks
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
-            .flat_map(|c| {
-                c.split_whitespace()
-                    .filter_map(|p| p.parse().ok())
-                    .collect::<Vec<u32>>()
-            })
-            .filter(|&p| alive(p))
-            .collect()
+    /// Its backend processes.
+    pub fn children(&self) -> std::collections::HashSet<u32> {
+        children(self.pid())
     }
 }
 

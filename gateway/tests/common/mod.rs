@@ -350,6 +350,23 @@ impl Drop for Gateway {
     }
 }
 
+/// A process's live direct children (a gateway's or host's backends: warm or in use), whichever
+/// thread forked them; empty once the process is gone.
+pub fn children(pid: u32) -> std::collections::HashSet<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Default::default();
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .filter(|&p| alive(p))
+        .collect()
+}
+
 /// True while a process with this pid exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -69,11 +69,8 @@ fn spawned_backends_live_on_hosts_and_every_replica_reaches_them() {
     let on_hosts: usize = t.hosts.iter().map(|h| h.children().len()).sum();
     assert_eq!(on_hosts, 4);
     for r in &t.replicas {
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", r.pid())).unwrap();
-        let children: String = tasks
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
-            .collect();
-        assert!(children.trim().is_empty(), "a replica spawned {children}");
+        let spawned = children(r.pid());
+        assert!(spawned.is_empty(), "a replica spawned {spawned:?}");
     }
     // A stop releases the backend on its host.
     let (sid, _) = placed.iter().next().unwrap();
@@ -140,7 +137,6 @@ fn a_killed_host_s_sessions_start_afresh_on_the_other_host_within_two_seconds() 
             .contains("sessiongate_sessions_ended_total{reason=\"host_lost\"}")
     });
     assert!(ended, "counted as host_lost");
-    drop(t.redis);
 }
 
 #[test]

@@ -1,23 +1,8 @@
 //! Warm pools and per-runtime lifecycle settings.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::common::*;
-
-/// The gateway's direct children (its backends: warm or in use), whichever thread forked them.
-fn children(pid: u32) -> HashSet<u32> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
-    tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
-        .flat_map(|c| {
-            c.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .filter(|&p| alive(p))
-        .collect()
-}
 
 fn warm(gw: &Gateway) -> String {
     gw.metrics()
