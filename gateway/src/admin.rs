@@ -48,6 +48,18 @@ impl ServeHttp for AdminApp {
             );
             return r;
         }
+        if self.shared.handover.relaying() && method != Method::GET {
+            // A graceful upgrade gave the sessions to the new process: changes go there.
+            let mut r = json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({ "message": "this process handed its sessions to a new one (graceful upgrade); retry" }),
+            );
+            r.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+            return r;
+        }
         match (&method, path.as_str()) {
             (&Method::GET, "/healthz") => json_response(
                 StatusCode::OK,

@@ -52,6 +52,9 @@ pub struct RequestCtx {
     pub replace_backend: bool,
     /// A new backend was already placed for this request (only once).
     pub replaced: bool,
+    /// A graceful upgrade handed the sessions to a new process: this request goes there as it
+    /// came (see `crate::handover`).
+    pub relayed: bool,
     _inflight: InflightGuard,
 }
 
@@ -80,6 +83,7 @@ impl RequestCtx {
             session_known: false,
             replace_backend: false,
             replaced: false,
+            relayed: false,
             _inflight: InflightGuard::new(shared),
         }
     }

@@ -144,6 +144,23 @@ pub fn head_complete(session: &mut pingora::proxy::Session, limits: &Limits, web
 const HEAD_DEADLINE_PASSED: &str = "request head not received within limits.header_timeout_secs";
 
 /// True when `e` is a read that [`HeadDeadline`] failed.
+/// The client's address: the peer's, or on a Unix socket (where only a graceful upgrade's old
+/// process connects: see `crate::handover`) the one it relayed.
+pub fn client_ip(session: &pingora::proxy::Session) -> Option<std::net::IpAddr> {
+    let addr = session.client_addr()?;
+    if let Some(inet) = addr.as_inet() {
+        return Some(inet.ip());
+    }
+    session
+        .req_header()
+        .headers
+        .get(crate::handover::CLIENT_HEADER)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
 pub fn head_deadline_passed(e: &pingora::Error) -> bool {
     io_cause(e).is_some_and(|io| {
         io.kind() == std::io::ErrorKind::TimedOut && io.to_string() == HEAD_DEADLINE_PASSED

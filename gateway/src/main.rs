@@ -16,6 +16,7 @@ mod cluster;
 mod ctx;
 mod error;
 mod front;
+mod handover;
 mod headers;
 mod host;
 mod invoke;

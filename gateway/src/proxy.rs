@@ -59,6 +59,10 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let websocket = session.is_upgrade_req();
         front::head_complete(session, &ctx.snapshot.config.limits, websocket);
+        let Some(_admitting) = self.shared.handover.enter() else {
+            ctx.relayed = true;
+            return Ok(false);
+        };
         if let Some(t) = &self.shared.telemetry {
             ctx.otel = Some(t.request_span(session.req_header(), self.face.as_str()));
         }
@@ -88,6 +92,19 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        if ctx.relayed {
+            let Some(path) = self.shared.handover.relay_path(self.face).await else {
+                ctx.error = Some(GatewayError::ShuttingDown);
+                return Error::e_explain(ErrorType::ConnectRefused, "the new process is not up");
+            };
+            let path = path.to_str().ok_or_else(|| {
+                Error::explain(ErrorType::InternalError, "relay socket path is not UTF-8")
+            })?;
+            let mut peer = HttpPeer::new_uds(path, false, String::new())?;
+            peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
+            peer.options.read_timeout = Some(ctx.snapshot.config.limits.stream_timeout);
+            return Ok(Box::new(peer));
+        }
         if std::mem::take(&mut ctx.replace_backend) {
             ctx.replaced = true;
             if let Err(e) = request::replace_backend(&self.shared, ctx).await {
@@ -169,10 +186,17 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.relayed {
+            // As it came, with who sent it (a relayed request's own header passes on).
+            if let Some(ip) = front::client_ip(session) {
+                upstream.insert_header(crate::handover::CLIENT_HEADER, ip.to_string())?;
+            }
+            return Ok(());
+        }
         if let Some(path) = ctx.target.and_then(|t| t.path) {
             // AWS-style paths reach the container path; the query (session id, custom headers
             // for WebSocket clients) stays.
@@ -213,6 +237,9 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.relayed {
+            return Ok(());
+        }
         if session.was_upgraded() {
             return self.websocket_frames(session, body.as_deref(), ctx).await;
         }
@@ -259,6 +286,9 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        if ctx.relayed {
+            return Ok(None);
+        }
         // The stream cap: checked as data flows (a silent stream is ended by the read timeout).
         if ctx.started.elapsed() > ctx.snapshot.config.limits.stream_timeout {
             ctx.stream_expired = true;
@@ -276,6 +306,9 @@ impl ProxyHttp for Gateway {
         upstream: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.relayed {
+            return Ok(());
+        }
         let upgrade_requested = session.is_upgrade_req();
         response::from_backend(
             &self.shared,
@@ -293,6 +326,9 @@ impl ProxyHttp for Gateway {
         upstream: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.relayed {
+            return Ok(());
+        }
         response::to_client(session.req_header(), upstream, ctx)
     }
 
@@ -340,6 +376,10 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.relayed {
+            // The new process logs and counts it.
+            return;
+        }
         observe::record(self.face, session, ctx);
         if let Some(cx) = ctx.otel.take() {
             observe::finish_span(&cx, session, ctx);

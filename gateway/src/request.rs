@@ -81,12 +81,7 @@ pub async fn admit(
     let principal = authn::authenticate(authenticator, runtime_name, limit, session, ctx).await?;
     ctx.principal = Some(principal.clone());
     let caller = if matches!(authenticator, authn::Authenticator::None) {
-        Caller::anonymous(
-            session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
-        )
+        Caller::anonymous(crate::front::client_ip(session))
     } else {
         Caller::authenticated(principal.clone())
     };

@@ -47,6 +47,9 @@ pub fn run(
         // Tokio's timer, which forgets a timeout when it is dropped.
         fast_timeout_to_tokio_threshold_seconds: Some(FAST_TIMER_MAX_SECS),
         upgrade_sock: config.server.upgrade_socket.to_string_lossy().into_owned(),
+        // The old process hands its sessions over before its sockets (crate::handover), which
+        // can take a few seconds more than Pingora's default five tries allow.
+        upgrade_sock_connect_accept_max_retries: Some(30),
         ..ServerConf::default()
     };
     let shared = Arc::new(
@@ -61,7 +64,20 @@ pub fn run(
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+    // The all-in-one keeps its sessions over a graceful upgrade; a replica's are in Redis.
+    let all_in_one = shared.directory.shared().is_none();
+    let reception = if upgrade && all_in_one {
+        crate::handover::receive(&shared)
+            .inspect_err(|e| tracing::error!(error = %e, "cannot wait for the old process's sessions"))
+            .ok()
+    } else {
+        None
+    };
     server.bootstrap();
+    if let Some(r) = reception {
+        r.finish();
+    }
+    let upgrade_socket = shared.snapshot().config.server.upgrade_socket.clone();
     for (face, addr) in [
         (Protocol::Http, listeners.http),
         (Protocol::Mcp, listeners.mcp),
@@ -80,6 +96,15 @@ pub fn run(
         };
         let mut svc = Service::new(face.as_str().into(), front);
         svc.add_tcp(&addr.to_string());
+        if all_in_one {
+            // Where the previous process relays requests during a graceful upgrade.
+            let relay = crate::handover::relay_socket(&upgrade_socket, face);
+            let _ = std::fs::remove_file(&relay);
+            svc.add_uds(
+                &relay.to_string_lossy(),
+                Some(std::os::unix::fs::PermissionsExt::from_mode(0o600)),
+            );
+        }
         server.add_service(svc);
     }
     let mut admin = Service::new(
@@ -122,11 +147,42 @@ pub fn run(
         }),
     });
 
-    // Normally every backend is already stopped (and children die with their parent thread
-    // anyway, by PR_SET_PDEATHSIG); this catches whatever a fast exit left.
+    if all_in_one {
+        for face in [Protocol::Http, Protocol::Mcp, Protocol::A2a] {
+            let _ = std::fs::remove_file(crate::handover::relay_socket(&upgrade_socket, face));
+        }
+    }
     if let Some(t) = &shared.telemetry {
         t.shutdown();
     }
+    if let Some(keeper) = shared.handover.keeper() {
+        // A graceful upgrade took the sessions: their backends are this process's children, so
+        // it stays until the new process has stopped them (or nobody drives them any more).
+        tracing::info!(
+            relayed = shared.handover.relayed(),
+            "keeping the handed-over backends until the new process stops them"
+        );
+        // Pingora no longer listens for signals: SIGTERM or SIGINT now stop the kept backends.
+        let stop = keeper.stopper();
+        if let Ok(rt) = routing::provider::keeper_runtime() {
+            rt.spawn(async move {
+                if let (Ok(mut term), Ok(mut int)) =
+                    (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+                {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                    stop.notify_one();
+                }
+            });
+        }
+        let _ = keeper.done.recv();
+        tracing::info!("every kept backend stopped; exiting");
+        return Ok(());
+    }
+    // Normally every backend is already stopped (and children die with the process anyway,
+    // by PR_SET_PDEATHSIG); this catches whatever a fast exit left.
     let leftover = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
@@ -265,7 +321,12 @@ impl ShutdownSignalWatch for DrainThenStop {
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
-            _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
+            _ = quit.recv() => {
+                if self.shared.directory.shared().is_none() {
+                    crate::handover::offer(&self.shared).await;
+                }
+                return ShutdownSignal::GracefulUpgrade;
+            }
         };
         let shared = &self.shared;
         let timeout = shared.snapshot().config.server.shutdown_timeout;

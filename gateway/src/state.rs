@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use conf::{BackendSpec, Config, ConfigErrors};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -131,8 +131,11 @@ pub struct Shared {
     /// Client connections, against `limits.max_connections`.
     pub connections: Connections,
     /// Keys what must not be computable from outside (implicit MCP session ids). Random per
-    /// process; on a replica the cluster's shared secret, so every replica computes the same.
-    secret: Vec<u8>,
+    /// process (handed on by a graceful upgrade); on a replica the cluster's shared secret, so
+    /// every replica computes the same.
+    secret: OnceLock<Vec<u8>>,
+    /// A graceful upgrade's handover, on the old process's side.
+    pub handover: crate::handover::Handover,
 }
 
 /// How a reload was asked for.
@@ -183,11 +186,11 @@ impl Shared {
         let slots = SlotRegistry::default();
         let limits = AdmissionLimits::from(&config.limits);
         let (directory, secret) = match &config.cluster {
-            None => (SessionDirectory::new(limits), random_secret().to_vec()),
+            None => (SessionDirectory::new(limits), OnceLock::new()),
             Some(c) => match routing::cluster::RedisDirectory::new(c) {
                 Ok(redis) => (
                     SessionDirectory::replica(limits, Arc::new(redis)),
-                    c.secret.clone(),
+                    OnceLock::from(c.secret.clone()),
                 ),
                 Err(e) => return Err(e.to_string()),
             },
@@ -207,11 +210,18 @@ impl Shared {
             slots,
             connections,
             secret,
+            handover: Default::default(),
         })
     }
 
     pub fn secret(&self) -> &[u8] {
-        &self.secret
+        self.secret.get_or_init(|| random_secret().to_vec())
+    }
+
+    /// Takes the old process's secret in a graceful upgrade (before this one serves anything),
+    /// so implicit MCP session ids stay the same.
+    pub fn adopt_secret(&self, secret: Vec<u8>) {
+        let _ = self.secret.set(secret);
     }
 
     /// The config snapshot in force now.

@@ -217,6 +217,17 @@ impl Admission {
 }
 
 impl Admission {
+    /// Counts a session a graceful upgrade handed over: it was admitted by the old process, so
+    /// no limit refuses it here (it may leave a count over its limit until sessions end).
+    pub fn adopt_session(self: &Arc<Self>, quota: &Principal) -> Reservation {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        *self.per_principal.entry(quota.clone()).or_insert(0) += 1;
+        Reservation {
+            admission: Arc::clone(self),
+            principal: Some(quota.clone()),
+        }
+    }
+
     /// Takes one token of the new-session rate (a replica's new sessions are counted in Redis;
     /// their rate is the replica's).
     pub fn take_session_token(&self) -> Result<(), Rejection> {

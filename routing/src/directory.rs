@@ -25,7 +25,9 @@ use crate::session_id::SessionId;
 /// MCP session ids remembered per runtime session; older ones are forgotten first.
 const MAX_MCP_IDS_PER_SESSION: usize = 16;
 
+mod handover;
 mod shared;
+pub use handover::{HandedBackend, HandedSession};
 pub use shared::Entry;
 
 #[derive(Debug)]
@@ -36,6 +38,8 @@ pub struct SessionDirectory {
     admission: Arc<Admission>,
     /// The shared records behind this map, on a replica.
     shared: Option<Arc<RedisDirectory>>,
+    /// Handed to a new process by a graceful upgrade: this process ends no session any more.
+    handed_over: AtomicBool,
 }
 
 /// Why a request could not be given its session.
@@ -335,6 +339,7 @@ impl SessionDirectory {
             mcp_ids: DashMap::new(),
             admission: Arc::new(Admission::new(limits)),
             shared: None,
+            handed_over: AtomicBool::new(false),
         }
     }
 
@@ -489,7 +494,7 @@ impl SessionDirectory {
 
     /// Retires the session and releases its backend: gracefully, or `at_once` (no grace).
     async fn release(&self, session: &Session, reason: EndReason, at_once: bool) -> bool {
-        if !self.retire(session, reason) {
+        if self.handed_over.load(Ordering::Acquire) || !self.retire(session, reason) {
             return false;
         }
         if let Some(shared) = &self.shared {
@@ -528,7 +533,7 @@ impl SessionDirectory {
     /// Ends every session (at shutdown), releasing the backends concurrently. Returns how many.
     /// A replica ends none: its sessions live on in Redis and their backends elsewhere.
     pub async fn end_all(&self) -> usize {
-        if self.shared.is_some() {
+        if self.shared.is_some() || self.handed_over.load(Ordering::Acquire) {
             return 0;
         }
         let mut releases = tokio::task::JoinSet::new();

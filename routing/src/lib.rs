@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod directory;
 pub mod face;
 pub mod fuzzing;
+pub mod keeper;
 pub mod lifecycle;
 pub mod ping;
 pub mod placement;

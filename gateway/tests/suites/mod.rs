@@ -17,3 +17,4 @@ mod operator;
 mod pools;
 mod protocols;
 mod sandbox;
+mod upgrade;

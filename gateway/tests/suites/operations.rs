@@ -1,7 +1,7 @@
 //! Running the gateway: shutdown, config errors and reloads, versions and endpoints, metrics and
-//! the access log, graceful upgrade.
+//! the access log.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::common::*;
@@ -246,54 +246,4 @@ fn metrics_have_bounded_labels_and_the_access_log_is_json_lines() {
     assert_eq!(f["status"], 200);
     assert!(f["request_id"].as_str().unwrap().len() >= 32);
     assert!(f["micros"].as_u64().is_some());
-}
-
-#[test]
-fn graceful_upgrade_hands_the_sockets_over_without_a_failed_request() {
-    let socket = TempDir::new();
-    let socket = socket.0.join("upgrade.sock");
-    let config = format!("[server]\nupgrade_socket = \"{}\"\n", socket.display());
-    let mut old = Gateway::start(&config);
-    let old_pid = old.pid();
-    // The new process waits for the sockets; the old one hands them over on SIGQUIT.
-    let mut new = Command::new(bin())
-        .args(old.args())
-        .arg("--upgrade")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let url = old.url(old.http, "/invocations");
-    let (ok, failed) = std::thread::scope(|s| {
-        let load = s.spawn(|| {
-            let (mut ok, mut failed) = (0, 0);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match curl(&["-X", "POST", &url, "-d", "{}"]).status {
-                    200 => ok += 1,
-                    _ => failed += 1,
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            (ok, failed)
-        });
-        std::thread::sleep(Duration::from_millis(300));
-        unsafe { libc::kill(old_pid as i32, libc::SIGQUIT) };
-        // The old process drains and exits; the new one serves throughout.
-        let status = old.stop_with(0);
-        assert!(status.success() || status.code().is_some(), "{status:?}");
-        std::thread::sleep(Duration::from_millis(500));
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        load.join().unwrap()
-    });
-    assert!(ok > 10, "{ok} requests succeeded");
-    assert_eq!(failed, 0, "{failed} requests failed during the upgrade");
-    assert!(
-        new.try_wait().unwrap().is_none(),
-        "the new process is serving"
-    );
-    assert_eq!(curl(&["-X", "POST", &url, "-d", "{}"]).status, 200);
-    unsafe { libc::kill(new.id() as i32, libc::SIGTERM) };
-    new.wait().unwrap();
 }

@@ -1,6 +1,11 @@
 //! What the spawning providers share: a child process started in its own process group that
 //! dies with the gateway, readiness by a real `GET /ping`, and a lease that stops the process
 //! and then removes what it leaves behind (cgroups, scratch and socket dirs).
+//!
+//! Every backend (and helper) is forked from one thread that lives as long as the process: the
+//! parent-death signal fires when the *thread* that forked a child ends, and Pingora's runtime
+//! threads end at its shutdown — which, after a graceful upgrade, the process outlives while it
+//! keeps its backends for the new one (`crate::handover`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -30,6 +35,44 @@ pub(super) fn guard(cmd: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// The runtime of the process's keeper thread: backends are forked there, and what must outlive
+/// Pingora's runtimes (a kept backend's stop, the keeper's socket) runs there.
+pub fn keeper_runtime() -> std::io::Result<&'static tokio::runtime::Handle> {
+    static RT: OnceLock<Result<tokio::runtime::Handle, String>> = OnceLock::new();
+    RT.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("keeper".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => {
+                        let _ = tx.send(Ok(rt.handle().clone()));
+                        rt.block_on(std::future::pending::<()>());
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        rx.recv().map_err(|e| e.to_string())?
+    })
+    .as_ref()
+    .map_err(|e| std::io::Error::other(e.clone()))
+}
+
+/// Spawns `cmd` from the keeper thread (see the module's note), so that the parent-death
+/// signal set by [`guard`] follows the process, not whichever runtime thread asked.
+pub(super) async fn spawn(mut cmd: Command) -> std::io::Result<Child> {
+    keeper_runtime()?
+        .spawn(async move { cmd.spawn() })
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 /// Waits until `GET /ping` on `addr` answers 200, the child exits, or `timeout` passes. Each
@@ -126,6 +169,10 @@ impl ChildLease {
 
     pub(super) fn pid(&self) -> u32 {
         self.pid
+    }
+
+    pub(super) fn stop_timeout(&self) -> Duration {
+        self.stop_timeout
     }
 
     /// The backend's own directory, while it lives.

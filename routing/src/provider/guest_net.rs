@@ -112,7 +112,7 @@ impl GuestNet {
                 Ok(())
             });
         }
-        let mut passt = cmd.spawn().map_err(|e| {
+        let mut passt = super::child::spawn(cmd).await.map_err(|e| {
             std::io::Error::new(
                 e.kind(),
                 format!("microVM egress needs passt (Debian: passt), or egress = false: {e}"),

@@ -14,6 +14,7 @@ pub mod addr;
 mod cgroup;
 mod child;
 mod guest_net;
+mod kept;
 mod microvm;
 mod process;
 mod sandbox;
@@ -25,6 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use addr::{Addrs, BackendAddr};
+pub use child::keeper_runtime;
+pub use kept::KeeperLink;
 pub use microvm::{MicrovmProvider, kvm_usable};
 pub use process::ProcessProvider;
 pub use sandbox::SandboxProvider;
@@ -200,6 +203,18 @@ enum Lease {
     /// Held in the shared directory (a replica's static-pool slot): released by ending the
     /// session's record there.
     Shared,
+    /// Run by an earlier process of this gateway, which keeps it since a graceful upgrade.
+    Kept(&'static str, kept::KeptLease),
+}
+
+/// What a graceful upgrade hands over about a backend besides its addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handed {
+    /// `static`, `process`, `sandbox` or `microvm`.
+    pub kind: &'static str,
+    /// The backend's process and its keeper's socket (`None`: this process keeps it).
+    pub process: Option<(u32, Option<std::path::PathBuf>)>,
+    pub stop_timeout: Duration,
 }
 
 impl Backend {
@@ -209,6 +224,53 @@ impl Backend {
             addrs,
             lease: Lease::Shared,
         }
+    }
+
+    /// A backend a keeper runs (see [`KeeperLink`]): `kind` as [`Handed::kind`] names it.
+    pub fn kept(
+        kind: &str,
+        addrs: Addrs,
+        link: Arc<KeeperLink>,
+        pid: u32,
+        stop_timeout: Duration,
+    ) -> Self {
+        let kind = match kind {
+            "sandbox" => "sandbox",
+            "microvm" => "microvm",
+            _ => "process",
+        };
+        let ports = process::Ports::claim(&addrs);
+        Self {
+            addrs,
+            lease: Lease::Kept(kind, kept::KeptLease::new(link, pid, stop_timeout, ports)),
+        }
+    }
+
+    /// Its addresses and lease, as a graceful upgrade hands them over.
+    pub fn addrs(&self) -> &Addrs {
+        &self.addrs
+    }
+
+    /// What a graceful upgrade hands over besides the addresses; `None` for a lease held in
+    /// the shared directory (a replica hands nothing over).
+    pub fn handed(&self) -> Option<Handed> {
+        let (kind, process, stop_timeout) = match &self.lease {
+            Lease::Shared => return None,
+            Lease::Slot(_) => ("static", None, Duration::ZERO),
+            Lease::Process(c) => ("process", Some((c.pid(), None)), c.stop_timeout()),
+            Lease::Sandbox(c) => ("sandbox", Some((c.pid(), None)), c.stop_timeout()),
+            Lease::Microvm(c) => ("microvm", Some((c.pid(), None)), c.stop_timeout()),
+            Lease::Kept(kind, k) => (
+                *kind,
+                Some((k.pid, Some(k.link.path().to_owned()))),
+                k.stop_timeout,
+            ),
+        };
+        Some(Handed {
+            kind,
+            process,
+            stop_timeout,
+        })
     }
 
     /// Its addresses, when its lease is held in the shared directory.
@@ -223,7 +285,7 @@ impl Backend {
 
     fn child(&self) -> Option<&child::ChildLease> {
         match &self.lease {
-            Lease::Slot(_) | Lease::Shared => None,
+            Lease::Slot(_) | Lease::Shared | Lease::Kept(..) => None,
             Lease::Process(c) | Lease::Sandbox(c) | Lease::Microvm(c) => Some(c),
         }
     }
@@ -240,6 +302,9 @@ impl Backend {
 
     /// True once a spawned backend has exited on its own. Static endpoints never exit.
     pub fn has_exited(&self) -> bool {
+        if let Lease::Kept(_, k) = &self.lease {
+            return k.has_exited();
+        }
         self.child().is_some_and(child::ChildLease::has_exited)
     }
 
@@ -254,6 +319,7 @@ impl Backend {
         match &self.lease {
             Lease::Slot(s) => s.release(),
             Lease::Shared => {}
+            Lease::Kept(_, k) => k.stop(false).await,
             Lease::Process(c) | Lease::Sandbox(c) | Lease::Microvm(c) => c.stop().await,
         }
     }
@@ -263,6 +329,7 @@ impl Backend {
         match &self.lease {
             Lease::Slot(s) => s.release(),
             Lease::Shared => {}
+            Lease::Kept(_, k) => k.stop(true).await,
             Lease::Process(c) | Lease::Sandbox(c) | Lease::Microvm(c) => c.kill().await,
         }
     }
@@ -274,6 +341,7 @@ impl Backend {
             Lease::Process(c) => format!("process {}", c.pid()),
             Lease::Sandbox(c) => format!("sandbox {}", c.pid()),
             Lease::Microvm(c) => format!("microvm {}", c.pid()),
+            Lease::Kept(kind, k) => format!("{kind} {}", k.pid),
         }
     }
 }

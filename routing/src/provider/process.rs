@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use conf::{Endpoint, ProcessSpec};
 use tokio::process::Command;
 
-use super::child::{ChildLease, Remains, guard, wait_ready};
+use super::child::{ChildLease, Remains, guard, spawn, wait_ready};
 use super::{Addrs, Backend, Lease, PlacementError};
 
 /// How many times a backend that exits before it is ready is started again (a reserved port
@@ -59,7 +59,7 @@ impl ProcessProvider {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         guard(&mut cmd);
-        let mut child = cmd.spawn().map_err(PlacementError::Spawn)?;
+        let mut child = spawn(cmd).await.map_err(PlacementError::Spawn)?;
         // Dropping `child` on any early return kills it (kill_on_drop).
         let addrs = Addrs::from(endpoint);
         wait_ready(&mut child, &addrs.http, self.spec.ready_timeout).await?;
@@ -89,6 +89,32 @@ const MAX_TRIES: usize = 64;
 /// A backend's three loopback ports, not handed to any other backend while this lives.
 #[derive(Debug)]
 pub(super) struct Ports(pub Endpoint);
+
+impl Ports {
+    /// The loopback ports of a backend this process did not start (one a keeper runs since a
+    /// graceful upgrade): marked handed out for as long as this lives.
+    pub(super) fn claim(addrs: &super::Addrs) -> Option<Self> {
+        use super::BackendAddr;
+        let tcp = |a: Option<&BackendAddr>| match a {
+            Some(BackendAddr::Tcp(a)) => Some(*a),
+            _ => None,
+        };
+        let http = tcp(Some(&addrs.http))?;
+        let endpoint = Endpoint {
+            http,
+            mcp: tcp(addrs.mcp.as_ref()),
+            a2a: tcp(addrs.a2a.as_ref()),
+        };
+        let mut out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        for a in [Some(endpoint.http), endpoint.mcp, endpoint.a2a]
+            .into_iter()
+            .flatten()
+        {
+            out.insert(a.port());
+        }
+        Some(Self(endpoint))
+    }
+}
 
 impl Drop for Ports {
     fn drop(&mut self) {

@@ -109,7 +109,7 @@ impl SandboxProvider {
             cmd.pre_exec(move || join_then_drop(&join_fds, &inherit, drop_to_nobody));
         }
         guard(&mut cmd);
-        let mut child = cmd.spawn().map_err(PlacementError::Spawn)?;
+        let mut child = super::child::spawn(cmd).await.map_err(PlacementError::Spawn)?;
         if let Some(handshake) = handshake {
             let deadline = self.spec.process.ready_timeout;
             remains.helper = Some(
@@ -369,7 +369,7 @@ impl Handshake {
                 Ok(())
             });
         }
-        let slirp = cmd.spawn().map_err(|e| {
+        let slirp = super::child::spawn(cmd).await.map_err(|e| {
             std::io::Error::new(
                 e.kind(),
                 format!("egress needs slirp4netns (Debian: slirp4netns), or egress = false: {e}"),

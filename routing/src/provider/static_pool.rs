@@ -70,6 +70,25 @@ impl StaticProvider {
         Err(PlacementError::PoolExhausted)
     }
 
+    /// Takes the slot of the endpoint at `addrs` for a session handed over by a graceful
+    /// upgrade (it held the slot in the old process); `None` if the pool has no such endpoint.
+    pub fn claim(&self, addrs: &super::Addrs) -> Option<Backend> {
+        let pool = &self.pool;
+        let index = pool
+            .endpoints
+            .iter()
+            .position(|e| super::Addrs::from(*e) == *addrs)?;
+        pool.used[index].fetch_add(1, Ordering::AcqRel);
+        Some(Backend {
+            addrs: addrs.clone(),
+            lease: Lease::Slot(SlotLease {
+                pool: Arc::clone(pool),
+                index,
+                released: AtomicBool::new(false),
+            }),
+        })
+    }
+
     /// For a replica, whose slots are counted in Redis: sessions per endpoint, and the
     /// endpoints in the order to try (starting after the last one handed out here).
     pub fn shared_order(&self) -> (u32, Vec<super::Addrs>) {
