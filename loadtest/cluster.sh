@@ -7,7 +7,10 @@
 #   3. three replicas behind HAProxy while one is killed with SIGKILL mid-run: throughput,
 #      p50/p99, requests that needed the client's retry, sessions that moved (must be 0);
 #   4. process backends: on the all-in-one vs on two backend hosts through a replica (the relay's
-#      cost on warm sessions, and placement on a host per new session).
+#      cost on warm sessions, and placement on a host per new session);
+#   5. graceful upgrades mid-run (`--upgrade`, then SIGQUIT to the running process): of a
+#      replica behind HAProxy, and of the all-in-one with process backends (sessions and
+#      backends handed to the new process; failed requests and moved sessions must be 0).
 # The report is printed and written to loadtest/cluster-last-run.md (OUT=… to change).
 #
 #   loadtest/cluster.sh                 # DURATION=10s VUS=32
@@ -63,11 +66,14 @@ body() {
   printf '[[runtimes]]\nname = "spawned"\n[runtimes.backend]\nprovider = "process"\nwarm_pool = 8\n'
 }
 body >"$work/memory.toml"
+{ printf '[server]\nupgrade_socket = "%s"\n' "$work/aio-upgrade.sock"; body; } >"$work/aio.toml"
 {
+  printf '[server]\nupgrade_socket = "%s"\n' "$work/replica-upgrade.sock"
   printf '[cluster]\ndirectory = "redis"\nredis_url = "redis://127.0.0.1:%s/0"\nsecret_file = "%s"\n' "$RP" "$work/cluster.secret"
   body
 } >"$work/replica.toml"
 
+declare -A listeners # pid → its listener arguments (an upgrade starts on the same ones)
 start_gateway() { # config → "pid http admin"
   local h m a x
   h=$(port); m=$(port); a=$(port); x=$(port)
@@ -75,18 +81,27 @@ start_gateway() { # config → "pid http admin"
     --admin 127.0.0.1:$x >>"$work/gateways.log" 2>&1 &
   local pid=$!
   wait_http "http://127.0.0.1:$x/healthz" >&2
-  echo "$pid $h $x"
+  echo "$pid $h $x --config $1 --http 127.0.0.1:$h --mcp 127.0.0.1:$m --a2a 127.0.0.1:$a --admin 127.0.0.1:$x"
+}
+upgrade_after() { # seconds old-pid listener-args… : a graceful upgrade, mid-run
+  local after=$1 old=$2; shift 2
+  sleep "$after"
+  RUST_LOG=warn "$bin" "$@" --upgrade >>"$work/gateways.log" 2>&1 &
+  echo $! >"$work/upgraded.$old"
+  sleep 0.3
+  kill -QUIT "$old"
 }
 read -r mem_pid MEM _ < <(start_gateway "$work/memory.toml"); pids+=("$mem_pid")
+read -r aio_pid AIO _ aio_args < <(start_gateway "$work/aio.toml"); pids+=("$aio_pid")
 for _ in 1 2; do
   hp=$(port)
   RUST_LOG=warn "$bin" host --config "$work/replica.toml" --listen 127.0.0.1:$hp >>"$work/hosts.log" 2>&1 & pids+=($!)
   for _ in $(seq 100); do curl -s "http://127.0.0.1:$hp/" 2>/dev/null | grep -q relayed && break; sleep 0.05; done
 done
-replica_http=(); replica_admin=(); replica_pid=()
+replica_http=(); replica_admin=(); replica_pid=(); replica_args=()
 for i in 0 1 2; do
-  read -r p h x < <(start_gateway "$work/replica.toml")
-  pids+=("$p"); replica_pid+=("$p"); replica_http+=("$h"); replica_admin+=("$x")
+  read -r p h x args < <(start_gateway "$work/replica.toml")
+  pids+=("$p"); replica_pid+=("$p"); replica_http+=("$h"); replica_admin+=("$x"); replica_args+=("$args")
 done
 
 LB=$(port)
@@ -138,6 +153,17 @@ run_k6 proc-warm-hosts cluster.js "http://127.0.0.1:${replica_http[0]}" -e RUNTI
 run_k6 proc-churn-memory churn.js "http://127.0.0.1:$MEM" -e VUS=4 -e RUNTIME=spawned -e PATH_PREFIX=/runtimes/spawned; row "process backends, churn, all-in-one" proc-churn-memory
 run_k6 proc-churn-hosts churn.js "http://127.0.0.1:${replica_http[0]}" -e VUS=4 -e RUNTIME=spawned -e PATH_PREFIX=/runtimes/spawned; row "process backends, churn, on 2 hosts via a replica" proc-churn-hosts
 secs=${DURATION%s}
+# shellcheck disable=SC2086 # the listener arguments are words
+upgrade_after "$(( secs / 2 ))" "${replica_pid[2]}" ${replica_args[2]} &
+run_k6 upgrade-lb cluster.js "http://127.0.0.1:$LB"; row "3 replicas behind HAProxy, one upgraded mid-run" upgrade-lb
+wait "$!" 2>/dev/null || true
+pids+=("$(cat "$work/upgraded.${replica_pid[2]}")")
+# shellcheck disable=SC2086
+upgrade_after "$(( secs / 2 ))" "$aio_pid" $aio_args &
+run_k6 upgrade-aio cluster.js "http://127.0.0.1:$AIO" -e RUNTIME=spawned -e PATH_PREFIX=/runtimes/spawned
+row "process backends, all-in-one upgraded mid-run" upgrade-aio
+wait "$!" 2>/dev/null || true
+pids+=("$(cat "$work/upgraded.$aio_pid")")
 ( sleep "$(( secs / 2 ))"; kill -9 "${replica_pid[1]}" ) &
 run_k6 kill-lb cluster.js "http://127.0.0.1:$LB"; row "3 replicas behind HAProxy, one SIGKILLed mid-run" kill-lb
 wait "$!" 2>/dev/null || true

@@ -26,6 +26,10 @@ pub enum GatewayError {
     MissingSessionId,
     #[error("session not found")]
     SessionNotFound,
+    /// An `Mcp-Session-Id` no live session has (never seen, or its session ended): the MCP face
+    /// answers HTTP 404, on which the transport's clients start a new session.
+    #[error("MCP session not found")]
+    McpSessionGone,
     #[error("payload over the {limit}-byte cap")]
     PayloadTooLarge { limit: u64 },
     #[error("not admitted: {0}")]
@@ -117,7 +121,7 @@ impl GatewayError {
                 "X-Amzn-Bedrock-AgentCore-Runtime-Session-Id is required".into(),
                 None,
             ),
-            SessionNotFound => (
+            SessionNotFound | McpSessionGone => (
                 404,
                 "ResourceNotFoundException",
                 "Session not found or already terminated".into(),
@@ -326,7 +330,7 @@ impl GatewayError {
             UnknownEndpoint => "unknown_endpoint",
             InvalidSessionId(_) => "invalid_session_id",
             MissingSessionId => "missing_session_id",
-            SessionNotFound => "session_not_found",
+            SessionNotFound | McpSessionGone => "session_not_found",
             PayloadTooLarge { .. } => "payload_too_large",
             Rejected(r) => r.reason(),
             PoolExhausted => "pool_exhausted",
@@ -372,6 +376,9 @@ impl GatewayError {
             Protocol::Http => (info.status, json!({ "message": info.message })),
             Protocol::Mcp if *self == GatewayError::NotAcceptable => {
                 (406, jsonrpc_error(-32011, &info.message, rpc_id))
+            }
+            Protocol::Mcp if *self == GatewayError::McpSessionGone => {
+                (404, mcp_error(&info, rpc_id).1)
             }
             Protocol::Mcp => mcp_error(&info, rpc_id),
             Protocol::A2a => a2a_error(&info, rpc_id),

@@ -72,7 +72,10 @@ pub fn sessions_socket(upgrade: &Path) -> PathBuf {
 
 /// This process's relay socket for `face` (the old process sends relayed requests there).
 pub fn relay_socket(upgrade: &Path, face: Protocol) -> PathBuf {
-    suffixed(upgrade, &format!("{}.{}", std::process::id(), face.as_str()))
+    suffixed(
+        upgrade,
+        &format!("{}.{}", std::process::id(), face.as_str()),
+    )
 }
 
 fn keeper_socket(upgrade: &Path) -> PathBuf {
@@ -203,16 +206,15 @@ pub async fn offer(shared: &Arc<Shared>) {
     };
     let (sessions, kept) = shared.directory.hand_over(&keeper_path);
     let n = sessions.len();
-    let keeper =
-        match routing::keeper::start(listener, keeper_path.clone(), kept, ORPHAN_GRACE) {
-            Ok(k) => k,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the keeper; the sessions stay here");
-                shared.directory.resume();
-                handover.relaying.store(false, Ordering::SeqCst);
-                return;
-            }
-        };
+    let keeper = match routing::keeper::start(listener, keeper_path.clone(), kept, ORPHAN_GRACE) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the keeper; the sessions stay here");
+            shared.directory.resume();
+            handover.relaying.store(false, Ordering::SeqCst);
+            return;
+        }
+    };
     let offer = Offer {
         pid: std::process::id(),
         secret: hex::encode(shared.secret()),
@@ -220,9 +222,18 @@ pub async fn offer(shared: &Arc<Shared>) {
     };
     match exchange(stream, &offer).await {
         Ok(accepted) => {
-            tracing::info!(sessions = n, adopted = accepted.adopted, new_pid = accepted.pid, "sessions handed to the new process");
+            tracing::info!(
+                sessions = n,
+                adopted = accepted.adopted,
+                new_pid = accepted.pid,
+                "sessions handed to the new process"
+            );
             let _ = handover.relay.set(accepted);
             handover.answered.notify_waiters();
+            // The new process keeps its own warm backends.
+            for (_, _, provider) in shared.snapshot().providers.iter() {
+                provider.close_pool();
+            }
             if let Ok(mut k) = handover.keeper.lock() {
                 *k = Some(keeper);
             }
@@ -324,8 +335,7 @@ async fn take(shared: &Shared, stream: UnixStream, upgrade: &Path) -> Result<usi
     if let Ok(secret) = hex::decode(&offer.secret) {
         shared.adopt_secret(secret);
     }
-    let mut links: std::collections::HashMap<PathBuf, Option<Arc<KeeperLink>>> =
-        Default::default();
+    let mut links: std::collections::HashMap<PathBuf, Option<Arc<KeeperLink>>> = Default::default();
     let snapshot = shared.snapshot();
     let mut adopted = 0;
     for h in &offer.sessions {
@@ -375,7 +385,12 @@ async fn take(shared: &Shared, stream: UnixStream, upgrade: &Path) -> Result<usi
             adopted += 1;
         }
     }
-    tracing::info!(from = offer.pid, offered = offer.sessions.len(), adopted, "adopted the old process's sessions");
+    tracing::info!(
+        from = offer.pid,
+        offered = offer.sessions.len(),
+        adopted,
+        "adopted the old process's sessions"
+    );
     let accepted = Accepted {
         pid: std::process::id(),
         adopted,

@@ -102,6 +102,10 @@ pub fn run(
         Opt::default(),
         ServerConf {
             threads,
+            // A stopping host ends its sessions at once (their streams with them): Pingora's
+            // default grace (a minute, then five for in-flight requests) would only delay that.
+            grace_period_seconds: Some(1),
+            graceful_shutdown_timeout_seconds: Some(1),
             ..ServerConf::default()
         },
     );

@@ -105,7 +105,12 @@ pub async fn admit(
     ctx.session_known = known;
     // A client-chosen id starts a session on first use; an MCP id must already be known.
     let version = new_session_version(&snapshot, session, route.runtime)?;
-    let ticket = open(shared, ctx, &id, route.runtime, version, &caller, !known).await?;
+    let ticket = open(shared, ctx, &id, route.runtime, version, &caller, !known)
+        .await
+        .map_err(|e| match e {
+            GatewayError::SessionNotFound if known => GatewayError::McpSessionGone,
+            e => e,
+        })?;
     place(shared, ctx, ticket, target).await?;
     ctx.caller = Some(caller);
     Ok(Decision::Proxy)
@@ -242,7 +247,7 @@ pub async fn replace_backend(shared: &Shared, ctx: &mut RequestCtx) -> Result<()
             .increment(1);
     }
     if ctx.session_known {
-        return Err(GatewayError::SessionNotFound);
+        return Err(GatewayError::McpSessionGone);
     }
     // The ended session's quota reservation goes with its last reference: drop ours before
     // the new one is admitted, or a full quota would refuse the very session it replaces.
@@ -284,14 +289,14 @@ async fn session_id(
     if target.protocol == Protocol::Mcp
         && let Some(v) = req.headers.get(MCP_SESSION_ID)
     {
-        let mcp_id = v.to_str().map_err(|_| GatewayError::SessionNotFound)?;
+        let mcp_id = v.to_str().map_err(|_| GatewayError::McpSessionGone)?;
         return shared
             .directory
             .find_mcp_session(mcp_id)
             .await
             .map_err(open_error)?
             .map(|id| (id, true))
-            .ok_or(GatewayError::SessionNotFound);
+            .ok_or(GatewayError::McpSessionGone);
     }
     if target.protocol == Protocol::Mcp {
         return Ok((implicit_mcp_session(shared, runtime, principal), false));

@@ -68,7 +68,9 @@ pub fn run(
     let all_in_one = shared.directory.shared().is_none();
     let reception = if upgrade && all_in_one {
         crate::handover::receive(&shared)
-            .inspect_err(|e| tracing::error!(error = %e, "cannot wait for the old process's sessions"))
+            .inspect_err(
+                |e| tracing::error!(error = %e, "cannot wait for the old process's sessions"),
+            )
             .ok()
     } else {
         None
@@ -166,9 +168,10 @@ pub fn run(
         let stop = keeper.stopper();
         if let Ok(rt) = routing::provider::keeper_runtime() {
             rt.spawn(async move {
-                if let (Ok(mut term), Ok(mut int)) =
-                    (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-                {
+                if let (Ok(mut term), Ok(mut int)) = (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::interrupt()),
+                ) {
                     tokio::select! {
                         _ = term.recv() => {}
                         _ = int.recv() => {}

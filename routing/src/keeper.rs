@@ -103,7 +103,9 @@ async fn stop_all(kept: &Kept) {
 }
 
 fn pids(kept: &Kept) -> Vec<u32> {
-    kept.lock().map(|k| k.keys().copied().collect()).unwrap_or_default()
+    kept.lock()
+        .map(|k| k.keys().copied().collect())
+        .unwrap_or_default()
 }
 
 fn take(kept: &Kept, pid: u32) -> Option<Arc<Session>> {

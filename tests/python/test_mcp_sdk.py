@@ -195,3 +195,26 @@ def test_gateway_refusals_reach_the_sdk_as_errors_of_the_call(tmp_path):
         assert error.error.code == -32003, error
     finally:
         gw.stop()
+
+
+def test_sdk_learns_that_an_ended_session_is_gone_and_starts_again(gateway):
+    """A session that ended (stopped here; idle, lifetime or a lost host elsewhere): its
+    Mcp-Session-Id gets HTTP 404 with a JSON-RPC "not found", which the SDK surfaces as an error;
+    a new client then initialises a new session on a new backend."""
+    url = f"http://{gateway.mcp}/mcp"
+
+    async def run():
+        http = httpx2.AsyncClient(timeout=httpx2.Timeout(30))
+        async with http, Client(streamable_http_client(url, http_client=http)) as client:
+            first = await client.call_tool("echo", {"text": "before"})
+            sid = first.structured_content["session_id"]
+            stopped = httpx2.delete(f"http://{gateway.admin}/sessions/{sid}")
+            assert stopped.status_code == 200, stopped.text
+            with pytest.raises(MCPError) as gone:
+                await client.call_tool("echo", {"text": "after"})
+        again = await echo_twice(url)
+        return first.structured_content, gone.value, again
+
+    first, gone, again = asyncio.run(run())
+    assert gone.code == -32004, gone
+    assert again["instance"] != first["instance"]

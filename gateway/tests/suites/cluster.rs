@@ -328,8 +328,8 @@ fn an_mcp_session_learned_on_one_replica_is_routed_by_every_replica() {
     for gw in &c.replicas {
         let stale = mcp_call(gw, &[format!("Mcp-Session-Id: {mcp_id}")], ECHO_CALL);
         assert_eq!(
-            stale.json()["error"]["code"],
-            -32004,
+            (stale.status, stale.json()["error"]["code"].as_i64()),
+            (404, Some(-32004)),
             "{}",
             stale.body_text()
         );

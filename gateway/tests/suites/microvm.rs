@@ -303,3 +303,31 @@ fn microvm_guests_without_egress_reach_nothing_but_their_forwarded_ports() {
     }
     assert_eq!(passts_of(gw.pid()), 0, "no passt without egress");
 }
+
+#[test]
+fn a_microvm_session_keeps_its_guest_across_a_graceful_upgrade() {
+    let dir = TempDir::new();
+    let socket = dir.0.join("upgrade.sock");
+    let cfg = format!(
+        "[server]\nupgrade_socket = \"{}\"\n{}",
+        socket.display(),
+        config("")
+    );
+    let old = Gateway::start_with(&cfg, &[("RUST_LOG", "info")]);
+    let old_pid = old.pid();
+    let sid = session_id("vm-upgrade");
+    let first = old.invoke(Some(&sid), "{}");
+    assert_eq!(first.status, 200, "{}", first.body_text());
+    let qemu = qemu_pid(&old, &sid);
+    let new = super::upgrade::upgrade(&old.args(), &dir, 1, old_pid, || old.log());
+    assert_eq!(qemu_pid(&old, &sid), qemu, "the guest moved");
+    let again = old.invoke(Some(&sid), "{}");
+    assert_eq!(again.status, 200, "{}", again.body_text());
+    assert_eq!(again.json()["instance"], first.json()["instance"]);
+    unsafe { libc::kill(new.pid() as i32, libc::SIGTERM) };
+    assert!(
+        eventually(Duration::from_secs(30), || !alive(qemu) && !alive(old_pid)),
+        "the guest or its keeper is left:\n{}",
+        old.log()
+    );
+}

@@ -123,13 +123,14 @@ fn mcp_requests_are_routed_by_the_learned_mcp_session_id() {
         http["instance"],
         v["result"]["structuredContent"]["instance"]
     );
-    // An MCP id the gateway never saw is a JSON-RPC "not found", with HTTP 200 as AgentCore does.
+    // An MCP id the gateway never saw: HTTP 404 (the transport's clients then re-initialise, as
+    // AgentCore's stale ids do) with a JSON-RPC "not found" body.
     let stale = mcp_call(
         &gw,
         &["Mcp-Session-Id: 0123456789abcdef".to_owned()],
         ECHO_CALL,
     );
-    assert_eq!(stale.status, 200);
+    assert_eq!(stale.status, 404);
     assert_eq!(stale.json()["error"]["code"], -32004);
     // Without the Accept the transport requires: 406 with JSON-RPC -32011, as AgentCore answers.
     let url = gw.url(gw.mcp, "/mcp");
@@ -384,11 +385,15 @@ fn mcp_sessionless_requests_and_json_rpc_error_codes() {
         &ECHO_CALL.replace(r#""id":2"#, r#""id":"req-001""#),
     );
     assert_eq!(r.json()["id"], "req-001");
-    // An unknown Mcp-Session-Id: -32004 for the same call.
+    // An unknown Mcp-Session-Id: 404 with -32004 for the same call.
     let r = mcp_call(&gw, &["Mcp-Session-Id: unknown".to_owned()], ECHO_CALL);
     assert_eq!(
-        (r.json()["error"]["code"].as_i64(), r.json()["id"].as_i64()),
-        (Some(-32004), Some(2))
+        (
+            r.status,
+            r.json()["error"]["code"].as_i64(),
+            r.json()["id"].as_i64()
+        ),
+        (404, Some(-32004), Some(2))
     );
     // A2A is JSON-RPC too: a malformed session id is refused naming the call ("r1").
     let r = a2a_send(&gw, "too-short", "hi");

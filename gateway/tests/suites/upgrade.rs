@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::common::*;
 
 /// A process started with `--upgrade` on `old`'s sockets, its stderr in `log`.
-struct Upgraded {
+pub(super) struct Upgraded {
     child: Child,
     log: std::path::PathBuf,
 }
@@ -19,7 +19,7 @@ impl Upgraded {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.child.id()
     }
 }
@@ -34,7 +34,13 @@ impl Drop for Upgraded {
 /// Starts a new process on `args`' sockets, then SIGQUITs `old_pid`, and waits until the old
 /// process has handed everything over and stopped serving (it logs that it keeps backends, or
 /// exits when it keeps none).
-fn upgrade(args: &[String], dir: &TempDir, n: usize, old_pid: u32, old_log: impl Fn() -> String) -> Upgraded {
+pub(super) fn upgrade(
+    args: &[String],
+    dir: &TempDir,
+    n: usize,
+    old_pid: u32,
+    old_log: impl Fn() -> String,
+) -> Upgraded {
     let log = dir.0.join(format!("upgraded-{n}.log"));
     let child = Command::new(bin())
         .args(args)
@@ -122,7 +128,10 @@ fn graceful_upgrade_keeps_every_session_on_its_backend() {
         (first, second, load.join().unwrap())
     });
     assert!(ok > 20, "only {ok} requests succeeded");
-    assert!(failed.is_empty(), "requests failed during the upgrades: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "requests failed during the upgrades: {failed:?}"
+    );
     assert!(
         second.log().contains("adopted the old process's sessions"),
         "{}",
@@ -183,15 +192,30 @@ fn graceful_upgrade_keeps_every_session_on_its_backend() {
 fn a_keeper_nobody_drives_stops_its_backends_and_exits() {
     let dir = TempDir::new();
     let socket = dir.0.join("upgrade.sock");
-    let config = format!("[server]\nupgrade_socket = \"{}\"\n", socket.display());
+    let config = format!(
+        "[server]\nupgrade_socket = \"{}\"\n[[runtimes]]\nname = \"default\"\n\
+         [runtimes.backend]\nprovider = \"process\"\nwarm_pool = 2\n",
+        socket.display()
+    );
     let old = Gateway::start_with(&config, &[("RUST_LOG", "info")]);
     let old_pid = old.pid();
     let sid = session_id("orphan");
     assert_eq!(old.invoke(Some(&sid), "{}").status, 200);
     let pid = old.backend_pid(&sid).unwrap();
     let new = upgrade(&old.args(), &dir, 1, old_pid, || old.log());
-    assert_eq!(old.backend_pid(&sid), Some(pid), "the new process has the session");
+    assert_eq!(
+        old.backend_pid(&sid),
+        Some(pid),
+        "the new process has the session"
+    );
     assert!(alive(pid));
+    // The keeper keeps the session's backend and no warm one (the new process has its own).
+    assert!(
+        eventually(Duration::from_secs(10), || children(old_pid)
+            == [pid].into()),
+        "the keeper's children: {:?}",
+        children(old_pid)
+    );
     // The new process dies without handing anything on: nobody drives the kept backend.
     unsafe { libc::kill(new.pid() as i32, libc::SIGKILL) };
     assert!(
@@ -225,4 +249,49 @@ fn sigterm_to_a_keeper_stops_its_backends() {
     let fresh = old.backend_pid(&sid).unwrap();
     assert_ne!(fresh, pid);
     assert!(children(new.pid()).contains(&fresh));
+}
+
+#[test]
+fn a_sandboxed_session_keeps_its_sandbox_across_an_upgrade() {
+    let dir = TempDir::new();
+    let socket = dir.0.join("upgrade.sock");
+    let config = format!(
+        "[server]\nupgrade_socket = \"{}\"\n[[runtimes]]\nname = \"default\"\n\
+         [runtimes.backend]\nprovider = \"sandbox\"\n",
+        socket.display()
+    );
+    let old = Gateway::start_with(&config, &[("RUST_LOG", "info")]);
+    let old_pid = old.pid();
+    let sid = session_id("sandboxed");
+    let first = old.invoke(Some(&sid), "{}");
+    assert_eq!(first.status, 200, "{}", first.body_text());
+    let described = |gw: &Gateway| {
+        gw.sessions()
+            .iter()
+            .find(|s| s["id"] == sid)
+            .map(|s| (s["backend"].clone(), s["http"].clone()))
+    };
+    let before = described(&old).unwrap();
+    let new = upgrade(&old.args(), &dir, 1, old_pid, || old.log());
+    assert_eq!(described(&old), Some(before.clone()), "the sandbox moved");
+    let again = old.invoke(Some(&sid), "{}");
+    assert_eq!(again.status, 200, "{}", again.body_text());
+    assert_eq!(again.json()["instance"], first.json()["instance"]);
+    // Stopping the new process stops the sandbox (its socket directory goes) and the keeper.
+    let socket_path = before
+        .1
+        .as_str()
+        .unwrap()
+        .trim_start_matches("unix:")
+        .to_owned();
+    unsafe { libc::kill(new.pid() as i32, libc::SIGTERM) };
+    assert!(
+        eventually(Duration::from_secs(20), || !alive(old_pid)),
+        "the keeper did not exit:\n{}",
+        old.log()
+    );
+    assert!(
+        !std::path::Path::new(&socket_path).exists(),
+        "{socket_path} is left behind"
+    );
 }

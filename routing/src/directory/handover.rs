@@ -144,9 +144,7 @@ impl SessionDirectory {
         let Ok(id) = SessionId::parse(h.id.as_bytes()) else {
             return false;
         };
-        let reservation = self
-            .admission
-            .adopt_session(&Principal::new(&h.quota));
+        let reservation = self.admission.adopt_session(&Principal::new(&h.quota));
         let session = Session::new(
             id.clone(),
             Arc::from(h.runtime.as_str()),

@@ -94,7 +94,11 @@ impl KeeperLink {
     /// Whether the keeper still runs `pid`.
     pub fn keeps(&self, pid: u32) -> bool {
         !self.closed.load(Ordering::Acquire)
-            && self.alive.lock().map(|a| a.contains_key(&pid)).unwrap_or(false)
+            && self
+                .alive
+                .lock()
+                .map(|a| a.contains_key(&pid))
+                .unwrap_or(false)
     }
 
     /// Asks the keeper to stop `pid` and waits until it has (or is gone).
@@ -103,7 +107,14 @@ impl KeeperLink {
             return;
         }
         let line = format!("stop {pid} {}\n", grace.as_millis());
-        if self.writer.lock().await.write_all(line.as_bytes()).await.is_err() {
+        if self
+            .writer
+            .lock()
+            .await
+            .write_all(line.as_bytes())
+            .await
+            .is_err()
+        {
             return;
         }
         let _ = tokio::time::timeout(grace + STOP_SLACK, async {

@@ -216,7 +216,9 @@ impl Vm {
             }
         }
         guard(&mut cmd);
-        let child = super::child::spawn(cmd).await.map_err(PlacementError::Spawn)?;
+        let child = super::child::spawn(cmd)
+            .await
+            .map_err(PlacementError::Spawn)?;
         // Dropping `child` on an early return kills QEMU (kill_on_drop), and passt with it.
         remains.helper = net
             .start_helper(child.id().unwrap_or(0))

@@ -139,6 +139,17 @@ impl BackendProvider {
         }
     }
 
+    /// Destroys the warm pool's backends and starts no more (a process that handed its sessions
+    /// to a new one in a graceful upgrade needs none).
+    pub fn close_pool(&self) {
+        if let Self::Spawned(SpawnedProvider {
+            pool: Some(pool), ..
+        }) = self
+        {
+            pool.close();
+        }
+    }
+
     /// How a microVM provider's guests run (`kvm` or `tcg`), once decided.
     pub fn accel(&self) -> Option<&'static str> {
         match self {

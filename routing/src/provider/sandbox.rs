@@ -109,7 +109,9 @@ impl SandboxProvider {
             cmd.pre_exec(move || join_then_drop(&join_fds, &inherit, drop_to_nobody));
         }
         guard(&mut cmd);
-        let mut child = super::child::spawn(cmd).await.map_err(PlacementError::Spawn)?;
+        let mut child = super::child::spawn(cmd)
+            .await
+            .map_err(PlacementError::Spawn)?;
         if let Some(handshake) = handshake {
             let deadline = self.spec.process.ready_timeout;
             remains.helper = Some(
