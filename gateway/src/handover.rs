@@ -82,6 +82,18 @@ fn keeper_socket(upgrade: &Path) -> PathBuf {
     suffixed(upgrade, &format!("{}.keeper", std::process::id()))
 }
 
+/// A handover socket only this user may connect to: whoever can hands sessions (and backend
+/// addresses) to the new process, or stops kept backends.
+fn owner_only(
+    bound: std::io::Result<std::os::unix::net::UnixListener>,
+    path: &Path,
+) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let listener = bound?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
 fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".");
@@ -196,7 +208,10 @@ pub async fn offer(shared: &Arc<Shared>) {
     }
     let keeper_path = keeper_socket(&upgrade);
     let _ = std::fs::remove_file(&keeper_path);
-    let listener = match std::os::unix::net::UnixListener::bind(&keeper_path) {
+    let listener = match owner_only(
+        std::os::unix::net::UnixListener::bind(&keeper_path),
+        &keeper_path,
+    ) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(error = %e, socket = %keeper_path.display(), "cannot open the keeper's socket; the sessions stay here");
@@ -287,7 +302,7 @@ pub fn receive(shared: &Arc<Shared>) -> std::io::Result<Reception> {
     let upgrade = shared.snapshot().config.server.upgrade_socket.clone();
     let path = sessions_socket(&upgrade);
     let _ = std::fs::remove_file(&path);
-    let listener = std::os::unix::net::UnixListener::bind(&path)?;
+    let listener = owner_only(std::os::unix::net::UnixListener::bind(&path), &path)?;
     listener.set_nonblocking(true)?;
     let (done_tx, done) = std::sync::mpsc::channel();
     let stop = Arc::new(Notify::new());
