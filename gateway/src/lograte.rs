@@ -128,4 +128,12 @@ impl<S> Filter<S> for LogRate {
         let meta = event.metadata();
         !limited(meta) || self.admit(meta)
     }
+
+    /// Every level passes (only the rate limits). Without a hint, the filter it is combined
+    /// with could not give its own: the most verbose level would be in force, and every
+    /// `log` record of Pingora's (`debug!`, `trace!`) would be built and then dropped by the
+    /// subscriber on every request.
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::TRACE)
+    }
 }
