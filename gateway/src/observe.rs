@@ -15,7 +15,11 @@
 //! | `sessiongate_rejections_total` | counter | reason |
 //! | `sessiongate_sessions_ended_total` | counter | reason |
 
+use std::sync::Arc;
+
 use conf::Protocol;
+use dashmap::DashMap;
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use pingora::proxy::Session;
 
@@ -34,23 +38,56 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
         .install_recorder()?)
 }
 
+/// The handles one kind of request records into, looked up in the registry once.
+struct Handles {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Counter,
+    response_bytes: Counter,
+}
+
+/// What a request's labels are: listener, runtime (index in its snapshot; `u32::MAX` for none),
+/// route (its name's address: route names are static), status.
+type HandleKey = (u8, u32, usize, u16);
+
+/// The request metrics' handles of one config snapshot, by label set (a bounded set: listeners ×
+/// runtimes × routes × statuses). Registering a metric hashes and compares its labels and copies
+/// them: a few thousand instructions that every request paid; now the first of its kind does.
+#[derive(Default)]
+pub struct RequestMetrics(DashMap<HandleKey, Arc<Handles>>);
+
+impl RequestMetrics {
+    fn handles(&self, face: Protocol, ctx: &RequestCtx, status: u16) -> Arc<Handles> {
+        let route = ctx.route.map_or("none", |r| r.name());
+        let runtime = ctx.route.map_or(u32::MAX, |r| r.runtime as u32);
+        let key = (face as u8, runtime, route.as_ptr() as usize, status);
+        if let Some(h) = self.0.get(&key) {
+            return Arc::clone(&h);
+        }
+        let listener = face.as_str();
+        // Runtime names come from the config: a bounded label set (never a session or principal).
+        let runtime = ctx.route.map_or("none".to_owned(), |r| {
+            ctx.snapshot.runtime_name(r.runtime).to_owned()
+        });
+        let handles = Arc::new(Handles {
+            requests: metrics::counter!("sessiongate_requests_total", "listener" => listener, "runtime" => runtime.clone(), "route" => route, "status" => status.to_string()),
+            duration: metrics::histogram!("sessiongate_request_duration_seconds", "listener" => listener, "runtime" => runtime, "route" => route),
+            request_bytes: metrics::counter!("sessiongate_request_bytes_total", "listener" => listener),
+            response_bytes: metrics::counter!("sessiongate_response_bytes_total", "listener" => listener),
+        });
+        Arc::clone(self.0.entry(key).or_insert(handles).value())
+    }
+}
+
 pub fn record(face: Protocol, session: &Session, ctx: &RequestCtx) {
-    let listener = face.as_str();
-    let route = ctx.route.map_or("none", |r| r.name());
-    // Runtime names come from the config: a bounded label set (never a session or principal).
-    let runtime = ctx.route.map_or("none".to_owned(), |r| {
-        ctx.snapshot.runtime_name(r.runtime).to_owned()
-    });
     let status = session.response_written().map_or(0, |r| r.status.as_u16());
     let elapsed = ctx.started.elapsed();
-    metrics::counter!("sessiongate_requests_total", "listener" => listener, "runtime" => runtime.clone(), "route" => route, "status" => status.to_string())
-        .increment(1);
-    metrics::histogram!("sessiongate_request_duration_seconds", "listener" => listener, "runtime" => runtime, "route" => route)
-        .record(elapsed.as_secs_f64());
-    metrics::counter!("sessiongate_request_bytes_total", "listener" => listener)
-        .increment(ctx.request_body_bytes);
-    metrics::counter!("sessiongate_response_bytes_total", "listener" => listener)
-        .increment(session.body_bytes_sent() as u64);
+    let handles = ctx.snapshot.metrics.handles(face, ctx, status);
+    handles.requests.increment(1);
+    handles.duration.record(elapsed.as_secs_f64());
+    handles.request_bytes.increment(ctx.request_body_bytes);
+    handles.response_bytes.increment(session.body_bytes_sent() as u64);
+    let (listener, route) = (face.as_str(), ctx.route.map_or("none", |r| r.name()));
     if let Some(e) = &ctx.error {
         metrics::counter!("sessiongate_rejections_total", "reason" => e.reason()).increment(1);
     }

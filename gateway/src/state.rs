@@ -25,6 +25,8 @@ pub struct Snapshot {
     pub authenticators: Vec<Authenticator>,
     /// Runtime names, shared with the sessions that belong to them.
     pub runtime_names: Vec<Arc<str>>,
+    /// The request metrics' handles for this snapshot's runtimes.
+    pub metrics: crate::observe::RequestMetrics,
 }
 
 impl Snapshot {
@@ -79,6 +81,7 @@ impl Snapshot {
                 .map(|r| Arc::from(r.name.as_str()))
                 .collect(),
             providers,
+            metrics: Default::default(),
             config: Arc::new(config),
         }
     }
