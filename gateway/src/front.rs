@@ -73,7 +73,7 @@ impl ServerApp for Front {
         } else {
             session.set_keepalive(Some(limits.keepalive_timeout.as_secs()));
         }
-        let mut reused = self.proxy.process_new_http(session, shutdown).await;
+        let mut reused = self.proxy.serve_http(session, shutdown).await;
         while let Some((stream, settings)) = reused.map(|r| r.consume()) {
             let stream = match stream.into_any().downcast::<HeadDeadline>() {
                 Ok(mut wrapped) => {
@@ -89,7 +89,7 @@ impl ServerApp for Front {
             if let Some(settings) = settings {
                 settings.apply_to_session(&mut session);
             }
-            reused = self.proxy.process_new_http(session, shutdown).await;
+            reused = self.proxy.serve_http(session, shutdown).await;
         }
         None
     }
