@@ -66,7 +66,7 @@ impl RequestCtx {
             route: None,
             target: None,
             session_id: None,
-            request_id: uuid::Uuid::new_v4().hyphenated().to_string(),
+            request_id: crate::ids::request_id(),
             principal: None,
             verified_body: None,
             ticket: None,

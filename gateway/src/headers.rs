@@ -55,6 +55,14 @@ pub fn to_backend(
     request_id: &str,
     allowlist: &[String],
 ) {
+    // The client's own session id header passes when it is exactly ours (one value): removing
+    // it and inserting it again cost two map rebuilds per request.
+    let ours = {
+        let mut sent = req.headers.get_all(SESSION_ID).iter();
+        sent.next()
+            .is_some_and(|v| v.as_bytes() == session_id.as_bytes())
+            && sent.next().is_none()
+    };
     let drop: Vec<_> = req
         .headers
         .iter()
@@ -62,6 +70,7 @@ pub fn to_backend(
             let n = name.as_str();
             let passes = ALWAYS_PASSED.contains(&n)
                 || n.starts_with(CUSTOM_PREFIX)
+                || (ours && n == SESSION_ID)
                 || (allowlist.iter().any(|a| a == n) && value.len() <= MAX_ALLOWLISTED_VALUE_BYTES);
             !passes
         })
@@ -74,10 +83,12 @@ pub fn to_backend(
     strip_presigned_query(req);
     custom_headers_from_query(req);
     // Both values are validated visible ASCII (session id) or generated hex (request id).
-    let _ = req.insert_header(SESSION_ID, session_id);
+    if !ours {
+        let _ = req.insert_header(SESSION_ID, session_id);
+    }
     let _ = req.insert_header(REQUEST_ID, request_id);
     if !req.headers.contains_key(TRACEPARENT) {
-        let _ = req.insert_header(TRACEPARENT, new_traceparent());
+        let _ = req.insert_header(TRACEPARENT, crate::ids::traceparent());
     }
 }
 
@@ -153,13 +164,6 @@ fn strip_presigned_query(req: &mut RequestHeader) {
     }
 }
 
-/// A fresh W3C trace context: version 00, random trace and span ids, sampled.
-fn new_traceparent() -> String {
-    let trace = uuid::Uuid::new_v4().simple();
-    let span = uuid::Uuid::new_v4().as_u64_pair().1;
-    format!("00-{trace}-{span:016x}-01")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +200,19 @@ mod tests {
         assert!(!h.contains_key("user-agent"));
         let tp = h[TRACEPARENT].to_str().unwrap();
         assert_eq!(tp.len(), 55, "{tp}");
+    }
+
+    #[test]
+    fn the_backend_sees_exactly_one_session_id_ours() {
+        for sent in [&["sid"][..], &["sid", "forged"], &["forged", "sid"], &[]] {
+            let mut req = RequestHeader::build("POST", b"/invocations", None).unwrap();
+            for v in sent {
+                req.append_header(SESSION_ID, *v).unwrap();
+            }
+            to_backend(&mut req, "sid", "rid", &[]);
+            let all: Vec<_> = req.headers.get_all(SESSION_ID).iter().collect();
+            assert_eq!(all, ["sid"], "client sent {sent:?}");
+        }
     }
 
     #[test]

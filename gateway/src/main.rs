@@ -19,6 +19,7 @@ mod front;
 mod handover;
 mod headers;
 mod host;
+mod ids;
 mod invoke;
 mod lograte;
 mod observe;

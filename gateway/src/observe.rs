@@ -86,7 +86,9 @@ pub fn record(face: Protocol, session: &Session, ctx: &RequestCtx) {
     handles.requests.increment(1);
     handles.duration.record(elapsed.as_secs_f64());
     handles.request_bytes.increment(ctx.request_body_bytes);
-    handles.response_bytes.increment(session.body_bytes_sent() as u64);
+    handles
+        .response_bytes
+        .increment(session.body_bytes_sent() as u64);
     let (listener, route) = (face.as_str(), ctx.route.map_or("none", |r| r.name()));
     if let Some(e) = &ctx.error {
         metrics::counter!("sessiongate_rejections_total", "reason" => e.reason()).increment(1);

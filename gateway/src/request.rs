@@ -366,7 +366,7 @@ fn new_session_version(
     runtime: usize,
 ) -> Result<u32, GatewayError> {
     let query = session.req_header().uri.query().unwrap_or("");
-    let pick = uuid::Uuid::new_v4().as_u64_pair().0;
+    let pick = crate::ids::random_u64();
     routing::placement::new_session_version(
         &snapshot.config.runtimes[runtime],
         query_param(query, "qualifier"),
