@@ -290,12 +290,18 @@ fn raise_fd_limit() -> usize {
 ///
 /// Armed at accept (the deadline runs from then) and again after every request (the deadline
 /// runs from the next byte); disarmed by the request stage when Pingora has parsed the head.
+/// After a request the timer starts only when the next head does not arrive in one read (a
+/// head that does — nearly all — costs no timer), and the timer is reused, never reallocated.
 #[derive(Debug)]
 pub struct HeadDeadline {
     inner: Stream,
     timeout: Duration,
     /// Set by [`head_complete`] (through a shared reference to the stream).
     complete: AtomicBool,
+    /// Whether the deadline runs (`timer` is then set to it).
+    running: bool,
+    /// Bytes of the head have arrived since the last rearm.
+    started: bool,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -305,6 +311,8 @@ impl HeadDeadline {
             inner,
             timeout,
             complete: AtomicBool::new(false),
+            running: from_now,
+            started: false,
             timer: from_now.then(|| Box::pin(tokio::time::sleep(timeout))),
         }
     }
@@ -312,7 +320,18 @@ impl HeadDeadline {
     fn rearm(&mut self, timeout: Duration) {
         self.timeout = timeout;
         self.complete.store(false, Ordering::Release);
-        self.timer = None;
+        self.running = false;
+        self.started = false;
+    }
+
+    /// Starts the deadline now (reusing the timer).
+    fn start(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        match &mut self.timer {
+            Some(t) => t.as_mut().reset(deadline),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        self.running = true;
     }
 }
 
@@ -324,10 +343,15 @@ impl AsyncRead for HeadDeadline {
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         if this.complete.load(Ordering::Acquire) {
-            this.timer = None;
+            this.running = false;
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
-        if let Some(timer) = &mut this.timer
+        if this.started && !this.running {
+            // The head's first bytes came and Pingora wants more: the deadline runs from here.
+            this.start();
+        }
+        if this.running
+            && let Some(timer) = &mut this.timer
             && timer.as_mut().poll(cx).is_ready()
         {
             return Poll::Ready(Err(std::io::Error::new(
@@ -337,8 +361,8 @@ impl AsyncRead for HeadDeadline {
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        if this.timer.is_none() && buf.filled().len() > before {
-            this.timer = Some(Box::pin(tokio::time::sleep(this.timeout)));
+        if buf.filled().len() > before {
+            this.started = true;
         }
         Poll::Ready(Ok(()))
     }

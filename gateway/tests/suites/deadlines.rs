@@ -71,6 +71,37 @@ fn a_head_that_never_ends_is_answered_408_and_closed() {
 }
 
 #[test]
+fn the_next_head_on_a_kept_alive_connection_has_its_own_deadline() {
+    let gw = Gateway::start("[limits]\nheader_timeout_secs = 1\nkeepalive_timeout_secs = 30\n");
+    let mut s = connect(gw.http);
+    s.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 512];
+    let n = s.read(&mut first).unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"));
+    // The second head starts, then trickles a line every 300 ms, never ending.
+    let start = Instant::now();
+    s.write_all(b"POST /invocations HTTP/1.1\r\n").unwrap();
+    let mut i = 0;
+    while start.elapsed() < Duration::from_secs(4) {
+        std::thread::sleep(Duration::from_millis(300));
+        i += 1;
+        if s.write_all(format!("X-Pad-{i}: {i}\r\n").as_bytes())
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (answer, _) = read_to_close(&mut s);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "the trickling head was held for {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
 fn an_idle_keep_alive_connection_is_closed() {
     let gw = Gateway::start(SHORT);
     let mut s = connect(gw.http);
