@@ -25,7 +25,9 @@ pub struct Principal(Arc<str>);
 impl Principal {
     /// The caller of a runtime whose inbound auth is `none`.
     pub fn anonymous() -> Self {
-        Self(Arc::from("anonymous"))
+        static ANONYMOUS: std::sync::LazyLock<Principal> =
+            std::sync::LazyLock::new(|| Principal(Arc::from("anonymous")));
+        ANONYMOUS.clone()
     }
 
     pub fn new(name: &str) -> Self {

@@ -14,34 +14,38 @@ const CUSTOM_PREFIX: &str = "x-amzn-bedrock-agentcore-runtime-custom-";
 
 /// Headers every backend request may carry: framing and upgrades, content negotiation, the MCP
 /// and A2A protocol headers, and trace context. Anything else needs the runtime's allow-list.
-const ALWAYS_PASSED: &[&str] = &[
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "content-type",
-    "content-encoding",
-    "accept",
-    "accept-encoding",
-    "expect",
-    "connection",
-    "upgrade",
-    "te",
-    "sec-websocket-key",
-    "sec-websocket-version",
-    "sec-websocket-protocol",
-    "sec-websocket-extensions",
-    MCP_SESSION_ID,
-    "mcp-protocol-version",
-    "mcp-method",
-    "mcp-name",
-    "last-event-id",
-    "a2a-version",
-    "x-a2a-extensions",
-    TRACEPARENT,
-    "tracestate",
-    "baggage",
-    AMZN_TRACE_ID,
-];
+/// (A `match`: the compiler dispatches on the length first, instead of comparing every entry.)
+fn always_passed(name: &str) -> bool {
+    matches!(
+        name,
+        "host"
+            | "content-length"
+            | "transfer-encoding"
+            | "content-type"
+            | "content-encoding"
+            | "accept"
+            | "accept-encoding"
+            | "expect"
+            | "connection"
+            | "upgrade"
+            | "te"
+            | "sec-websocket-key"
+            | "sec-websocket-version"
+            | "sec-websocket-protocol"
+            | "sec-websocket-extensions"
+            | MCP_SESSION_ID
+            | "mcp-protocol-version"
+            | "mcp-method"
+            | "mcp-name"
+            | "last-event-id"
+            | "a2a-version"
+            | "x-a2a-extensions"
+            | TRACEPARENT
+            | "tracestate"
+            | "baggage"
+            | AMZN_TRACE_ID
+    )
+}
 
 /// Rewrites the request for the backend, as AgentCore does: only the contract's headers,
 /// `X-Amzn-Bedrock-AgentCore-Runtime-Custom-*` and the runtime's allow-listed headers (values up
@@ -68,7 +72,7 @@ pub fn to_backend(
         .iter()
         .filter(|(name, value)| {
             let n = name.as_str();
-            let passes = ALWAYS_PASSED.contains(&n)
+            let passes = always_passed(n)
                 || n.starts_with(CUSTOM_PREFIX)
                 || (ours && n == SESSION_ID)
                 || (allowlist.iter().any(|a| a == n) && value.len() <= MAX_ALLOWLISTED_VALUE_BYTES);

@@ -51,8 +51,20 @@ pub fn request_id() -> String {
 
 /// A fresh W3C trace context: version 00, random trace and span ids, sampled.
 pub fn traceparent() -> String {
-    let trace = uuid::Uuid::from_bytes(random_bytes()).simple();
-    format!("00-{trace}-{:016x}-01", random_u64() | 1)
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    // Trace id: 32 hex digits at 3; span id: 16 at 36 (never all zero).
+    for (start, mut n) in [
+        (3, random_u64()),
+        (19, random_u64()),
+        (36, random_u64() | 1),
+    ] {
+        for b in out[start..start + 16].iter_mut().rev() {
+            *b = HEX[(n & 0xf) as usize];
+            n >>= 4;
+        }
+    }
+    out.iter().map(|&b| char::from(b)).collect()
 }
 
 #[cfg(test)]

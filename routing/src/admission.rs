@@ -63,7 +63,15 @@ impl Caller {
     /// A caller of a runtime without authentication, counted by its address.
     pub fn anonymous(addr: Option<IpAddr>) -> Self {
         let quota = match addr {
-            Some(ip) => Principal::new(&format!("anonymous@{ip}")),
+            Some(ip) => {
+                // Formatted on the stack: one allocation (the key's), not two.
+                use std::io::Write;
+                let mut buf = [0u8; 64];
+                let mut w = &mut buf[..];
+                let _ = write!(w, "anonymous@{ip}");
+                let len = 64 - w.len();
+                Principal::new(std::str::from_utf8(&buf[..len]).unwrap_or("anonymous@?"))
+            }
             None => Principal::anonymous(),
         };
         Self {
