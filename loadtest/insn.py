@@ -173,6 +173,12 @@ def bare(work: Path, agent: dict, issuer: Issuer):
     return [str(BARE), f"127.0.0.1:{p}", f"127.0.0.1:{agent['http']}"], p, signal.SIGINT, {"RUST_LOG": "error"}
 
 
+def bare_patched(work: Path, agent: dict, issuer: Issuer):
+    """The bare proxy awaiting the vendored crate's `serve_http`, as sessiongate's front does."""
+    args, p, stop, env = bare(work, agent, issuer)
+    return [*args, "--serve-http"], p, stop, env
+
+
 def nginx(work: Path, agent: dict, issuer: Issuer):
     p = port()
     (work / "nginx.conf").write_text(f"""
@@ -232,7 +238,13 @@ backend agent
     return [exe, "-db", "-f", str(work / "haproxy.cfg")], p, signal.SIGUSR1, {}
 
 
-PROXIES = {"nginx": nginx, "HAProxy": haproxy, "bare Pingora": bare, "sessiongate": sessiongate}
+PROXIES = {
+    "nginx": nginx,
+    "HAProxy": haproxy,
+    "bare Pingora": bare,
+    "bare Pingora + serve_http": bare_patched,
+    "sessiongate": sessiongate,
+}
 
 
 class Counted:
@@ -303,7 +315,7 @@ def main() -> None:
                     if PROFILE:
                         PROFILE.mkdir(parents=True, exist_ok=True)
                         shutil.copy(counted.keep(), PROFILE / f"{name.replace(' ', '-')}-{kind.split()[0]}.callgrind")
-                    print(f"{kind:12} {name:13} {results[(kind, name)]:>10,.0f} instructions/request", flush=True)
+                    print(f"{kind:12} {name:26} {results[(kind, name)]:>10,.0f} instructions/request", flush=True)
             finally:
                 counted.close()
     finally:
@@ -318,8 +330,8 @@ def report(results: dict) -> None:
         f"machine: {os.cpu_count()} cores, {os.uname().sysname} {os.uname().release}; "
         f"{time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}; N1={N1}, N2={N2} (uploads a tenth)",
         "",
-        "| request | nginx | HAProxy | bare Pingora | sessiongate | sessiongate / nginx | sessiongate / bare Pingora |",
-        "|---|---|---|---|---|---|---|",
+        "| request | nginx | HAProxy | bare Pingora | bare Pingora + `serve_http` | sessiongate | sessiongate / nginx | sessiongate / bare Pingora |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for kind in KINDS:
         row = {name: results.get((kind, name)) for name in PROXIES}
@@ -327,7 +339,10 @@ def report(results: dict) -> None:
         if sg is None:
             continue
         ratio = lambda a, b: f"{a / b:.2f}×" if a and b else "—"
-        lines.append(f"| {kind} | {k(ng)} | {k(row['HAProxy'])} | {k(bp)} | {k(sg)} | {ratio(sg, ng)} | {ratio(sg, bp)} |")
+        lines.append(
+            f"| {kind} | {k(ng)} | {k(row['HAProxy'])} | {k(bp)} | {k(row['bare Pingora + serve_http'])} "
+            f"| {k(sg)} | {ratio(sg, ng)} | {ratio(sg, bp)} |"
+        )
     text = "\n".join(lines) + "\n"
     print()
     print(text)

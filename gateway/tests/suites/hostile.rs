@@ -172,3 +172,41 @@ fn custom_headers_are_capped_and_the_refusal_names_the_header() {
     let few: Vec<String> = many[..3].to_vec();
     assert_eq!(gw.invoke_with(None, "{}", &few).status, 200);
 }
+
+#[test]
+fn hop_by_hop_and_connection_nominated_headers_never_reach_the_backend() {
+    // Allow-listed, so that only the hop-by-hop rules can keep X-Nominated from the backend
+    // (Keep-Alive and Proxy-Connection cannot even be allow-listed).
+    let gw = Gateway::start(
+        "[[runtimes]]\nname = \"default\"\n\
+         request_header_allowlist = [\"X-Nominated\", \"X-Kept\"]\n\
+         [runtimes.backend]\nprovider = \"process\"\n",
+    );
+    let sid = session_id("hop-by-hop");
+    let plain = gw.invoke_with(
+        Some(&sid),
+        r#"{"echo_headers":true}"#,
+        &["X-Kept: 1".to_owned()],
+    );
+    assert_eq!(plain.json()["headers"]["x-kept"], "1");
+    let r = gw.invoke_with(
+        Some(&sid),
+        r#"{"echo_headers":true}"#,
+        &[
+            "Connection: keep-alive, X-Nominated".to_owned(),
+            "X-Nominated: secret".to_owned(),
+            "X-Kept: 1".to_owned(),
+            "Keep-Alive: timeout=5".to_owned(),
+            "Proxy-Connection: keep-alive".to_owned(),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let seen = &r.json()["headers"];
+    for gone in ["x-nominated", "keep-alive", "proxy-connection"] {
+        assert!(
+            seen.get(gone).is_none(),
+            "{gone} reached the backend: {seen}"
+        );
+    }
+    assert_eq!(seen["x-kept"], "1");
+}

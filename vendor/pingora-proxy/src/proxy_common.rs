@@ -175,7 +175,30 @@ impl ConnectionNominations {
     }
 }
 
+/// sessiongate patch: whether `name` is one of the hop-by-hop fields stripped below (or that the
+/// WebSocket-only policy removes), so a request carrying none of them — nearly every one — pays a
+/// pass over its few header names instead of thirteen hashed map removals.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::CONNECTION
+        || name == header::UPGRADE
+        || name.as_str() == KEEP_ALIVE
+        || name.as_str() == PROXY_CONNECTION
+        || name.as_str() == HTTP2_SETTINGS
+}
+
+fn has_hop_by_hop(req: &RequestHeader) -> bool {
+    req.headers.keys().any(is_hop_by_hop)
+}
+
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
+    if !has_hop_by_hop(req) {
+        return;
+    }
     req.remove_header(KEEP_ALIVE);
     req.remove_header(PROXY_CONNECTION);
     req.remove_header(&header::PROXY_AUTHENTICATE);
@@ -360,9 +383,11 @@ pub(crate) fn sanitize_h1_upstream_request(
 
     match policy.h1_upgrade {
         H1UpgradePolicy::WebSocketOnly => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
+            if has_hop_by_hop(req) {
+                req.remove_header(&header::CONNECTION);
+                req.remove_header(&header::UPGRADE);
+                req.remove_header(HTTP2_SETTINGS);
+            }
             if websocket_upgrade {
                 req.insert_header(header::CONNECTION, "Upgrade")?;
                 req.insert_header(header::UPGRADE, "websocket")?;
