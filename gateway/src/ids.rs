@@ -64,7 +64,7 @@ pub fn traceparent() -> String {
             n >>= 4;
         }
     }
-    out.iter().map(|&b| char::from(b)).collect()
+    String::from_utf8(out.to_vec()).unwrap_or_default()
 }
 
 #[cfg(test)]

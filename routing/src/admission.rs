@@ -41,6 +41,26 @@ impl Rejection {
     }
 }
 
+/// `anonymous@<ip>`: the key an anonymous caller is counted under. A connection's requests come
+/// from one address, so each thread keeps the last key it made (a clone instead of formatting
+/// and allocating it again).
+fn anonymous_key(ip: IpAddr) -> Principal {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, Principal)>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((seen, key)) = last.as_ref()
+            && *seen == ip
+        {
+            return key.clone();
+        }
+        let key = Principal::new(&format!("anonymous@{ip}"));
+        *last = Some((ip, key.clone()));
+        key
+    })
+}
+
 /// Who a request is: the principal that owns its sessions, and the key it is counted under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -63,15 +83,7 @@ impl Caller {
     /// A caller of a runtime without authentication, counted by its address.
     pub fn anonymous(addr: Option<IpAddr>) -> Self {
         let quota = match addr {
-            Some(ip) => {
-                // Formatted on the stack: one allocation (the key's), not two.
-                use std::io::Write;
-                let mut buf = [0u8; 64];
-                let mut w = &mut buf[..];
-                let _ = write!(w, "anonymous@{ip}");
-                let len = 64 - w.len();
-                Principal::new(std::str::from_utf8(&buf[..len]).unwrap_or("anonymous@?"))
-            }
+            Some(ip) => anonymous_key(ip),
             None => Principal::anonymous(),
         };
         Self {
