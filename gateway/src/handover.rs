@@ -147,13 +147,17 @@ impl Handover {
             loop {
                 let answered = self.answered.notified();
                 if let Some(a) = self.relay.get() {
-                    return a;
+                    return Some(a);
+                }
+                if !self.relaying() {
+                    // The handover failed: this process keeps its sessions; the client retries.
+                    return None;
                 }
                 answered.await;
             }
         })
         .await
-        .ok()?;
+        .ok()??;
         let path = match face {
             Protocol::Http => &accepted.http,
             Protocol::Mcp => &accepted.mcp,
@@ -173,6 +177,13 @@ impl Handover {
             self.relay_up.store(true, Ordering::Release);
         }
         Some(path.clone())
+    }
+
+    /// Back to admitting requests here (the handover failed); requests waiting to be relayed
+    /// get a retryable 503.
+    fn give_up(&self) {
+        self.relaying.store(false, Ordering::SeqCst);
+        self.answered.notify_waiters();
     }
 
     /// How many requests this process relayed to the new one.
@@ -215,7 +226,7 @@ pub async fn offer(shared: &Arc<Shared>) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(error = %e, socket = %keeper_path.display(), "cannot open the keeper's socket; the sessions stay here");
-            handover.relaying.store(false, Ordering::SeqCst);
+            handover.give_up();
             return;
         }
     };
@@ -226,7 +237,7 @@ pub async fn offer(shared: &Arc<Shared>) {
         Err(e) => {
             tracing::error!(error = %e, "cannot start the keeper; the sessions stay here");
             shared.directory.resume();
-            handover.relaying.store(false, Ordering::SeqCst);
+            handover.give_up();
             return;
         }
     };
@@ -259,7 +270,7 @@ pub async fn offer(shared: &Arc<Shared>) {
             tracing::error!(error = %e, "the new process did not take the sessions; they stay here");
             keeper.abandon();
             shared.directory.resume();
-            handover.relaying.store(false, Ordering::SeqCst);
+            handover.give_up();
         }
     }
 }

@@ -78,20 +78,26 @@ def test_errors_are_botocore_exception_classes(limited):
         c.invoke_agent_runtime(agentRuntimeArn="no-such-runtime", runtimeSessionId=sid(), payload=b"{}")
     with pytest.raises(c.exceptions.ValidationException):
         c.invoke_agent_runtime(agentRuntimeArn=ARN, runtimeSessionId=sid(), payload=b"x" * 2000)
-    # Two new sessions at once against one new session per second: one is throttled.
+    # Two new sessions at once against one new session per second: one is throttled. The clients
+    # are made first and the two calls released together: making a boto3 client takes long
+    # enough, on a loaded machine, for the second call to come a second after the first.
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    ids = [sid(), sid()]
+    calls = [(client(limited), sid()), (client(limited), sid())]
+    together = threading.Barrier(2)
 
-    def start(session):
+    def start(call):
+        own, session = call
+        together.wait()
         try:
-            client(limited).invoke_agent_runtime(agentRuntimeArn=ARN, runtimeSessionId=session, payload=b"{}")
+            own.invoke_agent_runtime(agentRuntimeArn=ARN, runtimeSessionId=session, payload=b"{}")
             return session
         except c.exceptions.ThrottlingException:
             return None
 
     with ThreadPoolExecutor(2) as pool:
-        started = [s for s in pool.map(start, ids) if s]
+        started = [s for s in pool.map(start, calls) if s]
     assert len(started) == 1
     first = started[0]
     with pytest.raises(c.exceptions.RuntimeClientError) as e:
