@@ -178,7 +178,9 @@ fn connections_over_the_cap_get_503_and_the_rest_are_served() {
     let gw = Gateway::start("[limits]\nmax_connections = 8\nheader_timeout_secs = 5\n");
     // Eight idle connections take every place (the head deadline would free them in 5 s).
     let held: Vec<TcpStream> = (0..8).map(|_| connect(gw.http)).collect();
-    std::thread::sleep(Duration::from_millis(200));
+    // Accepted and counted (not a fixed pause: on a loaded machine accepts can lag).
+    let counted = || curl(&[&format!("http://{}/healthz", gw.admin)]).json()["connections"] == 8;
+    assert!(eventually(Duration::from_secs(5), counted));
     let mut over = connect(gw.http);
     over.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
