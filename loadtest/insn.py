@@ -287,6 +287,12 @@ class Counted:
 
 
 def main() -> None:
+    # Arguments name proxies and/or request kinds; each unnamed set means all of it.
+    named_proxies = {a for a in sys.argv[1:] if a in PROXIES}
+    named_kinds = {a for a in sys.argv[1:] if a in KINDS}
+    unknown = set(sys.argv[1:]) - named_proxies - named_kinds
+    if unknown:
+        sys.exit(f"unknown proxy or request kind: {', '.join(sorted(unknown))} (proxies: {', '.join(PROXIES)}; kinds: {', '.join(KINDS)})")
     work = Path(tempfile.mkdtemp(prefix="insn-"))
     agent = {k: port() for k in ("http", "mcp", "a2a")}
     agent_proc = subprocess.Popen(
@@ -294,13 +300,14 @@ def main() -> None:
         stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     issuer = Issuer()
-    only = set(sys.argv[1:])
     results: dict = {}
     try:
         wait_port(agent["http"], agent_proc)
         for name, proxy in PROXIES.items():
             kinds = [k for k, (_, _, extra, _) in KINDS.items() if not extra or name == "sessiongate"]
-            kinds = [k for k in kinds if not only or name in only or k in only]
+            if named_proxies and name not in named_proxies:
+                continue
+            kinds = [k for k in kinds if not named_kinds or k in named_kinds]
             if not kinds:
                 continue  # authentication is sessiongate's alone
             counted = Counted(work, name, proxy, agent, issuer)

@@ -38,27 +38,25 @@ impl ServeHttp for AdminApp {
             && !(method == Method::GET && path == "/healthz")
             && !bearer_matches(req, token)
         {
-            let mut r = json_response(
-                StatusCode::UNAUTHORIZED,
-                json!({ "message": "admin token required" }),
-            );
-            r.headers_mut().insert(
+            return with_header(
+                json_response(
+                    StatusCode::UNAUTHORIZED,
+                    json!({ "message": "admin token required" }),
+                ),
                 http::header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static("Bearer"),
+                "Bearer",
             );
-            return r;
         }
         if self.shared.handover.relaying() && method != Method::GET {
             // A graceful upgrade gave the sessions to the new process: changes go there.
-            let mut r = json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({ "message": "this process handed its sessions to a new one (graceful upgrade); retry" }),
-            );
-            r.headers_mut().insert(
+            return with_header(
+                json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({ "message": "this process handed its sessions to a new one (graceful upgrade); retry" }),
+                ),
                 http::header::RETRY_AFTER,
-                http::HeaderValue::from_static("1"),
+                "1",
             );
-            return r;
         }
         match (&method, path.as_str()) {
             (&Method::GET, "/healthz") => json_response(
@@ -232,6 +230,16 @@ fn bearer_matches(req: &pingora::http::RequestHeader, token: &str) -> bool {
     };
     let (a, b) = (given.trim().as_bytes(), token.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn with_header(
+    mut r: Response<Vec<u8>>,
+    name: http::HeaderName,
+    value: &'static str,
+) -> Response<Vec<u8>> {
+    r.headers_mut()
+        .insert(name, http::HeaderValue::from_static(value));
+    r
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {

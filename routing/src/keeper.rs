@@ -143,19 +143,20 @@ async fn keep(listener: UnixListener, kept: Kept, orphan_grace: Duration) {
                 }
             }
             _ = tick.tick() => {
-                let exited: Vec<Arc<Session>> = kept
+                let exited: Vec<u32> = kept
                     .lock()
-                    .map(|k| k.values().filter(|s| s.backend().is_some_and(|b| b.has_exited())).cloned().collect())
+                    .map(|k| {
+                        k.iter()
+                            .filter(|(_, s)| s.backend().is_some_and(|b| b.has_exited()))
+                            .map(|(pid, _)| *pid)
+                            .collect()
+                    })
                     .unwrap_or_default();
-                for s in exited {
-                    if let Some(pid) = s.backend().and_then(|b| b.handed()).and_then(|h| h.process).map(|p| p.0)
-                        && let Some(s) = take(&kept, pid)
-                    {
-                        if let Some(b) = s.backend() {
-                            b.release_now().await;
-                        }
-                        let _ = exits.send(pid);
+                for pid in exited {
+                    if let Some(b) = take(&kept, pid).as_ref().and_then(|s| s.backend()) {
+                        b.release_now().await;
                     }
+                    let _ = exits.send(pid);
                 }
                 if orphaned_since.is_some_and(|t| t.elapsed() >= orphan_grace) {
                     tracing::warn!(backends = pids(&kept).len(), "no process drives the kept backends; stopping them");

@@ -307,13 +307,7 @@ fn microvm_guests_without_egress_reach_nothing_but_their_forwarded_ports() {
 #[test]
 fn a_microvm_session_keeps_its_guest_across_a_graceful_upgrade() {
     let dir = TempDir::new();
-    let socket = dir.0.join("upgrade.sock");
-    let cfg = format!(
-        "[server]\nupgrade_socket = \"{}\"\n{}",
-        socket.display(),
-        config("")
-    );
-    let old = Gateway::start_with(&cfg, &[("RUST_LOG", "info")]);
+    let old = super::upgrade::start_upgradable(&dir, &config(""));
     let old_pid = old.pid();
     let sid = session_id("vm-upgrade");
     let first = old.invoke(Some(&sid), "{}");

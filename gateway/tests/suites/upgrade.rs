@@ -31,6 +31,16 @@ impl Drop for Upgraded {
     }
 }
 
+/// A gateway whose upgrade socket is in `dir`, logging at info (the tests read its log).
+pub(super) fn start_upgradable(dir: &TempDir, config: &str) -> Gateway {
+    let socket = dir.0.join("upgrade.sock");
+    let config = format!(
+        "[server]\nupgrade_socket = \"{}\"\n{config}",
+        socket.display()
+    );
+    Gateway::start_with(&config, &[("RUST_LOG", "info")])
+}
+
 /// Starts a new process on `args`' sockets, then SIGQUITs `old_pid`, and waits until the old
 /// process has handed everything over and stopped serving (it logs that it keeps backends, or
 /// exits when it keeps none).
@@ -95,12 +105,7 @@ fn load(gw: &Gateway, sids: &[String], stop: &AtomicBool) -> (usize, Vec<String>
 #[test]
 fn graceful_upgrade_keeps_every_session_on_its_backend() {
     let dir = TempDir::new();
-    let socket = dir.0.join("upgrade.sock");
-    let config = format!(
-        "[server]\nupgrade_socket = \"{}\"\n[limits]\nmax_sessions_per_anonymous_address = 500\n",
-        socket.display()
-    );
-    let old = Gateway::start_with(&config, &[("RUST_LOG", "info")]);
+    let old = start_upgradable(&dir, "[limits]\nmax_sessions_per_anonymous_address = 500\n");
     let old_pid = old.pid();
     let sids: Vec<String> = (0..3).map(|i| session_id(&format!("upgrade{i}"))).collect();
     let pids: Vec<u32> = sids
@@ -191,13 +196,11 @@ fn graceful_upgrade_keeps_every_session_on_its_backend() {
 #[test]
 fn a_keeper_nobody_drives_stops_its_backends_and_exits() {
     let dir = TempDir::new();
-    let socket = dir.0.join("upgrade.sock");
-    let config = format!(
-        "[server]\nupgrade_socket = \"{}\"\n[[runtimes]]\nname = \"default\"\n\
+    let old = start_upgradable(
+        &dir,
+        "[[runtimes]]\nname = \"default\"\n\
          [runtimes.backend]\nprovider = \"process\"\nwarm_pool = 2\n",
-        socket.display()
     );
-    let old = Gateway::start_with(&config, &[("RUST_LOG", "info")]);
     let old_pid = old.pid();
     let sid = session_id("orphan");
     assert_eq!(old.invoke(Some(&sid), "{}").status, 200);
@@ -229,9 +232,7 @@ fn a_keeper_nobody_drives_stops_its_backends_and_exits() {
 #[test]
 fn sigterm_to_a_keeper_stops_its_backends() {
     let dir = TempDir::new();
-    let socket = dir.0.join("upgrade.sock");
-    let config = format!("[server]\nupgrade_socket = \"{}\"\n", socket.display());
-    let old = Gateway::start_with(&config, &[("RUST_LOG", "info")]);
+    let old = start_upgradable(&dir, "");
     let old_pid = old.pid();
     let sid = session_id("keeperterm");
     assert_eq!(old.invoke(Some(&sid), "{}").status, 200);
@@ -254,13 +255,11 @@ fn sigterm_to_a_keeper_stops_its_backends() {
 #[test]
 fn a_sandboxed_session_keeps_its_sandbox_across_an_upgrade() {
     let dir = TempDir::new();
-    let socket = dir.0.join("upgrade.sock");
-    let config = format!(
-        "[server]\nupgrade_socket = \"{}\"\n[[runtimes]]\nname = \"default\"\n\
+    let old = start_upgradable(
+        &dir,
+        "[[runtimes]]\nname = \"default\"\n\
          [runtimes.backend]\nprovider = \"sandbox\"\n",
-        socket.display()
     );
-    let old = Gateway::start_with(&config, &[("RUST_LOG", "info")]);
     let old_pid = old.pid();
     let sid = session_id("sandboxed");
     let first = old.invoke(Some(&sid), "{}");

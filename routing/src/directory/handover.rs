@@ -133,11 +133,6 @@ impl SessionDirectory {
         self.handed_over.store(false, Ordering::Release);
     }
 
-    /// Whether a graceful upgrade has taken this directory's sessions.
-    pub fn is_handed_over(&self) -> bool {
-        self.handed_over.load(Ordering::Acquire)
-    }
-
     /// Takes a session handed over by the old process, on `backend`. False if the id is
     /// invalid or already here.
     pub fn adopt(&self, h: &HandedSession, backend: Backend) -> bool {
