@@ -9,6 +9,7 @@
 //! served it.
 
 mod a2a;
+pub mod exec;
 pub mod guest;
 mod http_face;
 mod mcp;

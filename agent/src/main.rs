@@ -26,6 +26,23 @@ enum Command {
         #[arg(long, default_value = "/dev/ttyS0")]
         port: std::path::PathBuf,
     },
+    /// In a microVM guest: run the session's commands (`InvokeAgentRuntimeCommand`) sent to
+    /// this TCP address, one per connection (see `agent::exec`).
+    ExecServer {
+        #[arg(long, default_value = "0.0.0.0:7070")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+fn exec_server(listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        agent::exec::serve(|| async { Ok(listener.accept().await?.0) }, Vec::new()).await?;
+        Ok(())
+    })
 }
 
 fn main() -> ExitCode {
@@ -33,6 +50,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => agent::run(cli.addrs),
         Some(Command::GuestControl { port }) => agent::guest::control(&port),
+        Some(Command::ExecServer { listen }) => exec_server(listen),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
