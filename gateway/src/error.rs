@@ -89,6 +89,11 @@ pub enum GatewayError {
     BackendUnhealthy,
     #[error("the backend switched protocols unasked")]
     BackendUpgradedUnasked,
+    #[error("invalid command: {0}")]
+    InvalidCommand(String),
+    /// The session's backend is not one the gateway can run commands in.
+    #[error("commands are not available for this runtime's backends")]
+    CommandsUnavailable(&'static str),
     #[error("internal error")]
     Internal,
 }
@@ -293,6 +298,16 @@ impl GatewayError {
                 ),
                 None,
             ),
+            InvalidCommand(message) => (400, "ValidationException", message.clone(), None),
+            CommandsUnavailable(provider) => (
+                400,
+                "ValidationException",
+                format!(
+                    "Commands run inside a session's own backend: this runtime's sessions are served by \
+                     {provider} endpoints the gateway did not start (use a process, sandbox or microvm provider)"
+                ),
+                None,
+            ),
             InvalidArn => (
                 400,
                 "ValidationException",
@@ -359,6 +374,8 @@ impl GatewayError {
             InvalidArn => "invalid_arn",
             BackendUnhealthy => "backend_unhealthy",
             BackendUpgradedUnasked => "backend_upgraded_unasked",
+            InvalidCommand(_) => "invalid_command",
+            CommandsUnavailable(_) => "commands_unavailable",
             Internal => "internal",
         }
     }

@@ -13,6 +13,7 @@ mod admin;
 
 mod authn;
 mod cluster;
+mod commands;
 mod ctx;
 mod error;
 mod front;

@@ -72,6 +72,14 @@ impl ProxyHttp for Gateway {
                 respond_json(session, status, &body, ctx.session_id()).await?;
                 Ok(true)
             }
+            Ok(Decision::Command) => {
+                if let Err(e) = crate::commands::run(session, ctx).await {
+                    respond_error(session, self.face, &e, ctx.session_id(), None).await;
+                    linger(session).await;
+                    ctx.error = Some(e);
+                }
+                Ok(true)
+            }
             Err(e) => {
                 let rpc_id = match self.face {
                     Protocol::Mcp | Protocol::A2a => refused_call_id(session).await,

@@ -24,6 +24,8 @@ pub enum Decision {
     Proxy,
     /// The gateway answers by itself with this status and JSON body.
     Answer(u16, serde_json::Value),
+    /// Run a command in the session's backend (`ctx.ticket`): `crate::commands`.
+    Command,
 }
 
 pub async fn admit(
@@ -55,7 +57,7 @@ pub async fn admit(
                 .map(|doc| Decision::Answer(200, doc))
                 .ok_or(GatewayError::NoRoute);
         }
-        RouteKind::StopSession | RouteKind::Proxy(_) => {}
+        RouteKind::StopSession | RouteKind::Proxy(_) | RouteKind::Command => {}
     }
     // Cheap refusals first: nothing about the body or the credential is needed for them.
     if let RouteKind::Proxy(target) = route.kind {
@@ -93,6 +95,8 @@ pub async fn admit(
 
     let target = match route.kind {
         RouteKind::Proxy(t) => t,
+        // A command finds (or starts) its session as an invocation does.
+        RouteKind::Command => route::COMMANDS,
         _ => {
             let runtime = &snapshot.runtime_names[route.runtime];
             return stop_session(shared, session, ctx, runtime, &principal).await;
@@ -113,7 +117,10 @@ pub async fn admit(
         })?;
     place(shared, ctx, ticket, target).await?;
     ctx.caller = Some(caller);
-    Ok(Decision::Proxy)
+    Ok(match route.kind {
+        RouteKind::Command => Decision::Command,
+        _ => Decision::Proxy,
+    })
 }
 
 async fn open(

@@ -8,6 +8,7 @@
 //! | HTTP | `GET /runtimes/{id}/ws` | runtime `{id}`'s `/ws` |
 //! | HTTP | `GET /runtimes/{id}/invocations/.well-known/agent-card.json` | its A2A agent card |
 //! | HTTP | `POST /runtimes/{id}/stopruntimesession` | StopRuntimeSession, answered by the gateway |
+//! | HTTP | `POST /runtimes/{id}/commands` | InvokeAgentRuntimeCommand: run in the session's backend (`crate::commands`) |
 //! | MCP | `POST`/`GET`/`DELETE /mcp` | the default runtime's `:8000 /mcp` |
 //! | A2A | `POST /`, `GET /.well-known/agent-card.json` | the default runtime's `:9000`, same path |
 
@@ -31,6 +32,8 @@ pub enum RouteKind {
     GatewayPing,
     /// StopRuntimeSession.
     StopSession,
+    /// InvokeAgentRuntimeCommand: a command run inside the session's backend.
+    Command,
     /// RFC 9728 protected-resource metadata of a JWT runtime (no authentication needed).
     ResourceMetadata,
 }
@@ -52,6 +55,7 @@ impl Route {
             RouteKind::Proxy(t) => t.name,
             RouteKind::GatewayPing => "ping",
             RouteKind::StopSession => "stop_session",
+            RouteKind::Command => "commands",
             RouteKind::ResourceMetadata => "resource_metadata",
         }
     }
@@ -65,6 +69,9 @@ const fn target(protocol: Protocol, name: &'static str) -> Target {
         websocket: false,
     }
 }
+
+/// What a command's session is found and placed by: the runtime's HTTP port, as invocations.
+pub const COMMANDS: Target = target(Protocol::Http, "commands");
 
 const WS: Target = Target {
     websocket: true,
@@ -139,6 +146,7 @@ fn aws_route(method: &Method, path: &str, config: &Config) -> Result<Route, Gate
             }))
         }
         (&Method::POST, "stopruntimesession") => Some(RouteKind::StopSession),
+        (&Method::POST, "commands") => Some(RouteKind::Command),
         _ => return Err(GatewayError::NoRoute),
     };
     let runtime = runtime_index(id, config)?;

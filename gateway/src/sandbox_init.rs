@@ -1,7 +1,9 @@
 //! `sessiongate sandbox-init`: the first process of a sandbox (see `routing`'s sandbox
 //! provider). It starts the agent command, which listens on the contract's ports inside the
 //! sandbox's private network namespace, and relays each port to a Unix socket in a directory
-//! the gateway shares: the only way in. It exits with the agent (so an agent killed by its
+//! the gateway shares: the only way in. A fourth socket, `exec.sock`, runs the session's
+//! commands (`InvokeAgentRuntimeCommand`, see `agent::exec`) in here: in the sandbox's
+//! namespaces and cgroup, as the agent's user, in its working directory and environment. It exits with the agent (so an agent killed by its
 //! memory limit ends the sandbox and the session), and passes SIGTERM on to it.
 
 use std::os::unix::process::ExitStatusExt;
@@ -15,9 +17,12 @@ use tokio::signal::unix::{SignalKind, signal};
 /// The contract's ports inside the sandbox, and the socket each is relayed to.
 const PORTS: [(&str, u16); 3] = [("http.sock", 8080), ("mcp.sock", 8000), ("a2a.sock", 9000)];
 
+/// Where the session's commands come in (`routing`'s sandbox provider connects to it).
+const EXEC_SOCKET: &str = "exec.sock";
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// Where to create `http.sock`, `mcp.sock` and `a2a.sock`.
+    /// Where to create `http.sock`, `mcp.sock`, `a2a.sock` and `exec.sock`.
     #[arg(long)]
     sockets: PathBuf,
     /// The agent command and its arguments.
@@ -62,6 +67,15 @@ async fn supervise(args: Args) -> std::io::Result<u8> {
         let listener = UnixListener::bind(&path)?;
         tokio::spawn(relay(listener, port));
     }
+    let path = args.sockets.join(EXEC_SOCKET);
+    let _ = std::fs::remove_file(&path);
+    let exec = UnixListener::bind(&path)?;
+    tokio::spawn(async move {
+        let accept = || async { Ok(exec.accept().await?.0) };
+        if let Err(e) = agent::exec::serve(accept, Vec::new()).await {
+            eprintln!("sandbox-init: exec socket: {e}");
+        }
+    });
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let status = tokio::select! {

@@ -37,6 +37,8 @@ pub struct HandedBackend {
     pub http: String,
     pub mcp: Option<String>,
     pub a2a: Option<String>,
+    #[serde(default)]
+    pub exec: Option<String>,
     pub pid: Option<u32>,
     pub keeper: Option<PathBuf>,
     pub stop_timeout_ms: u64,
@@ -59,6 +61,10 @@ impl HandedBackend {
             },
             a2a: match &self.a2a {
                 Some(a) => Some(one(a)?),
+                None => None,
+            },
+            exec: match &self.exec {
+                Some(e) => Some(one(e)?),
                 None => None,
             },
         })
@@ -119,6 +125,7 @@ impl SessionDirectory {
                     http,
                     mcp: addrs.mcp.as_ref().and_then(addr_string),
                     a2a: addrs.a2a.as_ref().and_then(addr_string),
+                    exec: addrs.exec.as_ref().and_then(addr_string),
                     pid,
                     keeper,
                     stop_timeout_ms: h.stop_timeout.as_millis() as u64,

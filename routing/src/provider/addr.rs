@@ -60,6 +60,9 @@ pub struct Addrs {
     pub http: BackendAddr,
     pub mcp: Option<BackendAddr>,
     pub a2a: Option<BackendAddr>,
+    /// Where the session's commands are sent, when the backend has an exec socket of its own
+    /// that is not derived from the others (a microVM guest's forwarded port).
+    pub exec: Option<BackendAddr>,
 }
 
 impl Addrs {
@@ -78,6 +81,7 @@ impl Addrs {
             http: at("http.sock"),
             mcp: Some(at("mcp.sock")),
             a2a: Some(at("a2a.sock")),
+            exec: None,
         }
     }
 }
@@ -88,6 +92,7 @@ impl From<Endpoint> for Addrs {
             http: BackendAddr::Tcp(e.http),
             mcp: e.mcp.map(BackendAddr::Tcp),
             a2a: e.a2a.map(BackendAddr::Tcp),
+            exec: None,
         }
     }
 }
@@ -130,6 +135,7 @@ impl Addrs {
             http: at(Protocol::Http),
             mcp: mcp.then(|| at(Protocol::Mcp)),
             a2a: a2a.then(|| at(Protocol::A2a)),
+            exec: None,
         }
     }
 
@@ -173,7 +179,12 @@ impl Addrs {
             }
         };
         let (http, mcp, a2a) = (next()??, next()?, next()?);
-        Some(Self { http, mcp, a2a })
+        Some(Self {
+            http,
+            mcp,
+            a2a,
+            exec: None,
+        })
     }
 }
 

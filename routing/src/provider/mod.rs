@@ -161,6 +161,26 @@ impl BackendProvider {
         }
     }
 
+    /// Where a session's commands run (`InvokeAgentRuntimeCommand`), `None` when its backend
+    /// is not one this gateway started (a static endpoint, a backend on another host).
+    pub fn exec_at(&self, backend: &Backend) -> Option<ExecAt> {
+        let Self::Spawned(s) = self else {
+            return None;
+        };
+        let addrs = backend.addrs();
+        match (&*s.spawner, &addrs.http) {
+            (Spawner::Process(p), BackendAddr::Tcp(_)) => Some(ExecAt::Local(p.env_for(addrs))),
+            (Spawner::Sandbox(_), BackendAddr::Unix(http)) => {
+                let dir = http.parent()?;
+                Some(ExecAt::Socket(BackendAddr::Unix(Arc::from(
+                    dir.join("exec.sock"),
+                ))))
+            }
+            (Spawner::Microvm(_), BackendAddr::Tcp(_)) => addrs.exec.clone().map(ExecAt::Socket),
+            _ => None,
+        }
+    }
+
     /// Backends ready in the warm pool.
     pub fn warm(&self) -> usize {
         match self {
@@ -176,6 +196,17 @@ impl Drop for SpawnedProvider {
             pool.close();
         }
     }
+}
+
+/// Where a session's commands run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecAt {
+    /// Started by the gateway itself with the backend's environment: a `process` backend has
+    /// no isolation to enter.
+    Local(Vec<(String, String)>),
+    /// Sent to an exec socket inside the isolation (a sandbox's `exec.sock`, a guest's
+    /// forwarded port), one command per connection (`agent::exec`).
+    Socket(BackendAddr),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -33,6 +33,29 @@ impl ProcessProvider {
         }
     }
 
+    /// The environment the backend at `addrs` was started with: its commands run in it.
+    pub fn env_for(&self, addrs: &Addrs) -> Vec<(String, String)> {
+        let tcp = |a: Option<&super::BackendAddr>| match a {
+            Some(super::BackendAddr::Tcp(a)) => Some(*a),
+            _ => None,
+        };
+        let endpoint = (tcp(addrs.mcp.as_ref()), tcp(addrs.a2a.as_ref()));
+        let http = tcp(Some(&addrs.http))
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        self.spec
+            .env
+            .iter()
+            .map(|(k, v)| {
+                let v = v
+                    .replace("{http}", &http)
+                    .replace("{mcp}", &addr_or_empty(endpoint.0))
+                    .replace("{a2a}", &addr_or_empty(endpoint.1));
+                (k.clone(), v)
+            })
+            .collect()
+    }
+
     pub async fn place(&self) -> Result<Backend, PlacementError> {
         let mut last = None;
         for _ in 0..SPAWN_ATTEMPTS {

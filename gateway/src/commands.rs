@@ -1,0 +1,193 @@
+//! `InvokeAgentRuntimeCommand` (`POST /runtimes/{id}/commands`): a command run inside the
+//! session's backend, its output streamed back as AWS event-stream `chunk` events.
+//!
+//! The request stage found or placed the session as for an invocation (same authentication,
+//! ownership, quotas; a new id starts a session). Here: the body is read and checked against
+//! the model's bounds, the command is started where the session's isolation is
+//! ([`routing::provider::ExecAt`]: by the gateway itself for `process` backends, else on the
+//! backend's exec socket), and its event stream is copied to the client as it comes, one read
+//! at a time, so a slow reader slows the command down instead of filling memory. The client
+//! going away closes the exec connection, which kills the command's whole process tree.
+
+use std::time::Duration;
+
+use agent::exec::{self, CommandRequest};
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use routing::provider::{BackendAddr, ExecAt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+use crate::ctx::RequestCtx;
+use crate::error::GatewayError;
+use crate::headers::SESSION_ID;
+
+/// How long connecting to an exec socket may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long past the command's own timeout the gateway waits for its `contentStop`.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Bytes in flight between a `process` backend's command and the client.
+const LOCAL_PIPE: usize = 64 * 1024;
+
+type EventStream = Box<dyn AsyncRead + Unpin + Send>;
+
+/// Runs the command of an admitted request. An `Err` is returned only before the answer's
+/// head was written; after that a failure ends the stream with an exception event.
+pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+    let body = match ctx.verified_body.take() {
+        Some(b) => b,
+        None => read_body(session).await?,
+    };
+    let req = CommandRequest::parse(&body).map_err(GatewayError::InvalidCommand)?;
+    let exec_at = exec_at(ctx)?;
+    let (stream, _cancel_on_drop) = start(&req, exec_at).await?;
+
+    let mut head = ResponseHeader::build(200, Some(4)).map_err(|_| GatewayError::Internal)?;
+    let ok = head
+        .insert_header("content-type", exec::EVENT_STREAM)
+        .is_ok()
+        && head.insert_header("transfer-encoding", "chunked").is_ok()
+        && ctx
+            .session_id()
+            .is_none_or(|id| head.insert_header(SESSION_ID, id).is_ok());
+    if !ok {
+        return Err(GatewayError::Internal);
+    }
+    if session
+        .write_response_header(Box::new(head), false)
+        .await
+        .is_err()
+    {
+        return Ok(());
+    }
+    relay(session, stream, req.timeout() + STOP_GRACE).await;
+    Ok(())
+}
+
+/// Where this session's commands run.
+fn exec_at(ctx: &RequestCtx) -> Result<ExecAt, GatewayError> {
+    let ticket = ctx.ticket.as_ref().ok_or(GatewayError::Internal)?;
+    let session = ticket.session();
+    let backend = session.backend().ok_or(GatewayError::SessionEnding)?;
+    let runtime = ctx.route.map_or(0, |r| r.runtime);
+    let provider = ctx
+        .snapshot
+        .providers
+        .get(runtime, session.version)
+        .ok_or(GatewayError::SessionEnding)?;
+    provider
+        .exec_at(backend)
+        .ok_or(GatewayError::CommandsUnavailable(provider.name()))
+}
+
+/// Reads the request body: a JSON object of at most [`exec::MAX_REQUEST_LINE`] bytes.
+async fn read_body(session: &mut Session) -> Result<Bytes, GatewayError> {
+    let limit = exec::MAX_REQUEST_LINE;
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() as u64 + chunk.len() as u64 > limit {
+                    return Err(GatewayError::PayloadTooLarge { limit });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body.into()),
+            Err(_) => return Err(GatewayError::IncompleteBody),
+        }
+    }
+}
+
+/// Dropped when the request ends: a command the gateway runs itself is killed then.
+type CancelOnDrop = Option<tokio::sync::oneshot::Sender<()>>;
+
+/// Starts the command and returns its event stream.
+async fn start(
+    req: &CommandRequest,
+    at: ExecAt,
+) -> Result<(EventStream, CancelOnDrop), GatewayError> {
+    match at {
+        ExecAt::Local(env) => {
+            let (mut tx, rx) = tokio::io::duplex(LOCAL_PIPE);
+            let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
+            let req = req.clone();
+            tokio::spawn(async move {
+                let cancelled = async move {
+                    let _ = cancelled.await;
+                };
+                let _ = exec::run(&req, &env, None, &mut tx, cancelled).await;
+            });
+            Ok((Box::new(rx), Some(cancel)))
+        }
+        ExecAt::Socket(addr) => {
+            let mut line = serde_json::to_vec(req).map_err(|_| GatewayError::Internal)?;
+            line.push(b'\n');
+            let connect = async {
+                Ok::<EventStream, std::io::Error>(match &addr {
+                    BackendAddr::Unix(path) => {
+                        let mut s = tokio::net::UnixStream::connect(&**path).await?;
+                        s.write_all(&line).await?;
+                        Box::new(s)
+                    }
+                    BackendAddr::Tcp(a) => {
+                        let mut s = tokio::net::TcpStream::connect(a).await?;
+                        s.set_nodelay(true)?;
+                        s.write_all(&line).await?;
+                        Box::new(s)
+                    }
+                    BackendAddr::Relay(_) => {
+                        return Err(std::io::Error::other("commands are not relayed"));
+                    }
+                })
+            };
+            match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+                Ok(Ok(s)) => Ok((s, None)),
+                Ok(Err(e)) => {
+                    tracing::warn!(exec = %addr, error = %e, "cannot reach the backend's exec socket");
+                    Err(GatewayError::BackendUnreachable)
+                }
+                Err(_) => Err(GatewayError::BackendUnreachable),
+            }
+        }
+    }
+}
+
+/// Copies the event stream to the client until it ends, the client goes, or `limit` passes.
+async fn relay(session: &mut Session, mut stream: EventStream, limit: Duration) {
+    let deadline = tokio::time::sleep(limit);
+    tokio::pin!(deadline);
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let got = tokio::select! {
+            got = stream.read(&mut buf) => got,
+            // Nothing more is expected from the client: this resolves when it hangs up.
+            _ = session.downstream_session.read_body_or_idle(true) => return,
+            () = &mut deadline => {
+                let e = exec::exception("internalServerException", "The command did not finish in time");
+                let _ = session.write_response_body(Some(e), true).await;
+                return;
+            }
+        };
+        match got {
+            Ok(0) => break,
+            Ok(n) => {
+                let chunk = Bytes::copy_from_slice(&buf[..n]);
+                if session
+                    .write_response_body(Some(chunk), false)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a command's event stream broke off");
+                let e =
+                    exec::exception("internalServerException", "The command's output broke off");
+                let _ = session.write_response_body(Some(e), true).await;
+                return;
+            }
+        }
+    }
+    let _ = session.write_response_body(None, true).await;
+}

@@ -1,0 +1,173 @@
+"""InvokeAgentRuntimeCommand with boto3 pointed at the gateway: a command runs inside the
+session's own backend (process and sandbox here; microVMs in the Rust suite), its output comes
+back as AWS event-stream chunks that botocore decodes unmodified — stdout and stderr apart, the
+exit code, a timeout — and it runs in the session's isolation: its environment and files, not
+another session's."""
+
+import os
+import shutil
+import time
+import uuid
+
+import boto3
+import botocore.exceptions
+import pytest
+from botocore.config import Config
+
+from conftest import Gateway
+
+AGENT_ARGS = 'args = ["agent", "--http", "{http}", "--mcp", "{mcp}", "--a2a", "{a2a}"]'
+
+
+def config(provider: str) -> str:
+    if provider == "process":
+        backend = f'provider = "process"\n{AGENT_ARGS}\nenv = {{ AGENT_MARK = "mark-{{http}}" }}\n'
+    else:
+        backend = 'provider = "sandbox"\nargs = ["agent"]\nmemory_mb = 256\negress = false\n'
+    return f'[[runtimes]]\nname = "default"\n[runtimes.backend]\n{backend}\n[[runtimes]]\nname = "fixed"\n' \
+        '[runtimes.backend]\nprovider = "static"\nendpoints = [{ http = "127.0.0.1:9" }]\n'
+
+
+def client(gw):
+    return boto3.client(
+        "bedrock-agentcore",
+        region_name="us-east-1",
+        endpoint_url=f"http://{gw.http}",
+        aws_access_key_id="AKIDANYTHING",
+        aws_secret_access_key="anything-at-all",
+        config=Config(retries={"max_attempts": 1}, read_timeout=120),
+    )
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def running(marker: str) -> bool:
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def sid() -> str:
+    return f"cmd-{uuid.uuid4()}"
+
+
+def run(c, session, command, timeout=None, runtime="default"):
+    kwargs = {"body": {"command": command}}
+    if timeout is not None:
+        kwargs["body"]["timeout"] = timeout
+    r = c.invoke_agent_runtime_command(agentRuntimeArn=runtime, runtimeSessionId=session, **kwargs)
+    out, err, stop, started = [], [], None, False
+    for event in r["stream"]:
+        chunk = event["chunk"]
+        if "contentStart" in chunk:
+            started = True
+        delta = chunk.get("contentDelta", {})
+        out.append(delta.get("stdout", ""))
+        err.append(delta.get("stderr", ""))
+        if "contentStop" in chunk:
+            stop = chunk["contentStop"]
+    assert started and stop is not None, "the stream has contentStart and contentStop"
+    assert r["runtimeSessionId"] == session
+    return "".join(out), "".join(err), stop
+
+
+@pytest.fixture(params=["process", "sandbox"])
+def gw(request, tmp_path):
+    if request.param == "sandbox" and not shutil.which("bwrap"):
+        pytest.fail("bubblewrap is required (scripts/setup --test installs it)")
+    g = Gateway(tmp_path, config(request.param))
+    g.provider = request.param
+    yield g
+    g.stop()
+
+
+def test_output_streams_apart_with_exit_codes_and_timeouts(gw):
+    c = client(gw)
+    s = sid()
+    out, err, stop = run(c, s, "echo hello; echo oops >&2; exit 3")
+    assert (out, err) == ("hello\n", "oops\n")
+    assert stop == {"exitCode": 3, "status": "COMPLETED"}
+    out, _, stop = run(c, s, "true")
+    assert (out, stop["exitCode"], stop["status"]) == ("", 0, "COMPLETED")
+    t0 = time.monotonic()
+    out, _, stop = run(c, s, "echo before; sleep 60; echo after", timeout=2)
+    assert out == "before\n" and stop["status"] == "TIMED_OUT"
+    assert time.monotonic() - t0 < 30
+    # The session is one: the same backend served the invocation and the commands.
+    assert len([x for x in gw.sessions() if x["id"] == s]) == 1
+
+
+def test_commands_run_in_the_sessions_own_isolation(gw):
+    c = client(gw)
+    a, b = sid(), sid()
+    run(c, a, "echo secret-a > mine.txt")
+    run(c, b, "echo secret-b > mine.txt")
+    out, _, _ = run(c, a, "cat mine.txt; pwd")
+    if gw.provider == "sandbox":
+        # Its own scratch dir and pid namespace: the other session's file is not there.
+        assert out.startswith("secret-a\n") and out.endswith("/scratch\n")
+        ps, _, _ = run(c, a, "ls /proc | grep -c '^[0-9]'")
+        assert int(ps) < 10, f"a sandbox sees only its own processes, saw {ps}"
+    else:
+        # A process backend has no isolation of its own: the agent's environment, shared cwd.
+        env, _, _ = run(c, a, "echo $AGENT_MARK")
+        assert env.startswith("mark-127.0.0.1:")
+
+
+def test_a_big_output_streams_and_a_disconnect_kills_the_command(gw):
+    c = client(gw)
+    s = sid()
+    # 50 MB through the event stream, read slowly at first: every byte arrives, and the
+    # gateway's memory stays flat (the command waits for the reader; nothing piles up).
+    run(c, s, "true")
+    before = rss_kib(gw.proc.pid)
+    r = c.invoke_agent_runtime_command(
+        agentRuntimeArn="default", runtimeSessionId=s,
+        body={"command": "head -c 50000000 /dev/zero | tr '\\0' x"})
+    total, peak = 0, before
+    for i, event in enumerate(r["stream"]):
+        total += len(event["chunk"].get("contentDelta", {}).get("stdout", ""))
+        if i < 20:
+            time.sleep(0.05)
+        if i % 200 == 0:
+            peak = max(peak, rss_kib(gw.proc.pid))
+    assert total == 50_000_000
+    assert peak - before < 16 * 1024, f"gateway RSS grew {peak - before} KiB while streaming 50 MB"
+    # A client that goes away mid-command: the command's process tree ends.
+    marker = f"sg-marker-{uuid.uuid4().hex[:8]}"
+    r = c.invoke_agent_runtime_command(
+        agentRuntimeArn="default", runtimeSessionId=s,
+        body={"command": f"echo go; sleep 300; echo {marker}"})
+    events = iter(r["stream"])
+    next(events)  # contentStart
+    next(events)  # "go"
+    assert running(marker)
+    r["stream"].close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if not running(marker):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the command outlived its client")
+
+
+def test_bad_requests_and_static_runtimes_are_refused_clearly(gw):
+    c = client(gw)
+    with pytest.raises(botocore.exceptions.ParamValidationError):
+        c.invoke_agent_runtime_command(agentRuntimeArn="default", runtimeSessionId=sid(), body={"command": ""})
+    with pytest.raises(c.exceptions.ValidationException, match="timeout"):
+        c.invoke_agent_runtime_command(
+            agentRuntimeArn="default", runtimeSessionId=sid(), body={"command": "true", "timeout": 5000})
+    with pytest.raises(c.exceptions.ValidationException, match="static"):
+        run(c, sid(), "true", runtime="fixed")
+    with pytest.raises(c.exceptions.ResourceNotFoundException):
+        run(c, sid(), "true", runtime="nope")
