@@ -75,9 +75,15 @@ fn exec_at(ctx: &RequestCtx) -> Result<ExecAt, GatewayError> {
         .providers
         .get(runtime, session.version)
         .ok_or(GatewayError::SessionEnding)?;
-    provider
-        .exec_at(backend)
-        .ok_or(GatewayError::CommandsUnavailable(provider.name()))
+    provider.exec_at(backend).ok_or_else(|| {
+        GatewayError::CommandsUnavailable(if backend.addrs().relayed().is_some() {
+            "Commands are not yet available for sessions whose backend runs on another host \
+             (sessiongate host); they are for backends this gateway started"
+        } else {
+            "Commands run inside a session's own backend: this runtime's sessions are served by \
+             static endpoints the gateway did not start (use a process, sandbox or microvm provider)"
+        })
+    })
 }
 
 /// Reads the request body: a JSON object of at most [`exec::MAX_REQUEST_LINE`] bytes.

@@ -91,8 +91,9 @@ pub enum GatewayError {
     BackendUpgradedUnasked,
     #[error("invalid command: {0}")]
     InvalidCommand(String),
-    /// The session's backend is not one the gateway can run commands in.
-    #[error("commands are not available for this runtime's backends")]
+    /// The session's backend is not one the gateway can run commands in (the reason says
+    /// why, for the client).
+    #[error("commands are not available for this session: {0}")]
     CommandsUnavailable(&'static str),
     #[error("internal error")]
     Internal,
@@ -299,15 +300,7 @@ impl GatewayError {
                 None,
             ),
             InvalidCommand(message) => (400, "ValidationException", message.clone(), None),
-            CommandsUnavailable(provider) => (
-                400,
-                "ValidationException",
-                format!(
-                    "Commands run inside a session's own backend: this runtime's sessions are served by \
-                     {provider} endpoints the gateway did not start (use a process, sandbox or microvm provider)"
-                ),
-                None,
-            ),
+            CommandsUnavailable(why) => (400, "ValidationException", (*why).to_owned(), None),
             InvalidArn => (
                 400,
                 "ValidationException",

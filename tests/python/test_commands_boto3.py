@@ -171,3 +171,53 @@ def test_bad_requests_and_static_runtimes_are_refused_clearly(gw):
         run(c, sid(), "true", runtime="fixed")
     with pytest.raises(c.exceptions.ResourceNotFoundException):
         run(c, sid(), "true", runtime="nope")
+
+
+def test_commands_run_inside_a_microvm_guest(tmp_path):
+    """A microVM session's commands run in its guest (the guest agent's exec server, reached
+    through a forwarded port): the guest's kernel and the session id it was told, not the
+    host's; a disconnect kills the command inside the guest."""
+    from pathlib import Path
+
+    from conftest import binary
+
+    guest = Path(os.environ.get("SESSIONGATE_GUEST_DIR", Path(binary()).parents[1] / "guest"))
+    assert (guest / "vmlinux").exists(), f"no microVM guest in {guest}: run make guest"
+    gw = Gateway(tmp_path, f"""
+[[runtimes]]
+name = "default"
+[runtimes.backend]
+provider = "microvm"
+kernel = "{guest}/vmlinux"
+initrd = "{guest}/initrd.cpio"
+ready_timeout_ms = 180000
+""")
+    try:
+        c = client(gw)
+        c.meta.config.read_timeout = 240
+        s = sid()
+        out, err, stop = run(c, s, "cat /run/session-id; echo; uname -r; echo warn >&2; exit 7")
+        assert out.splitlines() == [s, out.splitlines()[1]]
+        assert out.splitlines()[1] != os.uname().release, "the guest's kernel, not the host's"
+        assert (err, stop) == ("warn\n", {"exitCode": 7, "status": "COMPLETED"})
+        _, _, stop = run(c, s, "sleep 30", timeout=1)
+        assert stop["status"] == "TIMED_OUT"
+        r = c.invoke_agent_runtime_command(
+            agentRuntimeArn="default", runtimeSessionId=s,
+            body={"command": "echo go; sleep 300; echo guest-marker"})
+        events = iter(r["stream"])
+        next(events)
+        next(events)
+        count = "ps -o args | grep -c '[g]uest-marker' || true"
+        assert run(c, s, count)[0].strip() == "1", "the command runs in the guest meanwhile"
+        r["stream"].close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            out, _, _ = run(c, s, count)
+            if out.strip() == "0":
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the command outlived its client inside the guest")
+    finally:
+        gw.stop()

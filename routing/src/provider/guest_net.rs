@@ -29,6 +29,8 @@ use tokio::process::{Child, Command};
 
 /// The guest's ports the gateway's forwards lead to: HTTP, MCP, A2A.
 const GUEST_PORTS: [u16; 3] = [8080, 8000, 9000];
+/// Where the guest's `sessiongate-agent exec-server` takes the session's commands.
+pub const GUEST_EXEC_PORT: u16 = 7070;
 /// How long passt may take to bind the forwarded ports.
 const PASST_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -42,11 +44,12 @@ pub(super) struct GuestNet {
 }
 
 impl GuestNet {
-    pub fn new(egress: bool, ports: &Endpoint) -> std::io::Result<Self> {
+    pub fn new(egress: bool, ports: &Endpoint, exec: SocketAddr) -> std::io::Result<Self> {
         let forwards: Vec<(SocketAddr, u16)> = [Some(ports.http), ports.mcp, ports.a2a]
             .into_iter()
             .zip(GUEST_PORTS)
             .filter_map(|(host, guest)| Some((host?, guest)))
+            .chain([(exec, GUEST_EXEC_PORT)])
             .collect();
         if !egress {
             let hostfwd: String = forwards
@@ -201,17 +204,17 @@ mod tests {
 
     #[test]
     fn without_egress_slirp_is_restricted_and_still_forwards() {
-        let net = GuestNet::new(false, &endpoint()).unwrap();
+        let net = GuestNet::new(false, &endpoint(), "127.0.0.1:41002".parse().unwrap()).unwrap();
         assert_eq!(
             net.netdev,
-            "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:41000-:8080,hostfwd=tcp:127.0.0.1:41001-:8000"
+            "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:41000-:8080,hostfwd=tcp:127.0.0.1:41001-:8000,hostfwd=tcp:127.0.0.1:41002-:7070"
         );
         assert!(net.qemu_fd().is_none());
     }
 
     #[test]
     fn with_egress_qemu_gets_a_socket_not_slirp() {
-        let net = GuestNet::new(true, &endpoint()).unwrap();
+        let net = GuestNet::new(true, &endpoint(), "127.0.0.1:41002".parse().unwrap()).unwrap();
         let fd = net.qemu_fd().unwrap();
         assert_eq!(net.netdev, format!("socket,id=n0,fd={fd}"));
         assert!(!net.netdev.contains("user"));

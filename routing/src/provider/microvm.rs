@@ -178,10 +178,11 @@ impl Vm {
             .join(format!("vm-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
         std::fs::create_dir(&dir).map_err(PlacementError::Isolation)?;
         let mut remains = Remains::in_dir(dir.clone());
-        let reserved = reserve_endpoint().map_err(PlacementError::Ports)?;
+        let mut reserved = reserve_endpoint().map_err(PlacementError::Ports)?;
+        let exec = reserved.reserve_exec().map_err(PlacementError::Ports)?;
         let ports = reserved.0;
         remains.ports = Some(reserved);
-        let net = GuestNet::new(spec.egress, &ports).map_err(PlacementError::Isolation)?;
+        let net = GuestNet::new(spec.egress, &ports, exec).map_err(PlacementError::Isolation)?;
         let mut cmd = Command::new(&spec.qemu);
         cmd.args(machine_args(spec, accel))
             .args([
@@ -226,7 +227,10 @@ impl Vm {
             .map_err(PlacementError::Isolation)?;
         Ok(Self {
             child,
-            addrs: Addrs::from(ports),
+            addrs: Addrs {
+                exec: Some(super::BackendAddr::Tcp(exec)),
+                ..Addrs::from(ports)
+            },
             dir,
             remains,
             restored: restore_from.is_some(),

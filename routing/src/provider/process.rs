@@ -109,9 +109,10 @@ static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 /// How many ports one reservation may look at before it gives up (all but three handed out).
 const MAX_TRIES: usize = 64;
 
-/// A backend's three loopback ports, not handed to any other backend while this lives.
+/// A backend's three loopback ports (and a microVM's exec port), not handed to any other
+/// backend while this lives.
 #[derive(Debug)]
-pub(super) struct Ports(pub Endpoint);
+pub(super) struct Ports(pub Endpoint, Option<SocketAddr>);
 
 impl Ports {
     /// The loopback ports of a backend this process did not start (one a keeper runs since a
@@ -128,21 +129,38 @@ impl Ports {
             mcp: tcp(addrs.mcp.as_ref()),
             a2a: tcp(addrs.a2a.as_ref()),
         };
+        let exec = tcp(addrs.exec.as_ref());
         let mut out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-        for a in [Some(endpoint.http), endpoint.mcp, endpoint.a2a]
+        for a in [Some(endpoint.http), endpoint.mcp, endpoint.a2a, exec]
             .into_iter()
             .flatten()
         {
             out.insert(a.port());
         }
-        Some(Self(endpoint))
+        Some(Self(endpoint, exec))
+    }
+
+    /// One more loopback port for this backend (a microVM's exec port), held as the others.
+    pub(super) fn reserve_exec(&mut self) -> std::io::Result<SocketAddr> {
+        let mut out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..MAX_TRIES {
+            let addr = TcpListener::bind(("127.0.0.1", 0))?.local_addr()?;
+            if out.insert(addr.port()) {
+                self.1 = Some(addr);
+                return Ok(addr);
+            }
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "no loopback port free of other backends",
+        ))
     }
 }
 
 impl Drop for Ports {
     fn drop(&mut self) {
         let mut out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-        for addr in [Some(self.0.http), self.0.mcp, self.0.a2a]
+        for addr in [Some(self.0.http), self.0.mcp, self.0.a2a, self.1]
             .into_iter()
             .flatten()
         {
@@ -166,11 +184,14 @@ pub(super) fn reserve_endpoint() -> std::io::Result<Ports> {
             for a in [http, mcp, a2a] {
                 out.insert(a.port());
             }
-            return Ok(Ports(Endpoint {
-                http,
-                mcp: Some(mcp),
-                a2a: Some(a2a),
-            }));
+            return Ok(Ports(
+                Endpoint {
+                    http,
+                    mcp: Some(mcp),
+                    a2a: Some(a2a),
+                },
+                None,
+            ));
         }
     }
     Err(std::io::Error::new(
