@@ -275,7 +275,18 @@ fn split_incomplete(bytes: &mut Vec<u8>) -> Vec<u8> {
     }
 }
 
-/// Serves commands on a listening socket: one command per connection (see the module docs).
+/// What a connection to an exec socket asks for (its first line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ExecLine {
+    /// Attach to (or start) the interactive shell with this id (`crate::shell`).
+    Shell {
+        shell: String,
+    },
+    Command(CommandRequest),
+}
+
+/// Serves commands and shells on a listening socket: one per connection (see the module docs).
 pub async fn serve<L, S>(
     mut accept: impl FnMut() -> L,
     env: Vec<(String, String)>,
@@ -285,11 +296,13 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let env = std::sync::Arc::new(env);
+    let shells = crate::shell::Shells::new();
     loop {
         let conn = accept().await?;
         let env = std::sync::Arc::clone(&env);
+        let shells = std::sync::Arc::clone(&shells);
         tokio::spawn(async move {
-            if let Err(e) = serve_one(conn, &env).await {
+            if let Err(e) = serve_one(conn, &env, &shells).await {
                 eprintln!("exec: {e}");
             }
         });
@@ -299,11 +312,22 @@ where
 async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(
     conn: S,
     env: &[(String, String)],
+    shells: &std::sync::Arc<crate::shell::Shells>,
 ) -> io::Result<()> {
-    let (read, mut write) = tokio::io::split(conn);
-    let mut read = BufReader::new(read).take(MAX_REQUEST_LINE);
+    let mut conn = BufReader::new(conn);
     let mut line = Vec::new();
-    read.read_until(b'\n', &mut line).await?;
+    (&mut conn)
+        .take(MAX_REQUEST_LINE)
+        .read_until(b'\n', &mut line)
+        .await?;
+    let shell = match serde_json::from_slice::<ExecLine>(&line) {
+        Ok(ExecLine::Shell { shell }) if crate::shell::valid_shell_id(&shell) => Some(shell),
+        _ => None,
+    };
+    if let Some(id) = shell {
+        return shells.attach(&id, env, conn).await;
+    }
+    let (read, mut write) = tokio::io::split(conn);
     let req = match CommandRequest::parse(&line) {
         Ok(r) => r,
         Err(message) => {
@@ -313,6 +337,7 @@ async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(
             return write.shutdown().await;
         }
     };
+    let mut read = read;
     // The client closing its end (or sending anything more) cancels the command.
     let cancelled = async move {
         let mut rest = [0u8; 1];

@@ -14,6 +14,7 @@ pub mod guest;
 mod http_face;
 mod mcp;
 pub mod mcp_sessions;
+pub mod shell;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

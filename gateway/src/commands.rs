@@ -64,8 +64,8 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Gate
     Ok(())
 }
 
-/// Where this session's commands run.
-fn exec_at(ctx: &RequestCtx) -> Result<ExecAt, GatewayError> {
+/// Where this session's commands (and shells) run.
+pub fn exec_at(ctx: &RequestCtx) -> Result<ExecAt, GatewayError> {
     let ticket = ctx.ticket.as_ref().ok_or(GatewayError::Internal)?;
     let session = ticket.session();
     let backend = session.backend().ok_or(GatewayError::SessionEnding)?;

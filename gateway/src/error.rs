@@ -89,6 +89,8 @@ pub enum GatewayError {
     BackendUnhealthy,
     #[error("the backend switched protocols unasked")]
     BackendUpgradedUnasked,
+    #[error("invalid shellId")]
+    InvalidShellId,
     #[error("invalid command: {0}")]
     InvalidCommand(String),
     /// The session's backend is not one the gateway can run commands in (the reason says
@@ -300,6 +302,12 @@ impl GatewayError {
                 None,
             ),
             InvalidCommand(message) => (400, "ValidationException", message.clone(), None),
+            InvalidShellId => (
+                400,
+                "ValidationException",
+                "shellId must be 1 to 128 characters: a letter or digit, then letters, digits, '_' or '-'".into(),
+                None,
+            ),
             CommandsUnavailable(why) => (400, "ValidationException", (*why).to_owned(), None),
             InvalidArn => (
                 400,
@@ -368,6 +376,7 @@ impl GatewayError {
             BackendUnhealthy => "backend_unhealthy",
             BackendUpgradedUnasked => "backend_upgraded_unasked",
             InvalidCommand(_) => "invalid_command",
+            InvalidShellId => "invalid_shell_id",
             CommandsUnavailable(_) => "commands_unavailable",
             Internal => "internal",
         }

@@ -31,6 +31,7 @@ mod response;
 mod route;
 mod sandbox_init;
 mod server;
+mod shells;
 mod state;
 mod telemetry;
 mod ws;

@@ -72,8 +72,12 @@ impl ProxyHttp for Gateway {
                 respond_json(session, status, &body, ctx.session_id()).await?;
                 Ok(true)
             }
-            Ok(Decision::Command) => {
-                if let Err(e) = crate::commands::run(session, ctx).await {
+            Ok(d @ (Decision::Command | Decision::Shell)) => {
+                let done = match d {
+                    Decision::Shell => crate::shells::run(session, ctx).await,
+                    _ => crate::commands::run(session, ctx).await,
+                };
+                if let Err(e) = done {
                     respond_error(session, self.face, &e, ctx.session_id(), None).await;
                     linger(session).await;
                     ctx.error = Some(e);

@@ -26,6 +26,8 @@ pub enum Decision {
     Answer(u16, serde_json::Value),
     /// Run a command in the session's backend (`ctx.ticket`): `crate::commands`.
     Command,
+    /// Open a shell in the session's backend: `crate::shells`.
+    Shell,
 }
 
 pub async fn admit(
@@ -57,7 +59,7 @@ pub async fn admit(
                 .map(|doc| Decision::Answer(200, doc))
                 .ok_or(GatewayError::NoRoute);
         }
-        RouteKind::StopSession | RouteKind::Proxy(_) | RouteKind::Command => {}
+        RouteKind::StopSession | RouteKind::Proxy(_) | RouteKind::Command | RouteKind::Shell => {}
     }
     // Cheap refusals first: nothing about the body or the credential is needed for them.
     if let RouteKind::Proxy(target) = route.kind {
@@ -97,6 +99,7 @@ pub async fn admit(
         RouteKind::Proxy(t) => t,
         // A command finds (or starts) its session as an invocation does.
         RouteKind::Command => route::COMMANDS,
+        RouteKind::Shell => route::SHELLS,
         _ => {
             let runtime = &snapshot.runtime_names[route.runtime];
             return stop_session(shared, session, ctx, runtime, &principal).await;
@@ -119,6 +122,7 @@ pub async fn admit(
     ctx.caller = Some(caller);
     Ok(match route.kind {
         RouteKind::Command => Decision::Command,
+        RouteKind::Shell => Decision::Shell,
         _ => Decision::Proxy,
     })
 }

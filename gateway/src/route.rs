@@ -9,6 +9,7 @@
 //! | HTTP | `GET /runtimes/{id}/invocations/.well-known/agent-card.json` | its A2A agent card |
 //! | HTTP | `POST /runtimes/{id}/stopruntimesession` | StopRuntimeSession, answered by the gateway |
 //! | HTTP | `POST /runtimes/{id}/commands` | InvokeAgentRuntimeCommand: run in the session's backend (`crate::commands`) |
+//! | HTTP | `GET /runtimes/{id}/ws/shells` | an interactive shell in the session's backend (`crate::shells`) |
 //! | MCP | `POST`/`GET`/`DELETE /mcp` | the default runtime's `:8000 /mcp` |
 //! | A2A | `POST /`, `GET /.well-known/agent-card.json` | the default runtime's `:9000`, same path |
 
@@ -34,6 +35,8 @@ pub enum RouteKind {
     StopSession,
     /// InvokeAgentRuntimeCommand: a command run inside the session's backend.
     Command,
+    /// An interactive shell in the session's backend, over a WebSocket the gateway answers.
+    Shell,
     /// RFC 9728 protected-resource metadata of a JWT runtime (no authentication needed).
     ResourceMetadata,
 }
@@ -56,6 +59,7 @@ impl Route {
             RouteKind::GatewayPing => "ping",
             RouteKind::StopSession => "stop_session",
             RouteKind::Command => "commands",
+            RouteKind::Shell => "shells",
             RouteKind::ResourceMetadata => "resource_metadata",
         }
     }
@@ -72,6 +76,12 @@ const fn target(protocol: Protocol, name: &'static str) -> Target {
 
 /// What a command's session is found and placed by: the runtime's HTTP port, as invocations.
 pub const COMMANDS: Target = target(Protocol::Http, "commands");
+
+/// What a shell's session is found and placed by: a WebSocket on the runtime's HTTP port.
+pub const SHELLS: Target = Target {
+    websocket: true,
+    ..target(Protocol::Http, "shells")
+};
 
 const WS: Target = Target {
     websocket: true,
@@ -147,6 +157,7 @@ fn aws_route(method: &Method, path: &str, config: &Config) -> Result<Route, Gate
         }
         (&Method::POST, "stopruntimesession") => Some(RouteKind::StopSession),
         (&Method::POST, "commands") => Some(RouteKind::Command),
+        (&Method::GET, "ws/shells") => Some(RouteKind::Shell),
         _ => return Err(GatewayError::NoRoute),
     };
     let runtime = runtime_index(id, config)?;

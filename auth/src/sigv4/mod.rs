@@ -200,19 +200,48 @@ impl PendingSignature {
     /// sign either that hash (botocore's `SigV4QueryAuth` does) or `UNSIGNED-PAYLOAD` (what the
     /// Rust and JavaScript SDKs presign with); both are accepted, since presigned requests here
     /// are bodiless WebSocket upgrades.
+    ///
+    /// A presigned URL may also have been signed for the host without its port: the
+    /// bedrock-agentcore SDK presigns shell URLs with the bare hostname (AWS's endpoint is on
+    /// 443), so a gateway on another port accepts that form too.
     pub fn verify(&self, body_sha256_hex: &str) -> Result<Principal, AuthFailure> {
-        let hashed = SignableBody::Precomputed(body_sha256_hex.to_owned());
-        if self.signature_matches(hashed)?
-            || (self.client.presigned.is_some()
-                && self.signature_matches(SignableBody::UnsignedPayload)?)
-        {
-            Ok(self.claimed_principal())
-        } else {
-            Err(AuthFailure::BadSignature)
+        let presigned = self.client.presigned.is_some();
+        let bare_host = presigned.then(|| self.headers_with_bare_host()).flatten();
+        for headers in std::iter::once(&self.headers).chain(bare_host.as_ref()) {
+            let hashed = SignableBody::Precomputed(body_sha256_hex.to_owned());
+            if self.signature_matches(headers, hashed)?
+                || (presigned && self.signature_matches(headers, SignableBody::UnsignedPayload)?)
+            {
+                return Ok(self.claimed_principal());
+            }
         }
+        Err(AuthFailure::BadSignature)
     }
 
-    fn signature_matches(&self, body: SignableBody<'_>) -> Result<bool, AuthFailure> {
+    /// The signed headers with `host: name:port` as `host: name`; `None` without a port.
+    fn headers_with_bare_host(&self) -> Option<Vec<(String, String)>> {
+        let (_, host) = self.headers.iter().find(|(n, _)| n == "host")?;
+        let authority: http::uri::Authority = host.parse().ok()?;
+        authority.port()?;
+        let bare = authority.host().to_owned();
+        Some(
+            self.headers
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.clone(),
+                        if n == "host" { bare.clone() } else { v.clone() },
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn signature_matches(
+        &self,
+        headers: &[(String, String)],
+        body: SignableBody<'_>,
+    ) -> Result<bool, AuthFailure> {
         let mut settings = SigningSettings::default();
         // Sign exactly the headers the client listed, nothing more, nothing less.
         settings.excluded_headers = None;
@@ -240,7 +269,7 @@ impl PendingSignature {
         let request = SignableRequest::new(
             &self.method,
             self.target.as_str(),
-            self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             body,
         )
         .map_err(|_| AuthFailure::Malformed)?;

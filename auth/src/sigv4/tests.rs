@@ -231,6 +231,37 @@ fn presigned_websocket_url_round_trips() {
 }
 
 #[test]
+fn a_presigned_url_may_sign_the_host_without_its_port() {
+    // The bedrock-agentcore SDK presigns shell URLs for the bare hostname; the request then
+    // arrives with `Host: name:port`. Header-signed requests get no such leniency.
+    let v = verifier(SERVICE, None);
+    let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let uri = "/runtimes/default/ws/shells?shellId=s1";
+    let mut p = signed(
+        "GET",
+        uri,
+        &[("host", "gw")],
+        b"",
+        now,
+        None,
+        Some(Duration::from_secs(300)),
+    );
+    p.headers.insert("host", "gw:8080".parse().unwrap());
+    assert!(v.begin(&p, now).unwrap().verify(EMPTY_SHA256).is_ok());
+    p.headers.insert("host", "other:8080".parse().unwrap());
+    assert_eq!(
+        v.begin(&p, now).unwrap().verify(EMPTY_SHA256).unwrap_err(),
+        AuthFailure::BadSignature
+    );
+    let mut h = signed("GET", "/ping", &[("host", "gw")], b"", now, None, None);
+    h.headers.insert("host", "gw:8080".parse().unwrap());
+    assert_eq!(
+        v.begin(&h, now).unwrap().verify(EMPTY_SHA256).unwrap_err(),
+        AuthFailure::BadSignature
+    );
+}
+
+#[test]
 fn scope_and_key_checks() {
     let v = verifier(SERVICE, None);
     let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);

@@ -1,4 +1,5 @@
-//! The build itself: Pingora is pinned, and `pingora-proxy` is the vendored copy with our fixes
+//! The build itself: Pingora is pinned, and `pingora-proxy` and `pingora-core` are the vendored
+//! copies with our fixes
 //! (a version bump would otherwise leave `[patch.crates-io]` unused and drop them silently).
 
 use std::path::Path;
@@ -7,7 +8,7 @@ use std::process::Command;
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 #[test]
-fn pingora_is_pinned_and_pingora_proxy_comes_from_vendor() {
+fn pingora_is_pinned_and_its_patched_crates_come_from_vendor() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // This platform's dependencies only: the others' sources may never have been downloaded.
     let rustc = Command::new("rustc").arg("-vV").output().unwrap();
@@ -33,16 +34,19 @@ fn pingora_is_pinned_and_pingora_proxy_comes_from_vendor() {
     let named = |name: &str| -> Vec<&serde_json::Value> {
         packages.iter().filter(|p| p["name"] == name).collect()
     };
-    let [proxy] = named("pingora-proxy")[..] else {
-        panic!("expected one pingora-proxy in the build");
-    };
-    let vendored = std::fs::canonicalize(Path::new(ROOT).join("vendor/pingora-proxy")).unwrap();
-    let manifest = Path::new(proxy["manifest_path"].as_str().unwrap());
-    assert!(
-        manifest.starts_with(&vendored),
-        "pingora-proxy comes from {}, not vendor/",
-        manifest.display()
-    );
+    for crate_name in ["pingora-proxy", "pingora-core"] {
+        let [package] = named(crate_name)[..] else {
+            panic!("expected one {crate_name} in the build");
+        };
+        let vendored =
+            std::fs::canonicalize(Path::new(ROOT).join("vendor").join(crate_name)).unwrap();
+        let manifest = Path::new(package["manifest_path"].as_str().unwrap());
+        assert!(
+            manifest.starts_with(&vendored),
+            "{crate_name} comes from {}, not vendor/",
+            manifest.display()
+        );
+    }
     for name in ["pingora", "pingora-proxy", "pingora-core"] {
         let versions: Vec<&str> = named(name)
             .iter()

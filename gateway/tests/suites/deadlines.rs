@@ -267,6 +267,18 @@ fn malformed_requests_get_the_faces_error_shape() {
     );
     assert!(chunked.starts_with("HTTP/1.1 400"), "{chunked:?}");
     assert!(chunked.contains("Malformed HTTP request"), "{chunked:?}");
+    // Two Host fields: the same value twice is one Host (the bedrock-agentcore SDK's SigV4
+    // shell handshake sends that); two different values stay a 400.
+    let same = send(
+        gw.http,
+        b"GET /ping HTTP/1.1\r\nHost: gw:1\r\nHost: gw:1\r\nConnection: close\r\n\r\n",
+    );
+    assert!(same.starts_with("HTTP/1.1 200"), "{same:?}");
+    let differing = send(
+        gw.http,
+        b"GET /ping HTTP/1.1\r\nHost: gw:1\r\nHost: other:2\r\nConnection: close\r\n\r\n",
+    );
+    assert!(differing.starts_with("HTTP/1.1 400"), "{differing:?}");
 }
 
 #[test]
