@@ -302,14 +302,16 @@ where
         let env = std::sync::Arc::clone(&env);
         let shells = std::sync::Arc::clone(&shells);
         tokio::spawn(async move {
-            if let Err(e) = serve_one(conn, &env, &shells).await {
+            if let Err(e) = serve_connection(conn, &env, &shells).await {
                 eprintln!("exec: {e}");
             }
         });
     }
 }
 
-async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(
+/// Serves one connection: a command (its event stream, then close) or a shell (its frames until
+/// the client detaches).
+pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     conn: S,
     env: &[(String, String)],
     shells: &std::sync::Arc<crate::shell::Shells>,

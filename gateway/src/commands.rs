@@ -15,21 +15,15 @@ use agent::exec::{self, CommandRequest};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
-use routing::provider::{BackendAddr, ExecAt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use routing::provider::ExecAt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
 use crate::headers::SESSION_ID;
 
-/// How long connecting to an exec socket may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long past the command's own timeout the gateway waits for its `contentStop`.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-/// Bytes in flight between a `process` backend's command and the client.
-const LOCAL_PIPE: usize = 64 * 1024;
-
-type EventStream = Box<dyn AsyncRead + Unpin + Send>;
 
 /// Runs the command of an admitted request. An `Err` is returned only before the answer's
 /// head was written; after that a failure ends the stream with an exception event.
@@ -40,7 +34,7 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Gate
     };
     let req = CommandRequest::parse(&body).map_err(GatewayError::InvalidCommand)?;
     let exec_at = exec_at(ctx)?;
-    let (stream, _cancel_on_drop) = start(&req, exec_at).await?;
+    let stream = start(&req, exec_at, backend_pid(ctx)).await?;
 
     let mut head = ResponseHeader::build(200, Some(4)).map_err(|_| GatewayError::Internal)?;
     let ok = head
@@ -64,6 +58,16 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Gate
     Ok(())
 }
 
+/// The session's backend process, when this process runs it.
+pub fn backend_pid(ctx: &RequestCtx) -> Option<u32> {
+    ctx.ticket
+        .as_ref()
+        .and_then(|t| t.session().backend())
+        .and_then(|b| b.handed())
+        .and_then(|h| h.process)
+        .map(|(pid, _)| pid)
+}
+
 /// Where this session's commands (and shells) run.
 pub fn exec_at(ctx: &RequestCtx) -> Result<ExecAt, GatewayError> {
     let ticket = ctx.ticket.as_ref().ok_or(GatewayError::Internal)?;
@@ -75,15 +79,13 @@ pub fn exec_at(ctx: &RequestCtx) -> Result<ExecAt, GatewayError> {
         .providers
         .get(runtime, session.version)
         .ok_or(GatewayError::SessionEnding)?;
-    provider.exec_at(backend).ok_or_else(|| {
-        GatewayError::CommandsUnavailable(if backend.addrs().relayed().is_some() {
-            "Commands are not yet available for sessions whose backend runs on another host \
-             (sessiongate host); they are for backends this gateway started"
-        } else {
-            "Commands run inside a session's own backend: this runtime's sessions are served by \
-             static endpoints the gateway did not start (use a process, sandbox or microvm provider)"
-        })
-    })
+    provider
+        .exec_at(backend)
+        .ok_or(GatewayError::CommandsUnavailable(
+            "Commands and shells run inside a session's own backend: this runtime's sessions are \
+         served by static endpoints the gateway did not start (use a process, sandbox or microvm \
+         provider)",
+        ))
 }
 
 /// Reads the request body: a JSON object of at most [`exec::MAX_REQUEST_LINE`] bytes.
@@ -104,62 +106,21 @@ async fn read_body(session: &mut Session) -> Result<Bytes, GatewayError> {
     }
 }
 
-/// Dropped when the request ends: a command the gateway runs itself is killed then.
-type CancelOnDrop = Option<tokio::sync::oneshot::Sender<()>>;
-
 /// Starts the command and returns its event stream.
 async fn start(
     req: &CommandRequest,
     at: ExecAt,
-) -> Result<(EventStream, CancelOnDrop), GatewayError> {
-    match at {
-        ExecAt::Local(env) => {
-            let (mut tx, rx) = tokio::io::duplex(LOCAL_PIPE);
-            let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
-            let req = req.clone();
-            tokio::spawn(async move {
-                let cancelled = async move {
-                    let _ = cancelled.await;
-                };
-                let _ = exec::run(&req, &env, None, &mut tx, cancelled).await;
-            });
-            Ok((Box::new(rx), Some(cancel)))
-        }
-        ExecAt::Socket(addr) => {
-            let mut line = serde_json::to_vec(req).map_err(|_| GatewayError::Internal)?;
-            line.push(b'\n');
-            let connect = async {
-                Ok::<EventStream, std::io::Error>(match &addr {
-                    BackendAddr::Unix(path) => {
-                        let mut s = tokio::net::UnixStream::connect(&**path).await?;
-                        s.write_all(&line).await?;
-                        Box::new(s)
-                    }
-                    BackendAddr::Tcp(a) => {
-                        let mut s = tokio::net::TcpStream::connect(a).await?;
-                        s.set_nodelay(true)?;
-                        s.write_all(&line).await?;
-                        Box::new(s)
-                    }
-                    BackendAddr::Relay(_) => {
-                        return Err(std::io::Error::other("commands are not relayed"));
-                    }
-                })
-            };
-            match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-                Ok(Ok(s)) => Ok((s, None)),
-                Ok(Err(e)) => {
-                    tracing::warn!(exec = %addr, error = %e, "cannot reach the backend's exec socket");
-                    Err(GatewayError::BackendUnreachable)
-                }
-                Err(_) => Err(GatewayError::BackendUnreachable),
-            }
-        }
-    }
+    pid: Option<u32>,
+) -> Result<Box<dyn crate::exec_conn::Conn>, GatewayError> {
+    let line = serde_json::to_vec(req).map_err(|_| GatewayError::Internal)?;
+    crate::exec_conn::open(at, pid, &line).await.map_err(|e| {
+        tracing::warn!(error = %e, "cannot reach the session's exec socket");
+        GatewayError::BackendUnreachable
+    })
 }
 
 /// Copies the event stream to the client until it ends, the client goes, or `limit` passes.
-async fn relay(session: &mut Session, mut stream: EventStream, limit: Duration) {
+async fn relay(session: &mut Session, mut stream: impl AsyncRead + Unpin, limit: Duration) {
     let deadline = tokio::time::sleep(limit);
     tokio::pin!(deadline);
     let mut buf = vec![0u8; 16 * 1024];

@@ -42,6 +42,8 @@ const MAX_CONTROL_BODY: usize = 64 * 1024;
 
 struct Placed {
     backend: Backend,
+    /// Where its commands and shells run (`crate::exec_conn`).
+    exec: Option<routing::provider::ExecAt>,
     session: String,
     incarnation: u64,
     since: Instant,
@@ -143,6 +145,10 @@ impl ProxyHttp for HostRelay {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         let path = session.req_header().uri.path().to_owned();
+        if path == crate::exec_conn::RELAY_EXEC_PATH {
+            self.exec(session).await?;
+            return Ok(true);
+        }
         if path.starts_with("/_sessiongate/") {
             let (status, body) = self.control(session, &path).await;
             respond(session, status, &body).await?;
@@ -223,6 +229,66 @@ impl ProxyHttp for HostRelay {
 }
 
 impl HostRelay {
+    /// A replica's connection to a backend's commands and shells: checked as a relayed
+    /// request, upgraded, then carried to the backend's exec socket as is.
+    async fn exec(&self, session: &mut Session) -> Result<()> {
+        let header = |name| {
+            session
+                .req_header()
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+        };
+        let (Some(backend), Some(token)) = (header(RELAY_BACKEND), header(RELAY_AUTH)) else {
+            return respond(
+                session,
+                403,
+                &serde_json::json!({ "message": "not a relayed request" }),
+            )
+            .await;
+        };
+        if !auth::same(
+            token,
+            &auth::relay_token(self.state.redis.secret(), backend),
+        ) {
+            return respond(
+                session,
+                403,
+                &serde_json::json!({ "message": "bad relay token" }),
+            )
+            .await;
+        }
+        let found = self.state.backends.get(backend).map(|p| {
+            let pid = p
+                .backend
+                .handed()
+                .and_then(|h| h.process)
+                .map(|(pid, _)| pid);
+            (p.exec.clone(), pid)
+        });
+        let Some((Some(at), pid)) = found else {
+            return respond(
+                session,
+                404,
+                &serde_json::json!({ "message": "no such backend on this host" }),
+            )
+            .await;
+        };
+        let conn = match crate::exec_conn::connect(at, pid).await {
+            Ok(c) => c,
+            Err(e) => {
+                let body = serde_json::json!({ "message": format!("exec socket: {e}") });
+                return respond(session, 502, &body).await;
+            }
+        };
+        let mut head = ResponseHeader::build(101, Some(2))?;
+        head.insert_header("upgrade", "sessiongate-exec")?;
+        head.insert_header("connection", "Upgrade")?;
+        session.write_response_header(Box::new(head), false).await?;
+        crate::exec_conn::carry(session, conn).await;
+        Ok(())
+    }
+
     /// A signed control call: place a backend for a session, or release one.
     async fn control(&self, session: &mut Session, path: &str) -> (u16, serde_json::Value) {
         let message = |m: &str| serde_json::json!({ "message": m });
@@ -310,10 +376,12 @@ impl HostRelay {
             "a2a": backend.addr(Protocol::A2a).is_some(),
             "describe": backend.describe(),
         });
+        let exec = provider.exec_at(&backend);
         state.backends.insert(
             id,
             Placed {
                 backend,
+                exec,
                 session: sid.to_owned(),
                 incarnation: req["incarnation"].as_u64().unwrap_or(0),
                 since: Instant::now(),

@@ -16,6 +16,7 @@ mod cluster;
 mod commands;
 mod ctx;
 mod error;
+mod exec_conn;
 mod front;
 mod handover;
 mod headers;

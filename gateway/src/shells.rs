@@ -5,22 +5,17 @@
 //! bearer subprotocol) and found or placed the session. Here the gateway accepts the WebSocket
 //! (echoing the shell and session ids the SDK's client adopts for reconnects), then carries the
 //! SDK's frames — a channel byte and its payload per binary message — to the shell's exec socket
-//! as length-prefixed frames and back. For `process` backends the shells live in this process,
-//! one registry per backend, killed when the backend is gone. The open WebSocket holds the
-//! session in flight: it is not idle while a shell is attached.
+//! as length-prefixed frames and back (`crate::exec_conn` reaches it: here for `process`
+//! backends, whose shells end with the backend; an exec socket; a host's relay). The open
+//! WebSocket holds the session in flight: it is not idle while a shell is attached.
 
-use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use agent::shell::{self, FrameReader, Shells, channel, write_frame};
-use bytes::Bytes;
-use dashmap::DashMap;
+use agent::shell::{self, FrameReader, channel, write_frame};
 use futures_util::{SinkExt, StreamExt};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use routing::face::query_param;
-use routing::provider::{BackendAddr, ExecAt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -31,17 +26,10 @@ use crate::error::GatewayError;
 use crate::headers::SESSION_ID;
 
 const SHELL_ID: &str = "X-Amzn-Bedrock-AgentCore-Shell-Id";
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the bridge may take to pass on what a departed client sent last.
 const DRAIN: Duration = Duration::from_secs(5);
 /// The SDK's "kicked by a new connection" close code.
 const KICKED: u16 = 4000;
-
-trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
-
-/// Shells of `process` backends, by the backend's pid.
-static LOCAL: LazyLock<DashMap<u32, Arc<Shells>>> = LazyLock::new(DashMap::new);
 
 pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
     let req = session.req_header();
@@ -65,7 +53,15 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Gate
         .flat_map(|v| v.split(','))
         .any(|p| p.trim() == auth::BEARER_SUBPROTOCOL);
 
-    let exec = connect(&id, crate::commands::exec_at(ctx)?, ctx).await?;
+    let line = serde_json::json!({ "shell": id }).to_string();
+    let at = crate::commands::exec_at(ctx)?;
+    let pid = crate::commands::backend_pid(ctx);
+    let exec = crate::exec_conn::open(at, pid, line.as_bytes())
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "cannot reach the session's exec socket");
+            GatewayError::BackendUnreachable
+        })?;
 
     let mut head = ResponseHeader::build(101, Some(6)).map_err(|_| GatewayError::Internal)?;
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
@@ -97,7 +93,7 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Gate
     config.max_frame_size = Some(shell::MAX_FRAME + 1);
     let ws = WebSocketStream::from_raw_socket(theirs, Role::Server, Some(config)).await;
     let mut bridge = tokio::spawn(bridge(ws, exec));
-    carry(session, ours).await;
+    crate::exec_conn::carry(session, ours).await;
     // The client is gone: what it sent last (keystrokes, then its close) still reaches the
     // shell before the bridge lets go of it.
     if tokio::time::timeout(DRAIN, &mut bridge).await.is_err() {
@@ -106,93 +102,11 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Gate
     Ok(())
 }
 
-/// Attaches to shell `id` where the session's isolation is.
-async fn connect(id: &str, at: ExecAt, ctx: &RequestCtx) -> Result<Box<dyn Conn>, GatewayError> {
-    match at {
-        ExecAt::Local(env) => {
-            let pid = ctx
-                .ticket
-                .as_ref()
-                .and_then(|t| t.session().backend())
-                .and_then(|b| b.handed())
-                .and_then(|h| h.process)
-                .map(|(pid, _)| pid)
-                .ok_or(GatewayError::Internal)?;
-            let shells = Arc::clone(&*LOCAL.entry(pid).or_insert_with(|| {
-                let shells = Shells::new();
-                tokio::spawn(end_with_backend(pid, Arc::clone(&shells)));
-                shells
-            }));
-            let (ours, theirs) = tokio::io::duplex(2 * shell::MAX_FRAME);
-            let id = id.to_owned();
-            tokio::spawn(async move {
-                let _ = shells.attach(&id, &env, theirs).await;
-            });
-            Ok(Box::new(ours))
-        }
-        ExecAt::Socket(addr) => {
-            let line = format!("{}\n", serde_json::json!({ "shell": id }));
-            let connect = async {
-                let mut s: Box<dyn Conn> = match &addr {
-                    BackendAddr::Unix(path) => {
-                        Box::new(tokio::net::UnixStream::connect(&**path).await?)
-                    }
-                    BackendAddr::Tcp(a) => Box::new(tokio::net::TcpStream::connect(a).await?),
-                    BackendAddr::Relay(_) => return Err(std::io::Error::other("not relayed")),
-                };
-                s.write_all(line.as_bytes()).await?;
-                Ok::<_, std::io::Error>(s)
-            };
-            match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-                Ok(Ok(s)) => Ok(s),
-                _ => Err(GatewayError::BackendUnreachable),
-            }
-        }
-    }
-}
-
-/// A `process` backend's shells end with it (its session ended, or it died).
-async fn end_with_backend(pid: u32, shells: Arc<Shells>) {
-    let Ok(pid_t) = libc::pid_t::try_from(pid) else {
-        return;
-    };
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        // SAFETY: signal 0 only checks that the process exists.
-        if unsafe { libc::kill(pid_t, 0) } != 0 {
-            break;
-        }
-    }
-    LOCAL.remove(&pid);
-    shells.kill_all();
-}
-
-/// Copies the upgraded connection between Pingora's session and the in-memory WebSocket until
-/// either side ends.
-async fn carry(session: &mut Session, mut ours: tokio::io::DuplexStream) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        tokio::select! {
-            got = session.read_request_body() => match got {
-                Ok(Some(data)) => if ours.write_all(&data).await.is_err() { break },
-                _ => break,
-            },
-            n = ours.read(&mut buf) => match n {
-                Ok(n) if n > 0 => {
-                    let data = Bytes::copy_from_slice(&buf[..n]);
-                    if session.write_response_body(Some(data), false).await.is_err() {
-                        break;
-                    }
-                }
-                _ => break,
-            },
-        }
-    }
-    let _ = session.write_response_body(None, true).await;
-}
-
 /// WebSocket messages ↔ the shell's frames.
-async fn bridge(mut ws: WebSocketStream<tokio::io::DuplexStream>, exec: Box<dyn Conn>) {
+async fn bridge(
+    mut ws: WebSocketStream<tokio::io::DuplexStream>,
+    exec: Box<dyn crate::exec_conn::Conn>,
+) {
     let (read, mut write) = tokio::io::split(exec);
     let mut read = FrameReader::new(read);
     let close = |code: u16, reason: &'static str| {

@@ -260,3 +260,83 @@ fn sessions_on_hosts_survive_a_redis_that_restarts_empty() {
     let key = format!("{{sessiongate}}:s:{sid}");
     assert!(!t.redis.cli(&["HGET", &key, "host"]).is_empty());
 }
+
+#[test]
+fn commands_and_shells_reach_backends_on_hosts_through_the_relay() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+    let t = Topology::start(1, 2, "");
+    let sid = session_id("hosted-exec");
+    assert_eq!(t.replicas[0].invoke(Some(&sid), "{}").status, 200);
+    assert!(t.host_of(&sid).is_some(), "the session runs on the host");
+    // A command sent to the other replica runs in the session's backend on the host.
+    let url = t.replicas[1].url(t.replicas[1].http, "/runtimes/default/commands");
+    let h = format!("{SESSION_HEADER}: {sid}");
+    let r = curl(&[
+        "-X",
+        "POST",
+        &url,
+        "-H",
+        &h,
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"command": "echo relayed-$((40+2)); echo oops >&2; exit 4"}"#,
+    ]);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/vnd.amazon.eventstream")
+    );
+    let body = r.body_text();
+    for part in [
+        r#""stdout":"relayed-42\n""#,
+        r#""stderr":"oops\n""#,
+        r#""exitCode":4"#,
+    ] {
+        assert!(body.contains(part), "{part} missing from {body:?}");
+    }
+    // And a shell, through the same relay.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let url = format!(
+            "ws://{}/runtimes/default/ws/shells?shellId=relayed",
+            t.replicas[0].http
+        );
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut()
+            .insert(SESSION_HEADER, sid.parse().unwrap());
+        let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        ws.send(Message::binary(&b"\x00echo shell-$((2+3))\n"[..]))
+            .await
+            .unwrap();
+        let mut seen = String::new();
+        while !seen.contains("shell-5\r\n") {
+            let m = tokio::time::timeout(Duration::from_secs(20), ws.next())
+                .await
+                .unwrap();
+            if let Some(Ok(Message::Binary(b))) = m
+                && b[0] == 1
+            {
+                seen.push_str(&String::from_utf8_lossy(&b[1..]));
+            }
+        }
+        ws.send(Message::binary(&b"\x00exit 2\n"[..]))
+            .await
+            .unwrap();
+        let mut status = String::new();
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Binary(b) = m
+                && b[0] == 3
+            {
+                status = String::from_utf8_lossy(&b[1..]).into_owned();
+            }
+        }
+        assert!(status.contains(r#""message":"2""#), "{status}");
+    });
+}

@@ -168,6 +168,10 @@ impl BackendProvider {
             return None;
         };
         let addrs = backend.addrs();
+        if let BackendAddr::Relay(relay) = &addrs.http {
+            // On a host: its relay reaches the backend's exec socket.
+            return Some(ExecAt::Socket(BackendAddr::Relay(Arc::clone(relay))));
+        }
         match (&*s.spawner, &addrs.http) {
             (Spawner::Process(p), BackendAddr::Tcp(_)) => Some(ExecAt::Local(p.env_for(addrs))),
             (Spawner::Sandbox(_), BackendAddr::Unix(http)) => {
