@@ -284,6 +284,9 @@ pub struct FileSessions {
     pub health_check_interval_ms: u64,
     /// Failed health checks in a row that end a session. Default 3.
     pub health_check_failures: u32,
+    /// Where session storage lives (`[[runtimes.filesystems]]`). Shared by every host that
+    /// should see the same sessions' files. Default `/var/lib/sessiongate/storage`.
+    pub storage_root: String,
 }
 
 impl Default for FileSessions {
@@ -294,6 +297,7 @@ impl Default for FileSessions {
             sweep_interval_ms: 1_000,
             health_check_interval_ms: 2_000,
             health_check_failures: 3,
+            storage_root: "/var/lib/sessiongate/storage".into(),
         }
     }
 }
@@ -322,6 +326,23 @@ pub struct FileRuntime {
     pub max_lifetime_secs: Option<u64>,
     /// Named endpoints (the `qualifier`): a pinned version or a weighted split.
     pub endpoints: Vec<FileRuntimeEndpoint>,
+    /// What is mounted into its sessions' backends: `session_storage` (files kept per session
+    /// across backend stops, as AgentCore's session storage). At most one.
+    pub filesystems: Vec<FileFilesystem>,
+}
+
+/// One `[[runtimes.filesystems]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileFilesystem {
+    /// `session_storage`.
+    pub kind: String,
+    /// Where the agent sees it: `/mnt/<name>` (AgentCore's rule: one level under /mnt).
+    pub mount_path: String,
+    /// The most a session's files may take, in MiB. Default 1 024.
+    pub quota_mb: Option<u64>,
+    /// Unused this long, a session's files are deleted. Default 14 days, 1..=365.
+    pub expiry_days: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -457,6 +478,7 @@ impl Default for FileRuntime {
             idle_timeout_secs: None,
             max_lifetime_secs: None,
             endpoints: Vec::new(),
+            filesystems: Vec::new(),
         }
     }
 }

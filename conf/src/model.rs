@@ -462,6 +462,21 @@ pub struct ProcessSpec {
     pub stop_timeout: Duration,
     /// Backends kept ready ahead of demand.
     pub warm_pool: usize,
+    /// Session storage mounted into its backends, if the runtime has it.
+    pub storage: Option<SessionStorage>,
+}
+
+/// A runtime's session storage: each session's files, kept across its backend's stops,
+/// under `root/<runtime>/v<version>/<key of principal and session id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionStorage {
+    pub root: PathBuf,
+    pub runtime: String,
+    pub version: u32,
+    /// `/mnt/<name>`: where a sandbox sees it (a process gets the path in its environment).
+    pub mount_path: PathBuf,
+    pub quota_bytes: u64,
+    pub expiry: Duration,
 }
 
 /// The arguments that run the built-in reference agent on the chosen addresses.

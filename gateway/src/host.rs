@@ -369,6 +369,11 @@ impl HostRelay {
             }
         };
         backend.assign(sid);
+        let principal = req["principal"].as_str().unwrap_or_default();
+        if let Err(e) = backend.check_out_storage(principal, sid).await {
+            tracing::warn!(session = sid, error = %e, "session storage check-out failed");
+            return (500, message(format!("session storage: {e}")));
+        }
         let id = uuid::Uuid::new_v4().simple().to_string();
         let answer = serde_json::json!({
             "backend": id,

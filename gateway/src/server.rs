@@ -213,6 +213,37 @@ fn exit_if_a_listener_dies() {
     }));
 }
 
+/// How often session storage left by crashed processes is recovered and expired storage deleted.
+const STORAGE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Session storage housekeeping (`routing::provider::storage`), off the async threads.
+async fn tend_storage(config: &conf::Config) {
+    let specs: Vec<conf::SessionStorage> = config
+        .runtimes
+        .iter()
+        .flat_map(|r| r.versions.iter())
+        .filter_map(|v| match &v.backend {
+            conf::BackendSpec::Process(p) => p.storage.clone(),
+            conf::BackendSpec::Sandbox(s) => s.process.storage.clone(),
+            _ => None,
+        })
+        .collect();
+    if specs.is_empty() {
+        return;
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        let mut roots: Vec<&std::path::Path> = specs.iter().map(|s| s.root.as_path()).collect();
+        roots.dedup();
+        for root in roots {
+            routing::provider::storage::recover(root);
+        }
+        for spec in &specs {
+            routing::provider::storage::expire(spec);
+        }
+    })
+    .await;
+}
+
 /// The lifecycle sweep, every `sessions.sweep_interval`.
 struct Lifecycle {
     shared: Arc<Shared>,
@@ -247,6 +278,7 @@ impl BackgroundService for Lifecycle {
         let mut interval = self.shared.snapshot().config.sessions.sweep_interval;
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut storage_tended: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -263,6 +295,10 @@ impl BackgroundService for Lifecycle {
             let snapshot = self.shared.snapshot();
             let policy = LifecyclePolicy::from(&*snapshot.config);
             self.tend_providers(&snapshot);
+            if storage_tended.is_none_or(|t| t.elapsed() >= STORAGE_INTERVAL) {
+                storage_tended = Some(std::time::Instant::now());
+                tend_storage(&snapshot.config).await;
+            }
             for s in self.shared.directory.snapshot() {
                 if !snapshot.runtime_names.iter().any(|n| *n == s.runtime)
                     && self

@@ -295,6 +295,10 @@ impl Ticket {
                 }
                 let backend = provider.place().await.map_err(TicketError::Placement)?;
                 backend.assign(self.session.id.as_str());
+                backend
+                    .check_out_storage(self.session.principal.as_str(), self.session.id.as_str())
+                    .await
+                    .map_err(|e| TicketError::Placement(PlacementError::Isolation(e)))?;
                 Ok(backend)
             })
             .await?;

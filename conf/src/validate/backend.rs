@@ -93,6 +93,7 @@ pub(super) fn backend(
             ready_timeout: ms(errs, "ready_timeout_ms", b.ready_timeout_ms, 10_000),
             stop_timeout,
             warm_pool,
+            storage: None,
         }
     };
     match provider {

@@ -26,7 +26,38 @@ pub(super) fn runtime(
             None
         }
     };
-    let (versions, endpoints) = versions_and_endpoints(errs, path, r, base);
+    let (mut versions, endpoints) = versions_and_endpoints(errs, path, r, base);
+    if let Some(storage) = filesystems(errs, path, r)
+        && let Some(versions) = versions.as_mut()
+    {
+        for v in versions.iter_mut() {
+            let process = match &mut v.backend {
+                BackendSpec::Process(p) => p,
+                BackendSpec::Sandbox(s) => &mut s.process,
+                other => {
+                    errs.push(
+                        format!("{path}.filesystems"),
+                        format!(
+                            "session storage is for process and sandbox backends; version {} is `{}`{}",
+                            v.number,
+                            other.provider_name(),
+                            if matches!(other, BackendSpec::Microvm(_)) {
+                                " (microVM session storage is not built yet)"
+                            } else {
+                                ""
+                            }
+                        ),
+                    );
+                    continue;
+                }
+            };
+            process.storage = Some(SessionStorage {
+                runtime: r.name.clone(),
+                version: v.number,
+                ..storage.clone()
+            });
+        }
+    }
     let auth = auth(errs, &format!("{path}.auth"), &r.auth, base);
     let allowlist = allowlist(
         errs,
@@ -57,6 +88,67 @@ pub(super) fn runtime(
         versions: versions?,
         endpoints,
     })
+}
+
+/// `[[runtimes.filesystems]]`: at most one `session_storage` (its root is filled in later).
+fn filesystems(errs: &mut Errors, path: &str, r: &FileRuntime) -> Option<SessionStorage> {
+    let mut found = None;
+    for (i, f) in r.filesystems.iter().enumerate() {
+        let at = format!("{path}.filesystems[{i}]");
+        if f.kind != "session_storage" {
+            errs.push(
+                format!("{at}.kind"),
+                format!("`{}` is not `session_storage`", f.kind),
+            );
+            continue;
+        }
+        if found.is_some() {
+            errs.push(at.clone(), "a runtime has at most one session storage");
+            continue;
+        }
+        let name = f
+            .mount_path
+            .strip_prefix("/mnt/")
+            .map(|n| n.trim_end_matches('/'));
+        let valid = (6..=200).contains(&f.mount_path.len())
+            && name.is_some_and(|n| {
+                !n.is_empty()
+                    && n != "."
+                    && n != ".."
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            });
+        if !valid {
+            errs.push(
+                format!("{at}.mount_path"),
+                format!(
+                    "`{}` must be /mnt/<name> (one level, [a-zA-Z0-9._-], 6 to 200 characters)",
+                    f.mount_path
+                ),
+            );
+        }
+        let quota_mb = errs.range(
+            &format!("{at}.quota_mb"),
+            f.quota_mb.unwrap_or(1_024),
+            1,
+            1 << 20,
+        );
+        let days = errs.range(
+            &format!("{at}.expiry_days"),
+            f.expiry_days.unwrap_or(14),
+            1,
+            365,
+        );
+        found = Some(SessionStorage {
+            root: PathBuf::new(),
+            runtime: String::new(),
+            version: 0,
+            mount_path: PathBuf::from(f.mount_path.trim_end_matches('/')),
+            quota_bytes: quota_mb << 20,
+            expiry: Duration::from_secs(days * 86_400),
+        });
+    }
+    found
 }
 
 pub(super) fn versions_and_endpoints(
@@ -237,4 +329,69 @@ pub(super) fn valid_runtime_name(name: &str) -> bool {
     name.len() <= 48
         && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::*;
+
+    #[test]
+    fn session_storage_is_checked_and_reaches_each_version() {
+        let c = parse(
+            r#"
+    [sessions]
+    storage_root = "/srv/sg"
+    [[runtimes]]
+    name = "a"
+    [[runtimes.filesystems]]
+    kind = "session_storage"
+    mount_path = "/mnt/data/"
+    quota_mb = 10
+    "#,
+        )
+        .unwrap();
+        let BackendSpec::Process(p) = &c.runtimes[0].versions[0].backend else {
+            panic!("process");
+        };
+        let s = p.storage.as_ref().unwrap();
+        assert_eq!(
+            (s.root.as_path(), s.runtime.as_str(), s.version),
+            (std::path::Path::new("/srv/sg"), "a", 1)
+        );
+        assert_eq!(s.mount_path, std::path::Path::new("/mnt/data"));
+        assert_eq!(s.quota_bytes, 10 << 20);
+        assert_eq!(s.expiry, std::time::Duration::from_secs(14 * 86_400));
+        let errs = parse(
+            r#"
+    [[runtimes]]
+    name = "a"
+    [[runtimes.filesystems]]
+    kind = "efs"
+    mount_path = "/mnt/x"
+    [[runtimes.filesystems]]
+    kind = "session_storage"
+    mount_path = "/data"
+    expiry_days = 0
+    [[runtimes]]
+    name = "b"
+    [runtimes.backend]
+    provider = "static"
+    endpoints = [{ http = "127.0.0.1:9" }]
+    [[runtimes.filesystems]]
+    kind = "session_storage"
+    mount_path = "/mnt/a/b"
+    "#,
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "runtimes[0].filesystems[0].kind",
+            "runtimes[0].filesystems[1].mount_path",
+            "runtimes[0].filesystems[1].expiry_days",
+            "runtimes[1].filesystems[0].mount_path",
+            "session storage is for process and sandbox backends",
+        ] {
+            assert!(errs.contains(needle), "{needle} missing from {errs}");
+        }
+    }
 }

@@ -123,6 +123,7 @@ impl RedisDirectory {
         incarnation: u64,
         runtime: &str,
         version: u32,
+        principal: &str,
     ) -> Result<PlacedOnHost, HostPlaceError> {
         let mut hosts = self.refresh_hosts().await?;
         hosts.sort_by_key(|h| std::cmp::Reverse(i64::from(h.capacity) - i64::from(h.load)));
@@ -131,6 +132,7 @@ impl RedisDirectory {
             "incarnation": incarnation,
             "runtime": runtime,
             "version": version,
+            "principal": principal,
         });
         let mut why = String::from("no live host");
         for host in hosts {

@@ -531,7 +531,13 @@ async fn place_here(
     let BackendProvider::Static(pool) = provider else {
         // Spawned backends live on backend hosts, never in a replica.
         return match shared
-            .place_on_host(s.id.as_str(), s.incarnation, &s.runtime, s.version)
+            .place_on_host(
+                s.id.as_str(),
+                s.incarnation,
+                &s.runtime,
+                s.version,
+                s.principal.as_str(),
+            )
             .await
         {
             Ok(placed) => {

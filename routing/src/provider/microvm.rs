@@ -268,6 +268,7 @@ impl Vm {
         Ok(Backend {
             addrs,
             lease: Lease::Microvm(ChildLease::new(child, spec.stop_timeout, remains)),
+            storage: None,
         })
     }
 }

@@ -19,6 +19,7 @@ mod microvm;
 mod process;
 mod sandbox;
 mod static_pool;
+pub mod storage;
 mod warm;
 
 use std::path::Path;
@@ -173,7 +174,9 @@ impl BackendProvider {
             return Some(ExecAt::Socket(BackendAddr::Relay(Arc::clone(relay))));
         }
         match (&*s.spawner, &addrs.http) {
-            (Spawner::Process(p), BackendAddr::Tcp(_)) => Some(ExecAt::Local(p.env_for(addrs))),
+            (Spawner::Process(p), BackendAddr::Tcp(_)) => Some(ExecAt::Local(
+                p.env_for(addrs, backend.storage.as_ref().map(storage::Slot::dir)),
+            )),
             (Spawner::Sandbox(_), BackendAddr::Unix(http)) => {
                 let dir = http.parent()?;
                 Some(ExecAt::Socket(BackendAddr::Unix(Arc::from(
@@ -238,6 +241,8 @@ pub enum PlacementError {
 pub struct Backend {
     addrs: Addrs,
     lease: Lease,
+    /// Its session-storage slot, when the runtime has session storage.
+    storage: Option<storage::Slot>,
 }
 
 #[derive(Debug)]
@@ -269,6 +274,7 @@ impl Backend {
         Self {
             addrs,
             lease: Lease::Shared,
+            storage: None,
         }
     }
 
@@ -289,6 +295,7 @@ impl Backend {
         Self {
             addrs,
             lease: Lease::Kept(kind, kept::KeptLease::new(link, pid, stop_timeout, ports)),
+            storage: None,
         }
     }
 
@@ -346,6 +353,15 @@ impl Backend {
         }
     }
 
+    /// Moves the session's stored files into the backend's storage slot (a runtime with
+    /// session storage); a no-op otherwise.
+    pub async fn check_out_storage(&self, principal: &str, session: &str) -> std::io::Result<()> {
+        match &self.storage {
+            Some(slot) => slot.check_out(principal, session).await,
+            None => Ok(()),
+        }
+    }
+
     /// True once a spawned backend has exited on its own. Static endpoints never exit.
     pub fn has_exited(&self) -> bool {
         if let Lease::Kept(_, k) = &self.lease {
@@ -368,6 +384,9 @@ impl Backend {
             Lease::Kept(_, k) => k.stop(false).await,
             Lease::Process(c) | Lease::Sandbox(c) | Lease::Microvm(c) => c.stop().await,
         }
+        if let Some(slot) = &self.storage {
+            slot.check_in();
+        }
     }
 
     /// Releases the backend without a grace period: a process is killed at once (SIGKILL).
@@ -377,6 +396,9 @@ impl Backend {
             Lease::Shared => {}
             Lease::Kept(_, k) => k.stop(true).await,
             Lease::Process(c) | Lease::Sandbox(c) | Lease::Microvm(c) => c.kill().await,
+        }
+        if let Some(slot) = &self.storage {
+            slot.check_in();
         }
     }
 

@@ -13,6 +13,7 @@ use conf::{Endpoint, ProcessSpec};
 use tokio::process::Command;
 
 use super::child::{ChildLease, Remains, guard, spawn, wait_ready};
+use super::storage::{STORAGE_ENV, Slot};
 use super::{Addrs, Backend, Lease, PlacementError};
 
 /// How many times a backend that exits before it is ready is started again (a reserved port
@@ -34,7 +35,7 @@ impl ProcessProvider {
     }
 
     /// The environment the backend at `addrs` was started with: its commands run in it.
-    pub fn env_for(&self, addrs: &Addrs) -> Vec<(String, String)> {
+    pub fn env_for(&self, addrs: &Addrs, storage: Option<&Path>) -> Vec<(String, String)> {
         let tcp = |a: Option<&super::BackendAddr>| match a {
             Some(super::BackendAddr::Tcp(a)) => Some(*a),
             _ => None,
@@ -53,6 +54,7 @@ impl ProcessProvider {
                     .replace("{a2a}", &addr_or_empty(endpoint.1));
                 (k.clone(), v)
             })
+            .chain(storage.map(|p| (STORAGE_ENV.to_owned(), p.display().to_string())))
             .collect()
     }
 
@@ -75,12 +77,19 @@ impl ProcessProvider {
                 .replace("{mcp}", &addr_or_empty(endpoint.mcp))
                 .replace("{a2a}", &addr_or_empty(endpoint.a2a))
         };
+        let storage = match &self.spec.storage {
+            Some(spec) => Some(Slot::create(spec, None).map_err(PlacementError::Isolation)?),
+            None => None,
+        };
         let mut cmd = Command::new(&self.program);
         cmd.args(self.spec.args.iter().map(|a| fill(a)))
             .envs(self.spec.env.iter().map(|(k, v)| (k, fill(v))))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        if let Some(slot) = &storage {
+            cmd.env(STORAGE_ENV, slot.dir());
+        }
         guard(&mut cmd);
         let mut child = spawn(cmd).await.map_err(PlacementError::Spawn)?;
         // Dropping `child` on any early return kills it (kill_on_drop).
@@ -93,6 +102,7 @@ impl ProcessProvider {
         Ok(Backend {
             addrs,
             lease: Lease::Process(lease),
+            storage,
         })
     }
 }

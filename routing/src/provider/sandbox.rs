@@ -84,6 +84,13 @@ impl SandboxProvider {
         .map_err(PlacementError::Isolation)?;
         let join_fds = cgroup.join_fds();
         remains.cgroup = Some(cgroup);
+        let storage = match &self.spec.process.storage {
+            Some(spec) => Some(
+                super::storage::Slot::create(spec, Some(state.uid))
+                    .map_err(PlacementError::Isolation)?,
+            ),
+            None => None,
+        };
 
         // With egress, bwrap reports its child (`--info-fd`) and waits (`--block-fd`) until
         // slirp4netns has given the new network namespace its interface.
@@ -93,7 +100,7 @@ impl SandboxProvider {
             None
         };
         let mut cmd = Command::new("bwrap");
-        cmd.args(self.bwrap_args(&state.exe, &dir, handshake.as_ref()))
+        cmd.args(self.bwrap_args(&state.exe, &dir, handshake.as_ref(), storage.as_ref()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
@@ -128,10 +135,17 @@ impl SandboxProvider {
         Ok(Backend {
             addrs,
             lease: Lease::Sandbox(lease),
+            storage,
         })
     }
 
-    fn bwrap_args(&self, exe: &Path, dir: &Path, handshake: Option<&Handshake>) -> Vec<OsString> {
+    fn bwrap_args(
+        &self,
+        exe: &Path,
+        dir: &Path,
+        handshake: Option<&Handshake>,
+        storage: Option<&super::storage::Slot>,
+    ) -> Vec<OsString> {
         let sockets = dir.join("sockets");
         let mut a: Vec<OsString> = Vec::with_capacity(64);
         let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
@@ -196,6 +210,16 @@ impl SandboxProvider {
         ]);
         for (k, v) in &p.env {
             push(&[&"--setenv", k, v]);
+        }
+        if let Some(slot) = storage {
+            push(&[
+                &"--bind",
+                &slot.dir(),
+                &slot.mount_path(),
+                &"--setenv",
+                &super::storage::STORAGE_ENV,
+                &slot.mount_path(),
+            ]);
         }
         if let Some(h) = handshake {
             let (info, block) = (

@@ -64,6 +64,7 @@ impl StaticProvider {
                         index,
                         released: AtomicBool::new(false),
                     }),
+                    storage: None,
                 });
             }
         }
@@ -86,6 +87,7 @@ impl StaticProvider {
                 index,
                 released: AtomicBool::new(false),
             }),
+            storage: None,
         })
     }
 

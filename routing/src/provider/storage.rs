@@ -1,0 +1,322 @@
+//! Session storage (`[[runtimes.filesystems]] kind = "session_storage"`): a session's files,
+//! kept when its backend stops and found again by the next backend with the same session id
+//! and principal.
+//!
+//! Every spawned backend of such a runtime gets a *slot*, an empty directory under
+//! `<root>/.slots/` that it sees from its start (a `process` backend at the path in
+//! `SESSIONGATE_STORAGE`, a sandbox bind-mounted at `mount_path`), warm pools included. When the
+//! backend is given its session, the session's files are *checked out*: every entry of
+//! `<root>/<runtime>/v<version>/<key>` is renamed into the slot, `key` being a SHA-256 of the
+//! principal and the session id, so another principal using the same id finds nothing and a new
+//! version starts empty. When the backend has stopped, they are *checked in* again. Renames stay
+//! within one filesystem: no copying, whatever the size.
+//!
+//! Two `flock`s keep this safe across processes: a slot's lock is held for as long as its
+//! backend may write to it (by the process running it, a keeper after a graceful upgrade
+//! included), and a key's lock while it is checked out (a new backend for the same id waits for
+//! the old one's check-in). A slot whose lock nobody holds any more (its process crashed) is
+//! checked in by [`recover`]. Storage unused for `expiry` is deleted by [`expire`].
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use conf::SessionStorage;
+use sha2::{Digest, Sha256};
+
+/// What a `process` backend's environment names its storage by.
+pub const STORAGE_ENV: &str = "SESSIONGATE_STORAGE";
+/// How long a check-out waits for the previous backend of the same session to check in.
+const CHECK_IN_WAIT: Duration = Duration::from_secs(15);
+
+/// A backend's storage slot.
+#[derive(Debug)]
+pub struct Slot {
+    dir: PathBuf,
+    spec: SessionStorage,
+    _lock: File,
+    checked_out: Mutex<Option<CheckedOut>>,
+}
+
+#[derive(Debug)]
+struct CheckedOut {
+    key: PathBuf,
+    _lock: File,
+}
+
+impl Slot {
+    /// A new, empty slot for a backend about to start; `owner` may write into it (a sandbox's
+    /// host identity).
+    pub fn create(spec: &SessionStorage, owner: Option<u32>) -> io::Result<Self> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let slots = spec.root.join(".slots");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&slots)?;
+        let name = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        if let Some(uid) = owner {
+            reachable_by(&slots, uid)?;
+        }
+        let dir = slots.join(&name);
+        let lock = lock_file(&slots.join(format!("{name}.lock")))?;
+        if !try_lock(&lock)? {
+            return Err(io::Error::other(
+                "a fresh slot is locked by another process",
+            ));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        if let Some(uid) = owner {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(uid))?;
+        }
+        Ok(Self {
+            dir,
+            spec: spec.clone(),
+            _lock: lock,
+            checked_out: Mutex::new(None),
+        })
+    }
+
+    /// Where the backend sees its storage from outside (a process uses it as is).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn mount_path(&self) -> &Path {
+        &self.spec.mount_path
+    }
+
+    /// Moves the session's files into the slot. Waits for a previous backend of the same
+    /// session to check in first.
+    pub async fn check_out(&self, principal: &str, session: &str) -> io::Result<()> {
+        let key = key_dir(&self.spec, principal, session);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&key)?;
+        let lock = lock_file(&key.with_extension("lock"))?;
+        let deadline = tokio::time::Instant::now() + CHECK_IN_WAIT;
+        while !try_lock(&lock)? {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(io::Error::other(
+                    "the session's storage is still in use by its previous backend",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        std::fs::write(self.record(), key.as_os_str().as_encoded_bytes())?;
+        move_entries(&key, &self.dir)?;
+        *self.checked_out.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(CheckedOut { key, _lock: lock });
+        Ok(())
+    }
+
+    /// Moves the session's files back (its backend has stopped). Idempotent.
+    pub fn check_in(&self) {
+        let taken = self
+            .checked_out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(c) = taken {
+            if let Err(e) = check_in(&self.dir, &c.key, self.spec.quota_bytes) {
+                tracing::error!(slot = %self.dir.display(), key = %c.key.display(), error = %e, "session storage check-in failed; recover() retries it");
+                return;
+            }
+            let _ = std::fs::remove_file(self.record());
+            expire(&self.spec);
+        }
+    }
+
+    /// The slot's record of what it holds: `<slot>.key`, the key dir.
+    fn record(&self) -> PathBuf {
+        self.dir.with_extension("key")
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.check_in();
+        if self.record().exists() {
+            return; // not checked in: left for recover()
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(self.dir.with_extension("lock"));
+    }
+}
+
+/// Refuses a storage root the sandbox's host identity could not reach: bubblewrap, running as
+/// `uid`, must traverse every directory down to the slot to bind it.
+fn reachable_by(dir: &Path, uid: u32) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    for d in dir.ancestors() {
+        let Ok(meta) = d.metadata() else { continue };
+        let others_x = meta.mode() & 0o001 != 0;
+        if !(others_x || meta.uid() == uid) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "session storage under {} is out of the sandbox's reach: {} is not traversable by uid {uid} (chmod o+x, or move sessions.storage_root)",
+                    dir.display(),
+                    d.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `<root>/<runtime>/v<version>/<sha256(principal NUL session)>`.
+fn key_dir(spec: &SessionStorage, principal: &str, session: &str) -> PathBuf {
+    let mut h = Sha256::new();
+    h.update(principal.as_bytes());
+    h.update([0]);
+    h.update(session.as_bytes());
+    spec.root
+        .join(&spec.runtime)
+        .join(format!("v{}", spec.version))
+        .join(hex::encode(h.finalize()))
+}
+
+fn check_in(slot: &Path, key: &Path, quota: u64) -> io::Result<()> {
+    move_entries(slot, key)?;
+    // The key dir's mtime is its last use (what expiry goes by).
+    File::open(key)?.set_modified(SystemTime::now())?;
+    let used = du(key);
+    if used > quota {
+        tracing::warn!(key = %key.display(), used, quota, "a session's storage is over its quota");
+    }
+    Ok(())
+}
+
+/// Renames every entry of `from` into `to` (same filesystem).
+fn move_entries(from: &Path, to: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if target.symlink_metadata().is_ok() {
+            // Left over from an interrupted move: the newer copy (the source) wins.
+            remove_any(&target)?;
+        }
+        std::fs::rename(entry.path(), target)?;
+    }
+    Ok(())
+}
+
+fn remove_any(p: &Path) -> io::Result<()> {
+    if p.symlink_metadata()?.is_dir() {
+        std::fs::remove_dir_all(p)
+    } else {
+        std::fs::remove_file(p)
+    }
+}
+
+fn du(p: &Path) -> u64 {
+    let Ok(meta) = p.symlink_metadata() else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(p)
+        .map(|rd| rd.flatten().map(|e| du(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+/// Checks in what crashed processes left checked out (slots whose lock is free).
+pub fn recover(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root.join(".slots")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "lock") {
+            continue;
+        }
+        let Ok(lock) = lock_file(&path) else { continue };
+        if !try_lock(&lock).unwrap_or(false) {
+            continue; // its backend's process still holds it
+        }
+        let slot = path.with_extension("");
+        let record = path.with_extension("key");
+        if let Ok(key) = std::fs::read(&record) {
+            let key = PathBuf::from(std::ffi::OsString::from(
+                String::from_utf8_lossy(&key).into_owned(),
+            ));
+            if check_in(&slot, &key, u64::MAX).is_err() {
+                continue;
+            }
+            tracing::info!(key = %key.display(), "session storage recovered from an orphaned slot");
+            let _ = std::fs::remove_file(&record);
+        }
+        let _ = std::fs::remove_dir_all(&slot);
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+/// Deletes the storage of this runtime version's sessions unused for longer than its expiry.
+pub fn expire(spec: &SessionStorage) {
+    let dir = spec
+        .root
+        .join(&spec.runtime)
+        .join(format!("v{}", spec.version));
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let now = SystemTime::now();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_dir() || path.extension().is_some() {
+            continue;
+        }
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok());
+        if age.is_none_or(|a| a <= spec.expiry) {
+            continue;
+        }
+        let Ok(lock) = lock_file(&path.with_extension("lock")) else {
+            continue;
+        };
+        if try_lock(&lock).unwrap_or(false) {
+            let _ = std::fs::remove_dir_all(&path);
+            let _ = std::fs::remove_file(path.with_extension("lock"));
+            tracing::info!(key = %path.display(), "expired session storage deleted");
+        }
+    }
+}
+
+fn lock_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+}
+
+/// Takes an exclusive `flock` without waiting; false when another holder has it.
+fn try_lock(f: &File) -> io::Result<bool> {
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
