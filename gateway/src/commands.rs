@@ -13,14 +13,12 @@ use std::time::Duration;
 
 use agent::exec::{self, CommandRequest};
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use routing::provider::ExecAt;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
-use crate::headers::SESSION_ID;
 
 /// How long past the command's own timeout the gateway waits for its `contentStop`.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -36,22 +34,12 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Gate
     let exec_at = exec_at(ctx)?;
     let stream = start(&req, exec_at, backend_pid(ctx)).await?;
 
-    let mut head = ResponseHeader::build(200, Some(4)).map_err(|_| GatewayError::Internal)?;
-    let ok = head
-        .insert_header("content-type", exec::EVENT_STREAM)
-        .is_ok()
-        && head.insert_header("transfer-encoding", "chunked").is_ok()
-        && ctx
-            .session_id()
-            .is_none_or(|id| head.insert_header(SESSION_ID, id).is_ok());
-    if !ok {
-        return Err(GatewayError::Internal);
-    }
-    if session
-        .write_response_header(Box::new(head), false)
-        .await
-        .is_err()
-    {
+    let head = [
+        ("content-type", exec::EVENT_STREAM),
+        ("transfer-encoding", "chunked"),
+    ];
+    let session_id = ctx.session_id().map(str::to_owned);
+    if !crate::exec_conn::write_head(session, 200, &head, session_id.as_deref()).await? {
         return Ok(());
     }
     relay(session, stream, req.timeout() + STOP_GRACE).await;

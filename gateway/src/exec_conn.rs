@@ -151,3 +151,28 @@ pub async fn carry(session: &mut pingora::proxy::Session, mut conn: impl Conn) {
     let _ = conn.shutdown().await;
     let _ = session.write_response_body(None, true).await;
 }
+
+/// Writes the head of a command's or shell's answer: `status`, `headers`, and the session id.
+/// `Ok(false)` when the client is gone already.
+pub async fn write_head(
+    session: &mut pingora::proxy::Session,
+    status: u16,
+    headers: &[(&'static str, &str)],
+    session_id: Option<&str>,
+) -> Result<bool, crate::error::GatewayError> {
+    use crate::error::GatewayError;
+    let mut head = pingora::http::ResponseHeader::build(status, Some(headers.len() + 1))
+        .map_err(|_| GatewayError::Internal)?;
+    for (name, value) in headers
+        .iter()
+        .copied()
+        .chain(session_id.map(|id| (crate::headers::SESSION_ID, id)))
+    {
+        head.insert_header(name, value)
+            .map_err(|_| GatewayError::Internal)?;
+    }
+    Ok(session
+        .write_response_header(Box::new(head), false)
+        .await
+        .is_ok())
+}

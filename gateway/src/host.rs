@@ -154,32 +154,23 @@ impl ProxyHttp for HostRelay {
             respond(session, status, &body).await?;
             return Ok(true);
         }
-        let header = |name| {
-            session
-                .req_header()
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
+        let (backend, port) = match self.relayed(session.req_header()) {
+            Ok(b) => b,
+            Err((status, message)) => {
+                respond(session, status, &serde_json::json!({ "message": message })).await?;
+                return Ok(true);
+            }
         };
-        let (Some(backend), Some(port), Some(token)) = (
-            header(RELAY_BACKEND),
-            header(RELAY_PORT),
-            header(RELAY_AUTH),
-        ) else {
-            let body = serde_json::json!({ "message": "not a relayed request" });
-            respond(session, 403, &body).await?;
-            return Ok(true);
-        };
-        let secret = self.state.redis.secret();
-        if !auth::same(token, &auth::relay_token(secret, backend)) {
-            let body = serde_json::json!({ "message": "bad relay token" });
-            respond(session, 403, &body).await?;
-            return Ok(true);
-        }
-        let port = match port {
-            "mcp" => Protocol::Mcp,
-            "a2a" => Protocol::A2a,
-            _ => Protocol::Http,
+        let backend = backend.as_str();
+        let port = match port.as_deref() {
+            Some("mcp") => Protocol::Mcp,
+            Some("a2a") => Protocol::A2a,
+            Some(_) => Protocol::Http,
+            None => {
+                let body = serde_json::json!({ "message": "not a relayed request" });
+                respond(session, 403, &body).await?;
+                return Ok(true);
+            }
         };
         *ctx = self
             .state
@@ -229,35 +220,35 @@ impl ProxyHttp for HostRelay {
 }
 
 impl HostRelay {
-    /// A replica's connection to a backend's commands and shells: checked as a relayed
-    /// request, upgraded, then carried to the backend's exec socket as is.
-    async fn exec(&self, session: &mut Session) -> Result<()> {
-        let header = |name| {
-            session
-                .req_header()
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-        };
+    /// The backend a relayed request names (and the port it asks for), if its token is that
+    /// backend's: the one check every relayed request passes.
+    fn relayed(
+        &self,
+        req: &RequestHeader,
+    ) -> std::result::Result<(String, Option<String>), (u16, &'static str)> {
+        let header = |name| req.headers.get(name).and_then(|v| v.to_str().ok());
         let (Some(backend), Some(token)) = (header(RELAY_BACKEND), header(RELAY_AUTH)) else {
-            return respond(
-                session,
-                403,
-                &serde_json::json!({ "message": "not a relayed request" }),
-            )
-            .await;
+            return Err((403, "not a relayed request"));
         };
         if !auth::same(
             token,
             &auth::relay_token(self.state.redis.secret(), backend),
         ) {
-            return respond(
-                session,
-                403,
-                &serde_json::json!({ "message": "bad relay token" }),
-            )
-            .await;
+            return Err((403, "bad relay token"));
         }
+        Ok((backend.to_owned(), header(RELAY_PORT).map(str::to_owned)))
+    }
+
+    /// A replica's connection to a backend's commands and shells: checked as a relayed
+    /// request, upgraded, then carried to the backend's exec socket as is.
+    async fn exec(&self, session: &mut Session) -> Result<()> {
+        let backend = match self.relayed(session.req_header()) {
+            Ok((b, _)) => b,
+            Err((status, message)) => {
+                return respond(session, status, &serde_json::json!({ "message": message })).await;
+            }
+        };
+        let backend = backend.as_str();
         let found = self.state.backends.get(backend).map(|p| {
             let pid = p
                 .backend

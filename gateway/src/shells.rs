@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use agent::shell::{self, FrameReader, channel, write_frame};
 use futures_util::{SinkExt, StreamExt};
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use routing::face::query_param;
 use tokio_tungstenite::WebSocketStream;
@@ -23,7 +22,6 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 
 use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
-use crate::headers::SESSION_ID;
 
 const SHELL_ID: &str = "X-Amzn-Bedrock-AgentCore-Shell-Id";
 /// How long the bridge may take to pass on what a departed client sent last.
@@ -63,28 +61,18 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Gate
             GatewayError::BackendUnreachable
         })?;
 
-    let mut head = ResponseHeader::build(101, Some(6)).map_err(|_| GatewayError::Internal)?;
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
-    let mut ok = head.insert_header("upgrade", "websocket").is_ok()
-        && head.insert_header("connection", "Upgrade").is_ok()
-        && head.insert_header("sec-websocket-accept", accept).is_ok()
-        && head.insert_header(SHELL_ID, id.as_str()).is_ok()
-        && ctx
-            .session_id()
-            .is_none_or(|sid| head.insert_header(SESSION_ID, sid).is_ok());
+    let mut head = vec![
+        ("upgrade", "websocket"),
+        ("connection", "Upgrade"),
+        ("sec-websocket-accept", accept.as_str()),
+        (SHELL_ID, id.as_str()),
+    ];
     if bearer_offered {
-        ok &= head
-            .insert_header("sec-websocket-protocol", auth::BEARER_SUBPROTOCOL)
-            .is_ok();
+        head.push(("sec-websocket-protocol", auth::BEARER_SUBPROTOCOL));
     }
-    if !ok {
-        return Err(GatewayError::Internal);
-    }
-    if session
-        .write_response_header(Box::new(head), false)
-        .await
-        .is_err()
-    {
+    let session_id = ctx.session_id().map(str::to_owned);
+    if !crate::exec_conn::write_head(session, 101, &head, session_id.as_deref()).await? {
         return Ok(());
     }
     let (ours, theirs) = tokio::io::duplex(2 * shell::MAX_FRAME);
