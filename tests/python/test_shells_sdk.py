@@ -160,3 +160,35 @@ ready_timeout_ms = 180000
         assert "vm=shell-vm-" in seen
     finally:
         gw.stop()
+
+
+def test_an_attached_shell_keeps_its_session_busy_and_ends_with_it(tmp_path):
+    """A quiet attached shell holds its session in flight (the idle timeout does not end it);
+    StopRuntimeSession ends the shell with the session: the client's stream ends."""
+    import boto3
+
+    gw = Gateway(tmp_path, "[sessions]\nidle_timeout_secs = 2\nsweep_interval_ms = 200\n")
+
+    async def go(sid):
+        async with sdk(gw).open_shell(ARN, session_id=sid, shell_id="busy") as sh:
+            await sh.send("echo up\n")
+            await read_until(sh, "up")
+            await asyncio.sleep(4)  # twice the idle timeout, nothing typed
+            assert [s["state"] for s in gw.sessions() if s["id"] == sid] == ["active"]
+            await sh.send("echo still-here\n")
+            assert "still-here" in await read_until(sh, "still-here")
+            c = boto3.client("bedrock-agentcore", region_name="us-east-1", endpoint_url=f"http://{gw.http}",
+                             aws_access_key_id="AKID", aws_secret_access_key="x")
+            await asyncio.to_thread(c.stop_runtime_session, agentRuntimeArn="default", runtimeSessionId=sid)
+
+            async def drain():
+                async for _ in sh:
+                    pass
+
+            await asyncio.wait_for(drain(), 15)
+        assert not [s for s in gw.sessions() if s["id"] == sid]
+
+    try:
+        asyncio.run(go(f"shell-{uuid.uuid4()}"))
+    finally:
+        gw.stop()
