@@ -17,7 +17,7 @@
 use std::future::Future;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -283,6 +283,15 @@ pub enum ExecLine {
     Shell {
         shell: String,
     },
+    /// Session storage in a guest (`crate::files`): a tar stream in, onto a tmpfs of `size_mb`.
+    Unpack {
+        unpack: PathBuf,
+        size_mb: u64,
+    },
+    /// Session storage in a guest: its files out as a tar stream.
+    Pack {
+        pack: PathBuf,
+    },
     Command(CommandRequest),
 }
 
@@ -302,7 +311,7 @@ where
         let env = std::sync::Arc::clone(&env);
         let shells = std::sync::Arc::clone(&shells);
         tokio::spawn(async move {
-            if let Err(e) = serve_connection(conn, &env, &shells).await {
+            if let Err(e) = serve_connection(conn, &env, &shells, true).await {
                 eprintln!("exec: {e}");
             }
         });
@@ -310,11 +319,13 @@ where
 }
 
 /// Serves one connection: a command (its event stream, then close) or a shell (its frames until
-/// the client detaches).
+/// the client detaches); with `files`, also session storage's copies in and out (only where the
+/// server runs inside the isolation: a guest, a sandbox).
 pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     conn: S,
     env: &[(String, String)],
     shells: &std::sync::Arc<crate::shell::Shells>,
+    files: bool,
 ) -> io::Result<()> {
     let mut conn = BufReader::new(conn);
     let mut line = Vec::new();
@@ -324,6 +335,14 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         .await?;
     let shell = match serde_json::from_slice::<ExecLine>(&line) {
         Ok(ExecLine::Shell { shell }) if crate::shell::valid_shell_id(&shell) => Some(shell),
+        Ok(ExecLine::Unpack { unpack, size_mb }) if files => {
+            let (read, write) = tokio::io::split(conn);
+            return crate::files::unpack(read, write, &unpack, size_mb).await;
+        }
+        Ok(ExecLine::Pack { pack }) if files => {
+            let (_, write) = tokio::io::split(conn);
+            return crate::files::pack(write, &pack).await;
+        }
         _ => None,
     };
     if let Some(id) = shell {

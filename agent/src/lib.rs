@@ -10,6 +10,7 @@
 
 mod a2a;
 pub mod exec;
+pub mod files;
 pub mod guest;
 mod http_face;
 mod mcp;

@@ -411,6 +411,30 @@ pub struct MicrovmSpec {
     pub ready_timeout: Duration,
     pub stop_timeout: Duration,
     pub warm_pool: usize,
+    /// Session storage, copied into the guest (a tmpfs of the quota's size) and back.
+    pub storage: Option<SessionStorage>,
+}
+
+impl BackendSpec {
+    /// Where a spawned backend's session storage goes; `None` for static pools.
+    pub fn storage_mut(&mut self) -> Option<&mut Option<SessionStorage>> {
+        match self {
+            BackendSpec::Process(p) => Some(&mut p.storage),
+            BackendSpec::Sandbox(s) => Some(&mut s.process.storage),
+            BackendSpec::Microvm(m) => Some(&mut m.storage),
+            BackendSpec::Static(_) => None,
+        }
+    }
+
+    /// Its session storage, if any.
+    pub fn storage(&self) -> Option<&SessionStorage> {
+        match self {
+            BackendSpec::Process(p) => p.storage.as_ref(),
+            BackendSpec::Sandbox(s) => s.process.storage.as_ref(),
+            BackendSpec::Microvm(m) => m.storage.as_ref(),
+            BackendSpec::Static(_) => None,
+        }
+    }
 }
 
 /// How a microVM's CPU runs.

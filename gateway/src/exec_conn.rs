@@ -53,7 +53,7 @@ pub async fn connect(at: ExecAt, pid: Option<u32>) -> std::io::Result<Box<dyn Co
             let shells = pid.map(local_shells).unwrap_or_default();
             let (ours, theirs) = tokio::io::duplex(LOCAL_PIPE);
             tokio::spawn(async move {
-                let _ = agent::exec::serve_connection(theirs, &env, &shells).await;
+                let _ = agent::exec::serve_connection(theirs, &env, &shells, false).await;
             });
             Box::new(ours)
         }

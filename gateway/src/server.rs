@@ -222,11 +222,7 @@ async fn tend_storage(config: &conf::Config) {
         .runtimes
         .iter()
         .flat_map(|r| r.versions.iter())
-        .filter_map(|v| match &v.backend {
-            conf::BackendSpec::Process(p) => p.storage.clone(),
-            conf::BackendSpec::Sandbox(s) => s.process.storage.clone(),
-            _ => None,
-        })
+        .filter_map(|v| v.backend.storage().cloned())
         .collect();
     if specs.is_empty() {
         return;

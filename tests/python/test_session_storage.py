@@ -172,3 +172,33 @@ def test_files_checked_out_by_a_gateway_that_crashed_come_back(tmp_path, root):
         assert out == "survived\n"
     finally:
         gw.stop()
+
+
+def test_microvm_storage_is_copied_into_the_guest_and_back_with_a_hard_quota(tmp_path, root):
+    """A microVM's files live in its guest (a tmpfs of the quota's size: ENOSPC past it) and are
+    copied back when it stops; the next guest for the session id gets them."""
+    from conftest import binary
+
+    guest = Path(os.environ.get("SESSIONGATE_GUEST_DIR", Path(binary()).parents[1] / "guest"))
+    assert (guest / "vmlinux").exists(), f"no microVM guest in {guest}: run make guest"
+    cfg = f'[sessions]\nstorage_root = "{root}"\n[[runtimes]]\nname = "default"\n' \
+          f'[runtimes.backend]\nprovider = "microvm"\nkernel = "{guest}/vmlinux"\n' \
+          f'initrd = "{guest}/initrd.cpio"\nready_timeout_ms = 180000\n' \
+          '[[runtimes.filesystems]]\nkind = "session_storage"\nmount_path = "/mnt/data"\nquota_mb = 2\n'
+    gw = Gateway(tmp_path, cfg)
+    try:
+        c = client(gw)
+        c.meta.config.read_timeout = 240
+        sid = f"store-vm-{uuid.uuid4()}"
+        out, code = sh(c, sid, "echo in-guest > /mnt/data/f && mkdir /mnt/data/d && echo x > /mnt/data/d/y && cat /run/session-id")
+        assert (out.strip(), code) == (sid, 0)
+        _, code = sh(c, sid, "head -c 3000000 /dev/zero > /mnt/data/big")
+        assert code != 0, "writing past the quota fails (ENOSPC)"
+        _, code = sh(c, sid, "rm -f /mnt/data/big")
+        first = [s["backend"] for s in gw.sessions() if s["id"] == sid]
+        stop(c, sid)
+        out, code = sh(c, sid, "cat /mnt/data/f /mnt/data/d/y")
+        assert (out, code) == ("in-guest\nx\n", 0)
+        assert [s["backend"] for s in gw.sessions() if s["id"] == sid] != first, "a new guest"
+    finally:
+        gw.stop()

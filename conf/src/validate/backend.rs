@@ -204,6 +204,7 @@ pub(super) fn backend(
                 warm_pool,
                 kernel: kernel?,
                 initrd: initrd?,
+                storage: None,
             }))
         }
         _ => {

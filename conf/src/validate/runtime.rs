@@ -31,29 +31,19 @@ pub(super) fn runtime(
         && let Some(versions) = versions.as_mut()
     {
         for v in versions.iter_mut() {
-            let process = match &mut v.backend {
-                BackendSpec::Process(p) => p,
-                BackendSpec::Sandbox(s) => &mut s.process,
-                other => {
-                    errs.push(
-                        format!("{path}.filesystems"),
-                        format!(
-                            "session storage is for process and sandbox backends; version {} is `{}`{}",
-                            v.number,
-                            other.provider_name(),
-                            if matches!(other, BackendSpec::Microvm(_)) {
-                                " (microVM session storage is not built yet)"
-                            } else {
-                                ""
-                            }
-                        ),
-                    );
-                    continue;
-                }
+            let number = v.number;
+            let Some(slot) = v.backend.storage_mut() else {
+                errs.push(
+                    format!("{path}.filesystems"),
+                    format!(
+                        "session storage needs backends the gateway starts; version {number} is a static pool"
+                    ),
+                );
+                continue;
             };
-            process.storage = Some(SessionStorage {
+            *slot = Some(SessionStorage {
                 runtime: r.name.clone(),
-                version: v.number,
+                version: number,
                 ..storage.clone()
             });
         }
@@ -389,7 +379,7 @@ mod tests {
             "runtimes[0].filesystems[1].mount_path",
             "runtimes[0].filesystems[1].expiry_days",
             "runtimes[1].filesystems[0].mount_path",
-            "session storage is for process and sandbox backends",
+            "session storage needs backends the gateway starts",
         ] {
             assert!(errs.contains(needle), "{needle} missing from {errs}");
         }

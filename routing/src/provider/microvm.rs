@@ -265,10 +265,16 @@ impl Vm {
             remains,
             ..
         } = self;
+        let storage = match (&spec.storage, &addrs.exec) {
+            (Some(s), Some(super::BackendAddr::Tcp(exec))) => Some(super::Storage::Guest(
+                super::storage::GuestStorage::new(s, *exec),
+            )),
+            _ => None,
+        };
         Ok(Backend {
             addrs,
             lease: Lease::Microvm(ChildLease::new(child, spec.stop_timeout, remains)),
-            storage: None,
+            storage,
         })
     }
 }

@@ -174,9 +174,13 @@ impl BackendProvider {
             return Some(ExecAt::Socket(BackendAddr::Relay(Arc::clone(relay))));
         }
         match (&*s.spawner, &addrs.http) {
-            (Spawner::Process(p), BackendAddr::Tcp(_)) => Some(ExecAt::Local(
-                p.env_for(addrs, backend.storage.as_ref().map(storage::Slot::dir)),
-            )),
+            (Spawner::Process(p), BackendAddr::Tcp(_)) => Some(ExecAt::Local(p.env_for(
+                addrs,
+                match &backend.storage {
+                    Some(Storage::Slot(s)) => Some(s.dir()),
+                    _ => None,
+                },
+            ))),
             (Spawner::Sandbox(_), BackendAddr::Unix(http)) => {
                 let dir = http.parent()?;
                 Some(ExecAt::Socket(BackendAddr::Unix(Arc::from(
@@ -241,8 +245,15 @@ pub enum PlacementError {
 pub struct Backend {
     addrs: Addrs,
     lease: Lease,
-    /// Its session-storage slot, when the runtime has session storage.
-    storage: Option<storage::Slot>,
+    /// Its session storage, when the runtime has it.
+    storage: Option<Storage>,
+}
+
+/// Where a backend's session storage is: a slot it sees directly, or copies in a guest.
+#[derive(Debug)]
+enum Storage {
+    Slot(storage::Slot),
+    Guest(storage::GuestStorage),
 }
 
 #[derive(Debug)]
@@ -357,7 +368,8 @@ impl Backend {
     /// session storage); a no-op otherwise.
     pub async fn check_out_storage(&self, principal: &str, session: &str) -> std::io::Result<()> {
         match &self.storage {
-            Some(slot) => slot.check_out(principal, session).await,
+            Some(Storage::Slot(slot)) => slot.check_out(principal, session).await,
+            Some(Storage::Guest(g)) => g.check_out(principal, session).await,
             None => Ok(()),
         }
     }
@@ -378,26 +390,32 @@ impl Backend {
     /// Releases the backend: frees the slot, or stops the process (SIGTERM, then SIGKILL after
     /// the stop timeout) and removes what it leaves behind. Idempotent.
     pub async fn release(&self) {
+        if let Some(Storage::Guest(g)) = &self.storage {
+            g.check_in().await; // while the guest still runs
+        }
         match &self.lease {
             Lease::Slot(s) => s.release(),
             Lease::Shared => {}
             Lease::Kept(_, k) => k.stop(false).await,
             Lease::Process(c) | Lease::Sandbox(c) | Lease::Microvm(c) => c.stop().await,
         }
-        if let Some(slot) = &self.storage {
+        if let Some(Storage::Slot(slot)) = &self.storage {
             slot.check_in();
         }
     }
 
     /// Releases the backend without a grace period: a process is killed at once (SIGKILL).
     pub async fn release_now(&self) {
+        if let Some(Storage::Guest(g)) = &self.storage {
+            g.check_in().await;
+        }
         match &self.lease {
             Lease::Slot(s) => s.release(),
             Lease::Shared => {}
             Lease::Kept(_, k) => k.stop(true).await,
             Lease::Process(c) | Lease::Sandbox(c) | Lease::Microvm(c) => c.kill().await,
         }
-        if let Some(slot) = &self.storage {
+        if let Some(Storage::Slot(slot)) = &self.storage {
             slot.check_in();
         }
     }

@@ -102,7 +102,7 @@ impl ProcessProvider {
         Ok(Backend {
             addrs,
             lease: Lease::Process(lease),
-            storage,
+            storage: storage.map(super::Storage::Slot),
         })
     }
 }

@@ -135,7 +135,7 @@ impl SandboxProvider {
         Ok(Backend {
             addrs,
             lease: Lease::Sandbox(lease),
-            storage,
+            storage: storage.map(super::Storage::Slot),
         })
     }
 

@@ -104,16 +104,7 @@ impl Slot {
             .recursive(true)
             .mode(0o700)
             .create(&key)?;
-        let lock = lock_file(&key.with_extension("lock"))?;
-        let deadline = tokio::time::Instant::now() + CHECK_IN_WAIT;
-        while !try_lock(&lock)? {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(io::Error::other(
-                    "the session's storage is still in use by its previous backend",
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let lock = wait_for_key(&key).await?;
         std::fs::write(self.record(), key.as_os_str().as_encoded_bytes())?;
         move_entries(&key, &self.dir)?;
         *self.checked_out.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -174,6 +165,128 @@ fn reachable_by(dir: &Path, uid: u32) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A microVM's session storage: copied into the guest (a tmpfs of the quota's size, so writing
+/// past it is `ENOSPC`) when it gets its session, and back before it stops, as tar streams over
+/// its exec socket. Unlike a slot, what is stored stays as it was at check-out until the
+/// check-in replaces it whole: a guest that dies loses what it wrote since, never more.
+#[derive(Debug)]
+pub struct GuestStorage {
+    spec: SessionStorage,
+    exec: std::net::SocketAddr,
+    checked_out: tokio::sync::Mutex<Option<CheckedOut>>,
+}
+
+impl GuestStorage {
+    pub fn new(spec: &SessionStorage, exec: std::net::SocketAddr) -> Self {
+        Self {
+            spec: spec.clone(),
+            exec,
+            checked_out: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub async fn check_out(&self, principal: &str, session: &str) -> io::Result<()> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let key = key_dir(&self.spec, principal, session);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&key)?;
+        let lock = wait_for_key(&key).await?;
+        let line = serde_json::json!({
+            "unpack": self.spec.mount_path,
+            "size_mb": self.spec.quota_bytes >> 20,
+        });
+        let mut conn = tokio::net::TcpStream::connect(self.exec).await?;
+        conn.write_all(format!("{line}\n").as_bytes()).await?;
+        let mut tar = tokio::process::Command::new("tar")
+            .args(["-c", "-f", "-", "-C"])
+            .arg(&key)
+            .arg(".")
+            .stdout(std::process::Stdio::piped())
+            .stdin(std::process::Stdio::null())
+            .spawn()?;
+        let mut out = tar
+            .stdout
+            .take()
+            .ok_or_else(|| io::Error::other("tar: no stdout"))?;
+        tokio::io::copy(&mut out, &mut conn).await?;
+        if !tar.wait().await?.success() {
+            return Err(io::Error::other("tar -c of the session's storage failed"));
+        }
+        conn.shutdown().await?;
+        let mut answer = String::new();
+        tokio::io::BufReader::new(conn)
+            .read_line(&mut answer)
+            .await?;
+        if answer.trim() != "ok" {
+            return Err(io::Error::other(format!("the guest: {}", answer.trim())));
+        }
+        *self.checked_out.lock().await = Some(CheckedOut { key, _lock: lock });
+        Ok(())
+    }
+
+    /// Copies the guest's files back over what was checked out (while it still runs).
+    pub async fn check_in(&self) {
+        let Some(c) = self.checked_out.lock().await.take() else {
+            return;
+        };
+        if let Err(e) = self.copy_back(&c.key).await {
+            tracing::warn!(key = %c.key.display(), error = %e, "microVM session storage not copied back; the stored files stay as they were at check-out");
+        }
+        expire(&self.spec);
+    }
+
+    async fn copy_back(&self, key: &Path) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let mut conn = tokio::net::TcpStream::connect(self.exec).await?;
+        let line = serde_json::json!({ "pack": self.spec.mount_path });
+        conn.write_all(format!("{line}\n").as_bytes()).await?;
+        let fresh = key.with_extension("in");
+        let _ = std::fs::remove_dir_all(&fresh);
+        std::fs::DirBuilder::new().mode(0o700).create(&fresh)?;
+        let mut tar = tokio::process::Command::new("tar")
+            .args(["-x", "-f", "-", "-C"])
+            .arg(&fresh)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let mut stdin = tar
+            .stdin
+            .take()
+            .ok_or_else(|| io::Error::other("tar: no stdin"))?;
+        tokio::io::copy(&mut conn, &mut stdin).await?;
+        drop(stdin);
+        if !tar.wait().await?.success() {
+            let _ = std::fs::remove_dir_all(&fresh);
+            return Err(io::Error::other("the guest's tar stream was cut short"));
+        }
+        // Swap whole: the old copy goes only once the new one is complete.
+        let old = key.with_extension("old");
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(key, &old)?;
+        std::fs::rename(&fresh, key)?;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
+    }
+}
+
+/// Takes a session's key lock, waiting for a previous backend's check-in.
+async fn wait_for_key(key: &Path) -> io::Result<File> {
+    let lock = lock_file(&key.with_extension("lock"))?;
+    let deadline = tokio::time::Instant::now() + CHECK_IN_WAIT;
+    while !try_lock(&lock)? {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(io::Error::other(
+                "the session's storage is still in use by its previous backend",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(lock)
 }
 
 /// `<root>/<runtime>/v<version>/<sha256(principal NUL session)>`.
