@@ -108,18 +108,21 @@ def test_output_streams_apart_with_exit_codes_and_timeouts(gw):
 def test_commands_run_in_the_sessions_own_isolation(gw):
     c = client(gw)
     a, b = sid(), sid()
-    run(c, a, "echo secret-a > mine.txt")
-    run(c, b, "echo secret-b > mine.txt")
-    out, _, _ = run(c, a, "cat mine.txt; pwd")
     if gw.provider == "sandbox":
         # Its own scratch dir and pid namespace: the other session's file is not there.
-        assert out.startswith("secret-a\n") and out.endswith("/scratch\n")
+        run(c, a, "echo secret-a > mine.txt")
+        run(c, b, "echo secret-b > mine.txt")
+        out, _, _ = run(c, a, "cat mine.txt; pwd")
+        assert out == "secret-a\n/scratch\n"
         ps, _, _ = run(c, a, "ls /proc | grep -c '^[0-9]'")
         assert int(ps) < 10, f"a sandbox sees only its own processes, saw {ps}"
     else:
-        # A process backend has no isolation of its own: the agent's environment, shared cwd.
-        env, _, _ = run(c, a, "echo $AGENT_MARK")
-        assert env.startswith("mark-127.0.0.1:")
+        # A process backend has no isolation of its own: the agent's environment (its own
+        # ports filled in), the gateway's working directory. Nothing is written there.
+        env_a, _, _ = run(c, a, "echo $AGENT_MARK; pwd")
+        env_b, _, _ = run(c, b, "echo $AGENT_MARK")
+        assert env_a.startswith("mark-127.0.0.1:") and env_a.endswith(f"\n{os.getcwd()}\n")
+        assert env_b.startswith("mark-127.0.0.1:") and env_b != env_a.splitlines()[0] + "\n"
 
 
 def test_a_big_output_streams_and_a_disconnect_kills_the_command(gw):

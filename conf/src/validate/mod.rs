@@ -271,6 +271,7 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
         );
     }
     let mut names = HashSet::new();
+    let storage_root = base.join(&f.sessions.storage_root);
     let runtimes: Vec<Option<Runtime>> = f
         .runtimes
         .iter()
@@ -283,26 +284,9 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
                     format!("`{}` is declared twice", r.name),
                 );
             }
-            runtime(&mut errs, &path, r, base)
+            runtime(&mut errs, &path, r, base, &storage_root)
         })
         .collect();
-    let storage_root = base.join(&f.sessions.storage_root);
-    let mut runtimes = runtimes;
-    for spec in runtimes
-        .iter_mut()
-        .flatten()
-        .flat_map(|r| r.versions.iter_mut())
-    {
-        let process = match &mut spec.backend {
-            BackendSpec::Process(p) => p,
-            BackendSpec::Sandbox(s) => &mut s.process,
-            _ => continue,
-        };
-        if let Some(s) = process.storage.as_mut() {
-            s.root.clone_from(&storage_root);
-        }
-    }
-
     let default_runtime = match &f.default_runtime {
         None => 0,
         Some(name) => f

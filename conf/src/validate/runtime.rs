@@ -7,6 +7,7 @@ pub(super) fn runtime(
     path: &str,
     r: &FileRuntime,
     base: &Path,
+    storage_root: &Path,
 ) -> Option<Runtime> {
     if !valid_runtime_name(&r.name) {
         errs.push(
@@ -42,6 +43,7 @@ pub(super) fn runtime(
                 continue;
             };
             *slot = Some(SessionStorage {
+                root: storage_root.to_owned(),
                 runtime: r.name.clone(),
                 version: number,
                 ..storage.clone()
@@ -80,7 +82,8 @@ pub(super) fn runtime(
     })
 }
 
-/// `[[runtimes.filesystems]]`: at most one `session_storage` (its root is filled in later).
+/// `[[runtimes.filesystems]]`: at most one `session_storage` (where it lives is filled in per
+/// version by the caller).
 fn filesystems(errs: &mut Errors, path: &str, r: &FileRuntime) -> Option<SessionStorage> {
     let mut found = None;
     for (i, f) in r.filesystems.iter().enumerate() {
@@ -351,6 +354,25 @@ mod tests {
         assert_eq!(s.mount_path, std::path::Path::new("/mnt/data"));
         assert_eq!(s.quota_bytes, 10 << 20);
         assert_eq!(s.expiry, std::time::Duration::from_secs(14 * 86_400));
+        // Every kind of spawned backend gets the same root (a microVM's too).
+        let c = parse(
+            r#"
+    [sessions]
+    storage_root = "/srv/sg"
+    [[runtimes]]
+    name = "vm"
+    [runtimes.backend]
+    provider = "microvm"
+    kernel = "/k"
+    initrd = "/i"
+    [[runtimes.filesystems]]
+    kind = "session_storage"
+    mount_path = "/mnt/data"
+    "#,
+        )
+        .unwrap();
+        let s = c.runtimes[0].versions[0].backend.storage().unwrap();
+        assert_eq!(s.root, std::path::Path::new("/srv/sg"));
         let errs = parse(
             r#"
     [[runtimes]]
