@@ -126,12 +126,13 @@ def test_a_new_version_starts_empty_and_unused_storage_expires(tmp_path, root):
         stop(a, sid)
         (key,) = [p for p in (root / "default" / "v1").iterdir() if p.is_dir()]
         assert (key / "f").read_text() == "v1\n"
-        # Unused for longer than expiry_days: deleted by the next check-in of its version.
+        # Unused for longer than expiry_days: deleted by the storage housekeeping (it runs at
+        # a gateway's start, then every 30 s).
         old = time.time() - 2 * 86_400
         os.utime(key, (old, old))
-        other = f"store-{uuid.uuid4()}"
-        sh(a, other, "true", qualifier="v1")
-        stop(a, other, qualifier="v1")
+        gw.stop()
+        gw = Gateway(tmp_path, config("process", root, versions=True))
+        a = client(gw)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and key.exists():
             time.sleep(0.1)
@@ -200,5 +201,8 @@ def test_microvm_storage_is_copied_into_the_guest_and_back_with_a_hard_quota(tmp
         out, code = sh(c, sid, "cat /mnt/data/f /mnt/data/d/y")
         assert (out, code) == ("in-guest\nx\n", 0)
         assert [s["backend"] for s in gw.sessions() if s["id"] == sid] != first, "a new guest"
+        stop(c, sid)
+        stored = sorted(p.read_text() for p in root.glob("default/v1/*/f"))
+        assert stored == ["in-guest\n"], "copied back under storage_root"
     finally:
         gw.stop()

@@ -36,24 +36,18 @@ impl ProcessProvider {
 
     /// The environment the backend at `addrs` was started with: its commands run in it.
     pub fn env_for(&self, addrs: &Addrs, storage: Option<&Path>) -> Vec<(String, String)> {
-        let tcp = |a: Option<&super::BackendAddr>| match a {
-            Some(super::BackendAddr::Tcp(a)) => Some(*a),
-            _ => None,
-        };
-        let endpoint = (tcp(addrs.mcp.as_ref()), tcp(addrs.a2a.as_ref()));
-        let http = tcp(Some(&addrs.http))
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        match endpoint_of(addrs) {
+            Some(endpoint) => self.env(&endpoint, storage),
+            None => Vec::new(),
+        }
+    }
+
+    /// `env` with the backend's addresses filled in, and where its session storage is.
+    fn env(&self, endpoint: &Endpoint, storage: Option<&Path>) -> Vec<(String, String)> {
         self.spec
             .env
             .iter()
-            .map(|(k, v)| {
-                let v = v
-                    .replace("{http}", &http)
-                    .replace("{mcp}", &addr_or_empty(endpoint.0))
-                    .replace("{a2a}", &addr_or_empty(endpoint.1));
-                (k.clone(), v)
-            })
+            .map(|(k, v)| (k.clone(), fill(v, endpoint)))
             .chain(storage.map(|p| (STORAGE_ENV.to_owned(), p.display().to_string())))
             .collect()
     }
@@ -72,24 +66,16 @@ impl ProcessProvider {
     async fn spawn_once(&self) -> Result<Backend, PlacementError> {
         let ports = reserve_endpoint().map_err(PlacementError::Ports)?;
         let endpoint = ports.0;
-        let fill = |s: &str| {
-            s.replace("{http}", &endpoint.http.to_string())
-                .replace("{mcp}", &addr_or_empty(endpoint.mcp))
-                .replace("{a2a}", &addr_or_empty(endpoint.a2a))
-        };
         let storage = match &self.spec.storage {
             Some(spec) => Some(Slot::create(spec, None).map_err(PlacementError::Isolation)?),
             None => None,
         };
         let mut cmd = Command::new(&self.program);
-        cmd.args(self.spec.args.iter().map(|a| fill(a)))
-            .envs(self.spec.env.iter().map(|(k, v)| (k, fill(v))))
+        cmd.args(self.spec.args.iter().map(|a| fill(a, &endpoint)))
+            .envs(self.env(&endpoint, storage.as_ref().map(Slot::dir)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
-        if let Some(slot) = &storage {
-            cmd.env(STORAGE_ENV, slot.dir());
-        }
         guard(&mut cmd);
         let mut child = spawn(cmd).await.map_err(PlacementError::Spawn)?;
         // Dropping `child` on any early return kills it (kill_on_drop).
@@ -105,6 +91,26 @@ impl ProcessProvider {
             storage: storage.map(super::Storage::Slot),
         })
     }
+}
+
+/// `{http}`, `{mcp}` and `{a2a}` in `s` replaced by the backend's addresses.
+fn fill(s: &str, endpoint: &Endpoint) -> String {
+    s.replace("{http}", &endpoint.http.to_string())
+        .replace("{mcp}", &addr_or_empty(endpoint.mcp))
+        .replace("{a2a}", &addr_or_empty(endpoint.a2a))
+}
+
+/// The loopback endpoint of a process backend at `addrs`; `None` for other kinds of address.
+fn endpoint_of(addrs: &Addrs) -> Option<Endpoint> {
+    let tcp = |a: Option<&super::BackendAddr>| match a {
+        Some(super::BackendAddr::Tcp(a)) => Some(*a),
+        _ => None,
+    };
+    Some(Endpoint {
+        http: tcp(Some(&addrs.http))?,
+        mcp: tcp(addrs.mcp.as_ref()),
+        a2a: tcp(addrs.a2a.as_ref()),
+    })
 }
 
 fn addr_or_empty(a: Option<SocketAddr>) -> String {
@@ -128,18 +134,11 @@ impl Ports {
     /// The loopback ports of a backend this process did not start (one a keeper runs since a
     /// graceful upgrade): marked handed out for as long as this lives.
     pub(super) fn claim(addrs: &super::Addrs) -> Option<Self> {
-        use super::BackendAddr;
-        let tcp = |a: Option<&BackendAddr>| match a {
-            Some(BackendAddr::Tcp(a)) => Some(*a),
+        let endpoint = endpoint_of(addrs)?;
+        let exec = match &addrs.exec {
+            Some(super::BackendAddr::Tcp(a)) => Some(*a),
             _ => None,
         };
-        let http = tcp(Some(&addrs.http))?;
-        let endpoint = Endpoint {
-            http,
-            mcp: tcp(addrs.mcp.as_ref()),
-            a2a: tcp(addrs.a2a.as_ref()),
-        };
-        let exec = tcp(addrs.exec.as_ref());
         let mut out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
         for a in [Some(endpoint.http), endpoint.mcp, endpoint.a2a, exec]
             .into_iter()

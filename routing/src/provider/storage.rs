@@ -15,7 +15,8 @@
 //! backend may write to it (by the process running it, a keeper after a graceful upgrade
 //! included), and a key's lock while it is checked out (a new backend for the same id waits for
 //! the old one's check-in). A slot whose lock nobody holds any more (its process crashed) is
-//! checked in by [`recover`]. Storage unused for `expiry` is deleted by [`expire`].
+//! checked in by [`recover`]. Storage unused for `expiry` is deleted, and storage over its quota
+//! reported, by [`expire`].
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -120,12 +121,11 @@ impl Slot {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(c) = taken {
-            if let Err(e) = check_in(&self.dir, &c.key, self.spec.quota_bytes) {
+            if let Err(e) = check_in(&self.dir, &c.key) {
                 tracing::error!(slot = %self.dir.display(), key = %c.key.display(), error = %e, "session storage check-in failed; recover() retries it");
                 return;
             }
             let _ = std::fs::remove_file(self.record());
-            expire(&self.spec);
         }
     }
 
@@ -236,7 +236,6 @@ impl GuestStorage {
         if let Err(e) = self.copy_back(&c.key).await {
             tracing::warn!(key = %c.key.display(), error = %e, "microVM session storage not copied back; the stored files stay as they were at check-out");
         }
-        expire(&self.spec);
     }
 
     async fn copy_back(&self, key: &Path) -> io::Result<()> {
@@ -301,14 +300,10 @@ fn key_dir(spec: &SessionStorage, principal: &str, session: &str) -> PathBuf {
         .join(hex::encode(h.finalize()))
 }
 
-fn check_in(slot: &Path, key: &Path, quota: u64) -> io::Result<()> {
+fn check_in(slot: &Path, key: &Path) -> io::Result<()> {
     move_entries(slot, key)?;
     // The key dir's mtime is its last use (what expiry goes by).
     File::open(key)?.set_modified(SystemTime::now())?;
-    let used = du(key);
-    if used > quota {
-        tracing::warn!(key = %key.display(), used, quota, "a session's storage is over its quota");
-    }
     Ok(())
 }
 
@@ -366,7 +361,7 @@ pub fn recover(root: &Path) {
             let key = PathBuf::from(std::ffi::OsString::from(
                 String::from_utf8_lossy(&key).into_owned(),
             ));
-            if check_in(&slot, &key, u64::MAX).is_err() {
+            if check_in(&slot, &key).is_err() {
                 continue;
             }
             tracing::info!(key = %key.display(), "session storage recovered from an orphaned slot");
@@ -377,7 +372,13 @@ pub fn recover(root: &Path) {
     }
 }
 
-/// Deletes the storage of this runtime version's sessions unused for longer than its expiry.
+/// How recently checked-in storage is measured against its quota by [`expire`] (it runs every
+/// 30 s: twice that, so none is missed).
+const MEASURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Deletes the storage of this runtime version's sessions unused for longer than its expiry,
+/// and measures what was checked in lately against the quota (a warning when over). Runs off
+/// the request path, periodically (the gateway's lifecycle service).
 pub fn expire(spec: &SessionStorage) {
     let dir = spec
         .root
@@ -397,6 +398,12 @@ pub fn expire(spec: &SessionStorage) {
             .modified()
             .ok()
             .and_then(|m| now.duration_since(m).ok());
+        if age.is_some_and(|a| a <= MEASURE_WINDOW) {
+            let used = du(&path);
+            if used > spec.quota_bytes {
+                tracing::warn!(key = %path.display(), used, quota = spec.quota_bytes, "a session's storage is over its quota");
+            }
+        }
         if age.is_none_or(|a| a <= spec.expiry) {
             continue;
         }
