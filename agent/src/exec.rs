@@ -283,10 +283,12 @@ pub enum ExecLine {
     Shell {
         shell: String,
     },
-    /// Session storage in a guest (`crate::files`): a tar stream in, onto a tmpfs of `size_mb`.
+    /// Session storage (`crate::files`): a tar stream in; onto a tmpfs of `size_mb` this server
+    /// mounts (a guest), or without one into what the isolation mounted (a sandbox).
     Unpack {
         unpack: PathBuf,
-        size_mb: u64,
+        #[serde(default)]
+        size_mb: Option<u64>,
     },
     /// Session storage in a guest: its files out as a tar stream.
     Pack {

@@ -1,7 +1,8 @@
-//! Session storage inside a microVM guest: the gateway copies a session's files in (`unpack`)
-//! when the guest gets its session and out (`pack`) before it stops, as a tar stream over the
-//! exec socket. In the guest they live on a tmpfs of the quota's size at the mount path, so a
-//! session that writes past its quota gets `ENOSPC`.
+//! Session storage inside an isolation: the gateway copies a session's files in (`unpack`) when
+//! its backend gets its session and out (`pack`) before it stops, as a tar stream over the exec
+//! socket. They live on a tmpfs of the quota's size at the mount path — mounted here in a
+//! microVM guest, by bubblewrap for a sandbox — so a session that writes past its quota gets
+//! `ENOSPC`.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -15,16 +16,18 @@ use tokio::process::Command;
 /// Mount paths this process has put a tmpfs on.
 static MOUNTED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
 
-/// Reads a tar stream from `input` (to its end) into `path`, on a tmpfs of `size_mb`; answers
-/// `ok` or `error …` on `output`.
+/// Reads a tar stream from `input` (to its end) into `path`, first mounting a tmpfs of `size_mb`
+/// there when given; answers `ok` or `error …` on `output`.
 pub async fn unpack<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     mut input: R,
     mut output: W,
     path: &Path,
-    size_mb: u64,
+    size_mb: Option<u64>,
 ) -> io::Result<()> {
     let result = async {
-        mount_tmpfs(path, size_mb)?;
+        if let Some(size_mb) = size_mb {
+            mount_tmpfs(path, size_mb)?;
+        }
         let mut tar = Command::new("tar")
             .arg("-x")
             .arg("-f")

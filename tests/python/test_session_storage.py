@@ -2,7 +2,8 @@
 gateway, SigV4 with two principals: a file written in a session is there again after
 StopRuntimeSession, in a new backend, for the same principal and session id only; a new runtime
 version starts empty; storage unused past its expiry is deleted. Process and sandbox backends,
-warm pools included (their slot exists before the session is known)."""
+warm pools included (their storage exists before the session is known); a sandbox's and a
+microVM's is a tmpfs of the quota's size (ENOSPC past it)."""
 
 import os
 import shutil
@@ -32,7 +33,7 @@ mode = "sigv4"
 regions = ["us-east-1"]
 credentials_file = "{ROOT / 'conf' / 'credentials.example.toml'}"
 """
-    fs = '[[runtimes.filesystems]]\nkind = "session_storage"\nmount_path = "/mnt/data"\nexpiry_days = 1\n'
+    fs = '[[runtimes.filesystems]]\nkind = "session_storage"\nmount_path = "/mnt/data"\nexpiry_days = 1\nquota_mb = 2\n'
     if versions:
         body = f"[[runtimes.versions]]\nversion = 1\n[runtimes.versions.backend]\n{backend}\n" \
                f"[[runtimes.versions]]\nversion = 2\n[runtimes.versions.backend]\n{backend}\n" \
@@ -86,6 +87,9 @@ def test_files_outlive_the_backend_for_their_principal_only(tmp_path, root, prov
         where, _ = sh(a, sid, 'printf %s "$SESSIONGATE_STORAGE"')
         if provider == "sandbox":
             assert where == "/mnt/data"
+            # A tmpfs of the quota's size: writing past it fails inside, the gateway unharmed.
+            out, code = sh(a, sid, 'head -c 3000000 /dev/zero > /mnt/data/big; echo $?; rm -f /mnt/data/big')
+            assert code == 0 and out.strip() != "0", "writing past the quota fails (ENOSPC)"
         _, code = sh(a, sid, 'echo kept > "$SESSIONGATE_STORAGE/notes.txt" && mkdir -p "$SESSIONGATE_STORAGE/d" '
                              '&& echo deep > "$SESSIONGATE_STORAGE/d/x"')
         assert code == 0
@@ -103,11 +107,14 @@ def test_files_outlive_the_backend_for_their_principal_only(tmp_path, root, prov
         out, _ = sh(a, sid, 'cat "$SESSIONGATE_STORAGE/notes.txt"')
         assert out == "kept\n"
         stop(a, sid)
-        # On disk: each principal's files under its own key, nothing left in the slots.
+        # On disk: each principal's files under its own key, nothing left checked out in slots
+        # (process backends; a sandbox's files were copied into it and back).
+        slots = root / ".slots"
+        assert slots.is_dir() == (provider == "process")
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(p.suffix == ".key" for p in (root / ".slots").iterdir()):
+        while time.monotonic() < deadline and any(p.suffix == ".key" for p in slots.glob("*")):
             time.sleep(0.1)
-        assert not any(p.suffix == ".key" for p in (root / ".slots").iterdir())
+        assert not any(p.suffix == ".key" for p in slots.glob("*"))
         stored = sorted(p.read_text() for p in (root / "default" / "v1").glob("*/notes.txt"))
         assert stored == ["kept\n", "theirs\n"]
     finally:

@@ -294,3 +294,52 @@ fn a_sandboxed_session_keeps_its_sandbox_across_an_upgrade() {
         "{socket_path} is left behind"
     );
 }
+
+/// The output of `command` run in session `sid` (its event stream, as text).
+fn run(gw: &Gateway, sid: &str, command: &str) -> String {
+    let body = serde_json::json!({ "command": command }).to_string();
+    let r = gw.post("/runtimes/default/commands", Some(sid), &body, &[]);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    r.body_text()
+}
+
+#[test]
+fn sandboxed_session_storage_is_copied_back_by_the_keeper_after_an_upgrade() {
+    let dir = TempDir::new();
+    let root = dir.0.join("storage");
+    let old = start_upgradable(
+        &dir,
+        &format!(
+            "[sessions]\nstorage_root = \"{}\"\n\
+             [[runtimes]]\nname = \"default\"\n\
+             [runtimes.backend]\nprovider = \"sandbox\"\n\
+             [[runtimes.filesystems]]\nkind = \"session_storage\"\nmount_path = \"/mnt/data\"\n",
+            root.display()
+        ),
+    );
+    let old_pid = old.pid();
+    let sid = session_id("stored-upgrade");
+    let written = run(&old, &sid, "echo before > /mnt/data/f");
+    assert!(written.contains(r#""exitCode":0"#), "{written}");
+    let new = upgrade(&old.args(), &dir, 1, old_pid, || old.log());
+    // The new process drives the kept sandbox: written to after the upgrade, then stopped
+    // (its keeper copies the files back before the sandbox ends), then a new sandbox.
+    let appended = run(&old, &sid, "echo after >> /mnt/data/f");
+    assert!(appended.contains(r#""exitCode":0"#), "{appended}");
+    let first = old.sessions().iter().find(|s| s["id"] == sid).cloned();
+    let stopped = old.post(
+        "/runtimes/default/stopruntimesession",
+        Some(&sid),
+        "{}",
+        &[],
+    );
+    assert_eq!(stopped.status, 200, "{}", stopped.body_text());
+    let read = run(&old, &sid, "cat /mnt/data/f");
+    assert!(read.contains(r#""stdout":"before\nafter\n""#), "{read}");
+    let second = old.sessions().iter().find(|s| s["id"] == sid).cloned();
+    assert_ne!(
+        first.map(|s| s["backend"].clone()),
+        second.map(|s| s["backend"].clone())
+    );
+    drop(new);
+}

@@ -266,8 +266,8 @@ impl Vm {
             ..
         } = self;
         let storage = match (&spec.storage, &addrs.exec) {
-            (Some(s), Some(super::BackendAddr::Tcp(exec))) => Some(super::Storage::Guest(
-                super::storage::GuestStorage::new(s, *exec),
+            (Some(s), Some(exec)) => Some(super::Storage::Guest(
+                super::storage::GuestStorage::in_guest(s, exec.clone()),
             )),
             _ => None,
         };

@@ -67,7 +67,7 @@ impl ProcessProvider {
         let ports = reserve_endpoint().map_err(PlacementError::Ports)?;
         let endpoint = ports.0;
         let storage = match &self.spec.storage {
-            Some(spec) => Some(Slot::create(spec, None).map_err(PlacementError::Isolation)?),
+            Some(spec) => Some(Slot::create(spec).map_err(PlacementError::Isolation)?),
             None => None,
         };
         let mut cmd = Command::new(&self.program);

@@ -22,8 +22,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use conf::SandboxSpec;
@@ -84,14 +84,6 @@ impl SandboxProvider {
         .map_err(PlacementError::Isolation)?;
         let join_fds = cgroup.join_fds();
         remains.cgroup = Some(cgroup);
-        let storage = match &self.spec.process.storage {
-            Some(spec) => Some(
-                super::storage::Slot::create(spec, Some(state.uid))
-                    .map_err(PlacementError::Isolation)?,
-            ),
-            None => None,
-        };
-
         // With egress, bwrap reports its child (`--info-fd`) and waits (`--block-fd`) until
         // slirp4netns has given the new network namespace its interface.
         let handshake = if self.spec.egress {
@@ -100,7 +92,7 @@ impl SandboxProvider {
             None
         };
         let mut cmd = Command::new("bwrap");
-        cmd.args(self.bwrap_args(&state.exe, &dir, handshake.as_ref(), storage.as_ref()))
+        cmd.args(self.bwrap_args(&state.exe, &dir, handshake.as_ref()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
@@ -128,24 +120,23 @@ impl SandboxProvider {
                     .map_err(PlacementError::Isolation)?,
             );
         }
-        let addrs = Addrs::unix_in(&dir.join("sockets"));
+        let sockets = dir.join("sockets");
+        let addrs = Addrs::unix_in(&sockets);
         wait_ready(&mut child, &addrs.http, self.spec.process.ready_timeout).await?;
+        let storage = self.spec.process.storage.as_ref().map(|s| {
+            let exec = super::BackendAddr::Unix(Arc::from(sockets.join("exec.sock")));
+            super::Storage::Guest(super::storage::GuestStorage::in_sandbox(s, exec))
+        });
         let lease = ChildLease::new(child, self.spec.process.stop_timeout, remains);
         tracing::debug!(pid = lease.pid(), dir = %dir.display(), "sandbox ready");
         Ok(Backend {
             addrs,
             lease: Lease::Sandbox(lease),
-            storage: storage.map(super::Storage::Slot),
+            storage,
         })
     }
 
-    fn bwrap_args(
-        &self,
-        exe: &Path,
-        dir: &Path,
-        handshake: Option<&Handshake>,
-        storage: Option<&super::storage::Slot>,
-    ) -> Vec<OsString> {
+    fn bwrap_args(&self, exe: &Path, dir: &Path, handshake: Option<&Handshake>) -> Vec<OsString> {
         let sockets = dir.join("sockets");
         let mut a: Vec<OsString> = Vec::with_capacity(64);
         let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
@@ -211,14 +202,17 @@ impl SandboxProvider {
         for (k, v) in &p.env {
             push(&[&"--setenv", k, v]);
         }
-        if let Some(slot) = storage {
+        if let Some(storage) = &p.storage {
+            // The session's files are copied onto it (`storage::GuestStorage`): its size is the
+            // quota, and the memory it takes is charged to the sandbox's cgroup.
             push(&[
-                &"--bind",
-                &slot.dir(),
-                &slot.mount_path(),
+                &"--size",
+                &storage.quota_bytes.to_string(),
+                &"--tmpfs",
+                &storage.mount_path,
                 &"--setenv",
                 &super::storage::STORAGE_ENV,
-                &slot.mount_path(),
+                &storage.mount_path,
             ]);
         }
         if let Some(h) = handshake {

@@ -2,19 +2,22 @@
 //! kept when its backend stops and found again by the next backend with the same session id
 //! and principal.
 //!
-//! Every spawned backend of such a runtime gets a *slot*, an empty directory under
-//! `<root>/.slots/` that it sees from its start (a `process` backend at the path in
-//! `SESSIONGATE_STORAGE`, a sandbox bind-mounted at `mount_path`), warm pools included. When the
-//! backend is given its session, the session's files are *checked out*: every entry of
-//! `<root>/<runtime>/v<version>/<key>` is renamed into the slot, `key` being a SHA-256 of the
-//! principal and the session id, so another principal using the same id finds nothing and a new
-//! version starts empty. When the backend has stopped, they are *checked in* again. Renames stay
-//! within one filesystem: no copying, whatever the size.
+//! A session's files are kept in `<root>/<runtime>/v<version>/<key>`, `key` being a SHA-256 of
+//! the principal and the session id, so another principal using the same id finds nothing and a
+//! new version starts empty. When a backend is given its session they are *checked out* to it,
+//! and when it stops *checked in* again, in one of two ways:
+//!
+//! - a `process` backend gets a *slot*, an empty directory under `<root>/.slots/` whose path is
+//!   in its `SESSIONGATE_STORAGE` from its start (warm pools included); checking out renames
+//!   every entry of the key dir into the slot, checking in renames them back — no copying,
+//!   whatever the size, and no hard quota (the process shares the host's filesystem);
+//! - a sandbox or microVM backend gets [`GuestStorage`]: the files are copied onto a tmpfs of
+//!   the quota's size inside its isolation, so writing past the quota is `ENOSPC` there.
 //!
 //! Two `flock`s keep this safe across processes: a slot's lock is held for as long as its
 //! backend may write to it (by the process running it, a keeper after a graceful upgrade
-//! included), and a key's lock while it is checked out (a new backend for the same id waits for
-//! the old one's check-in). A slot whose lock nobody holds any more (its process crashed) is
+//! included), and a key's lock while it is checked out, either way (a new backend for the same
+//! id waits for the old one's check-in). A slot whose lock nobody holds any more (its process crashed) is
 //! checked in by [`recover`]. Storage unused for `expiry` is deleted, and storage over its quota
 //! reported, by [`expire`].
 
@@ -51,9 +54,8 @@ struct CheckedOut {
 }
 
 impl Slot {
-    /// A new, empty slot for a backend about to start; `owner` may write into it (a sandbox's
-    /// host identity).
-    pub fn create(spec: &SessionStorage, owner: Option<u32>) -> io::Result<Self> {
+    /// A new, empty slot for a backend about to start.
+    pub fn create(spec: &SessionStorage) -> io::Result<Self> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let slots = spec.root.join(".slots");
         std::fs::DirBuilder::new()
@@ -65,9 +67,6 @@ impl Slot {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        if let Some(uid) = owner {
-            reachable_by(&slots, uid)?;
-        }
         let dir = slots.join(&name);
         let lock = lock_file(&slots.join(format!("{name}.lock")))?;
         if !try_lock(&lock)? {
@@ -77,9 +76,6 @@ impl Slot {
         }
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        if let Some(uid) = owner {
-            std::os::unix::fs::chown(&dir, Some(uid), Some(uid))?;
-        }
         Ok(Self {
             dir,
             spec: spec.clone(),
@@ -91,10 +87,6 @@ impl Slot {
     /// Where the backend sees its storage from outside (a process uses it as is).
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    pub fn mount_path(&self) -> &Path {
-        &self.spec.mount_path
     }
 
     /// Moves the session's files into the slot. Waits for a previous backend of the same
@@ -146,45 +138,55 @@ impl Drop for Slot {
     }
 }
 
-/// Refuses a storage root the sandbox's host identity could not reach: bubblewrap, running as
-/// `uid`, must traverse every directory down to the slot to bind it.
-fn reachable_by(dir: &Path, uid: u32) -> io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    for d in dir.ancestors() {
-        let Ok(meta) = d.metadata() else { continue };
-        let others_x = meta.mode() & 0o001 != 0;
-        if !(others_x || meta.uid() == uid) {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "session storage under {} is out of the sandbox's reach: {} is not traversable by uid {uid} (chmod o+x, or move sessions.storage_root)",
-                    dir.display(),
-                    d.display()
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// A microVM's session storage: copied into the guest (a tmpfs of the quota's size, so writing
-/// past it is `ENOSPC`) when it gets its session, and back before it stops, as tar streams over
-/// its exec socket. Unlike a slot, what is stored stays as it was at check-out until the
-/// check-in replaces it whole: a guest that dies loses what it wrote since, never more.
+/// Session storage inside an isolation (a microVM guest, a sandbox): copied onto a tmpfs of the
+/// quota's size at the mount path (so writing past it is `ENOSPC`) when the backend gets its
+/// session, and back before it stops, as tar streams over its exec socket. Unlike a slot, what
+/// is stored stays as it was at check-out until the check-in replaces it whole: a backend that
+/// dies loses what it wrote since, never more.
 #[derive(Debug)]
 pub struct GuestStorage {
     spec: SessionStorage,
-    exec: std::net::SocketAddr,
+    exec: super::BackendAddr,
+    /// True when the exec server mounts the tmpfs itself (a guest); a sandbox's bubblewrap
+    /// mounts it before the agent starts.
+    mounts: bool,
     checked_out: tokio::sync::Mutex<Option<CheckedOut>>,
 }
 
+/// A connection to an exec server.
+trait Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Conn for T {}
+
 impl GuestStorage {
-    pub fn new(spec: &SessionStorage, exec: std::net::SocketAddr) -> Self {
+    /// Storage for a microVM guest, whose exec server mounts the tmpfs.
+    pub fn in_guest(spec: &SessionStorage, exec: super::BackendAddr) -> Self {
+        Self::new(spec, exec, true)
+    }
+
+    /// Storage for a sandbox, on the tmpfs bubblewrap mounted at `mount_path`.
+    pub fn in_sandbox(spec: &SessionStorage, exec: super::BackendAddr) -> Self {
+        Self::new(spec, exec, false)
+    }
+
+    fn new(spec: &SessionStorage, exec: super::BackendAddr, mounts: bool) -> Self {
         Self {
             spec: spec.clone(),
             exec,
+            mounts,
             checked_out: tokio::sync::Mutex::new(None),
         }
+    }
+
+    async fn connect(&self) -> io::Result<Box<dyn Conn>> {
+        Ok(match &self.exec {
+            super::BackendAddr::Tcp(a) => Box::new(tokio::net::TcpStream::connect(a).await?),
+            super::BackendAddr::Unix(p) => Box::new(tokio::net::UnixStream::connect(&**p).await?),
+            super::BackendAddr::Relay(_) => {
+                return Err(io::Error::other(
+                    "session storage is copied only on its host",
+                ));
+            }
+        })
     }
 
     pub async fn check_out(&self, principal: &str, session: &str) -> io::Result<()> {
@@ -195,11 +197,11 @@ impl GuestStorage {
             .mode(0o700)
             .create(&key)?;
         let lock = wait_for_key(&key).await?;
-        let line = serde_json::json!({
-            "unpack": self.spec.mount_path,
-            "size_mb": self.spec.quota_bytes >> 20,
-        });
-        let mut conn = tokio::net::TcpStream::connect(self.exec).await?;
+        let mut line = serde_json::json!({ "unpack": self.spec.mount_path });
+        if self.mounts {
+            line["size_mb"] = (self.spec.quota_bytes >> 20).into();
+        }
+        let mut conn = self.connect().await?;
         conn.write_all(format!("{line}\n").as_bytes()).await?;
         let mut tar = tokio::process::Command::new("tar")
             .args(["-c", "-f", "-", "-C"])
@@ -222,7 +224,7 @@ impl GuestStorage {
             .read_line(&mut answer)
             .await?;
         if answer.trim() != "ok" {
-            return Err(io::Error::other(format!("the guest: {}", answer.trim())));
+            return Err(io::Error::other(format!("the backend: {}", answer.trim())));
         }
         *self.checked_out.lock().await = Some(CheckedOut { key, _lock: lock });
         Ok(())
@@ -234,13 +236,13 @@ impl GuestStorage {
             return;
         };
         if let Err(e) = self.copy_back(&c.key).await {
-            tracing::warn!(key = %c.key.display(), error = %e, "microVM session storage not copied back; the stored files stay as they were at check-out");
+            tracing::warn!(key = %c.key.display(), error = %e, "session storage not copied back; the stored files stay as they were at check-out");
         }
     }
 
     async fn copy_back(&self, key: &Path) -> io::Result<()> {
         use tokio::io::AsyncWriteExt;
-        let mut conn = tokio::net::TcpStream::connect(self.exec).await?;
+        let mut conn = self.connect().await?;
         let line = serde_json::json!({ "pack": self.spec.mount_path });
         conn.write_all(format!("{line}\n").as_bytes()).await?;
         let fresh = key.with_extension("in");
@@ -261,7 +263,7 @@ impl GuestStorage {
         drop(stdin);
         if !tar.wait().await?.success() {
             let _ = std::fs::remove_dir_all(&fresh);
-            return Err(io::Error::other("the guest's tar stream was cut short"));
+            return Err(io::Error::other("the backend's tar stream was cut short"));
         }
         // Swap whole: the old copy goes only once the new one is complete.
         let old = key.with_extension("old");
