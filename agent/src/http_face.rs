@@ -34,9 +34,9 @@ const REQUEST_ID: &str = "x-amzn-bedrock-agentcore-runtime-request-id";
 /// Bodies up to this size are parsed and echoed; bigger ones are only counted.
 const ECHO_LIMIT: usize = 1 << 20;
 
-pub fn router(agent: Arc<Agent>) -> Router {
+pub fn router(agent: Arc<Agent>, invocations_path: &str) -> Router {
     Router::new()
-        .route("/invocations", post(invocations))
+        .route(invocations_path, post(invocations))
         .route("/ws", get(ws))
         .with_state(agent)
 }

@@ -41,6 +41,9 @@ pub struct AgentAddrs {
     /// A label every invocation answer carries (e.g. the runtime version).
     #[arg(long)]
     pub label: Option<String>,
+    /// Where invocations are served on the HTTP port (a runtime's `protocol_path`).
+    #[arg(long, default_value = "/invocations")]
+    pub invocations_path: String,
 }
 
 /// One agent process's state.
@@ -117,6 +120,13 @@ pub fn run(addrs: AgentAddrs) -> anyhow::Result<()> {
 }
 
 async fn serve(addrs: AgentAddrs) -> anyhow::Result<()> {
+    let path = addrs.invocations_path.as_str();
+    anyhow::ensure!(
+        path.starts_with('/')
+            && !matches!(path, "/ping" | "/ws")
+            && !path.contains(['{', '}', '*']),
+        "--invocations-path must start with / and not be /ping, /ws or a pattern: {path:?}"
+    );
     let agent = Arc::new(Agent {
         instance: OnceLock::new(),
         a2a_url: std::env::var("AGENTCORE_RUNTIME_URL")
@@ -131,7 +141,8 @@ async fn serve(addrs: AgentAddrs) -> anyhow::Result<()> {
         let agent = Arc::clone(&agent);
         get(move || async move { axum::Json(agent.ping()) })
     };
-    let http = http_face::router(Arc::clone(&agent)).route("/ping", ping.clone());
+    let http =
+        http_face::router(Arc::clone(&agent), &addrs.invocations_path).route("/ping", ping.clone());
     let mcp = mcp::router(Arc::clone(&agent)).route("/ping", ping.clone());
     let a2a = a2a::router(Arc::clone(&agent)).route("/ping", ping);
 

@@ -308,9 +308,15 @@ impl Default for FileSessions {
 pub struct FileRuntime {
     /// `[a-zA-Z][a-zA-Z0-9_]{0,47}`, as AgentCore names runtimes. Default `default`.
     pub name: String,
-    /// What `/runtimes/{name}/invocations` reaches: `http` (`/invocations`), `mcp` (`/mcp`) or
-    /// `a2a` (`/`). Default `http`.
+    /// What `/runtimes/{name}/invocations` reaches: `http` (`/invocations`), `mcp` (`/mcp`),
+    /// `a2a` (`/`) or `agui` (AG-UI: `/invocations` and `/ws` on the HTTP port). Default `http`.
     pub protocol: String,
+    /// The port the agent serves its protocol on inside a sandbox or microVM (8000–12000, not
+    /// 8443; AgentCore's `protocolConfiguration.port`). Default: the contract's.
+    pub protocol_port: Option<u16>,
+    /// The path `/runtimes/{name}/invocations` reaches on the backend (`/…`, at most 2 048
+    /// characters; AgentCore's `protocolConfiguration.path`). Default: the contract's.
+    pub protocol_path: Option<String>,
     /// Extra request headers passed to the backend (at most 20; values up to 4 KB). The contract's
     /// own headers always pass. `Authorization` may be listed only on a `jwt` runtime.
     pub request_header_allowlist: Vec<String>,
@@ -471,6 +477,8 @@ impl Default for FileRuntime {
         Self {
             name: "default".into(),
             protocol: "http".into(),
+            protocol_port: None,
+            protocol_path: None,
             request_header_allowlist: Vec::new(),
             auth: FileAuth::default(),
             backend: None,

@@ -219,11 +219,51 @@ impl Protocol {
     }
 }
 
+/// The ports an agent listens on inside its isolation (a sandbox's network namespace, a microVM
+/// guest): the contract's 8080, 8000 and 9000, or the runtime's `protocol_port` for its own
+/// protocol (AgentCore's `protocolConfiguration.port`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContractPorts {
+    pub http: u16,
+    pub mcp: u16,
+    pub a2a: u16,
+}
+
+impl Default for ContractPorts {
+    fn default() -> Self {
+        Self {
+            http: 8080,
+            mcp: 8000,
+            a2a: 9000,
+        }
+    }
+}
+
+impl ContractPorts {
+    /// HTTP, MCP, A2A, in that order.
+    pub const fn all(&self) -> [u16; 3] {
+        [self.http, self.mcp, self.a2a]
+    }
+
+    pub fn set(&mut self, protocol: Protocol, port: u16) {
+        match protocol {
+            Protocol::Http => self.http = port,
+            Protocol::Mcp => self.mcp = port,
+            Protocol::A2a => self.a2a = port,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Runtime {
     pub name: String,
-    /// What `/runtimes/{name}/invocations` reaches on the backend.
+    /// What `/runtimes/{name}/invocations` reaches on the backend: the port it is on.
     pub protocol: Protocol,
+    /// `protocol = "agui"`: AG-UI on the HTTP port (its errors are SSE `RUN_ERROR` events).
+    pub ag_ui: bool,
+    /// The backend path of its protocol (`protocol_path`, AgentCore's
+    /// `protocolConfiguration.path`); `None`: the contract's (`/invocations`, `/mcp`, `/`).
+    pub path: Option<String>,
     /// Lower-case header names passed to the backend beyond the contract's own.
     pub request_header_allowlist: Vec<String>,
     pub auth: InboundAuth,
@@ -390,6 +430,8 @@ pub struct SandboxSpec {
     pub read_only: Vec<PathBuf>,
     /// Outbound network through `slirp4netns` (never to the host's loopback).
     pub egress: bool,
+    /// Where the agent listens inside.
+    pub ports: ContractPorts,
 }
 
 /// One QEMU `-M microvm` guest per session.
@@ -413,9 +455,21 @@ pub struct MicrovmSpec {
     pub warm_pool: usize,
     /// Session storage, copied into the guest (a tmpfs of the quota's size) and back.
     pub storage: Option<SessionStorage>,
+    /// Where the agent listens in the guest.
+    pub ports: ContractPorts,
 }
 
 impl BackendSpec {
+    /// Where the agent listens inside its isolation; `None` for a backend told its ports
+    /// (`process`) or listing them (`static`).
+    pub fn ports_mut(&mut self) -> Option<&mut ContractPorts> {
+        match self {
+            BackendSpec::Sandbox(s) => Some(&mut s.ports),
+            BackendSpec::Microvm(m) => Some(&mut m.ports),
+            BackendSpec::Process(_) | BackendSpec::Static(_) => None,
+        }
+    }
+
     /// Where a spawned backend's session storage goes; `None` for static pools.
     pub fn storage_mut(&mut self) -> Option<&mut Option<SessionStorage>> {
         match self {

@@ -566,3 +566,42 @@ fn a_cluster_needs_redis_a_shared_secret_and_static_pools() {
     assert_eq!(c.host.advertise.to_string(), "10.0.0.5:7070");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn protocol_port_and_path_follow_agentcore_rules() {
+    let ok = parse(
+        r#"
+[[runtimes]]
+name = "agui"
+protocol = "agui"
+protocol_port = 8100
+protocol_path = "/agent/run-1"
+[runtimes.backend]
+provider = "sandbox"
+"#,
+    )
+    .unwrap();
+    let r = &ok.runtimes[0];
+    assert!(r.ag_ui && r.protocol == Protocol::Http);
+    assert_eq!(r.path.as_deref(), Some("/agent/run-1"));
+    let BackendSpec::Sandbox(s) = &r.versions[0].backend else {
+        panic!()
+    };
+    assert_eq!(s.ports.all(), [8100, 8000, 9000]);
+    for (extra, backend, path) in [
+        ("protocol_port = 8443", "sandbox", "protocol_port"),
+        ("protocol_port = 7999", "sandbox", "protocol_port"),
+        ("protocol_port = 8100", "process", "protocol_port"),
+        ("protocol_path = \"relative\"", "sandbox", "protocol_path"),
+        ("protocol_path = \"/a b\"", "sandbox", "protocol_path"),
+    ] {
+        let text = format!(
+            "[[runtimes]]\nname = \"r\"\n{extra}\n[runtimes.backend]\nprovider = \"{backend}\"\n"
+        );
+        let errs = parse(&text).unwrap_err().0;
+        assert!(
+            errs.iter().any(|e| e.path == format!("runtimes[0].{path}")),
+            "{extra} on {backend}: {errs:?}"
+        );
+    }
+}

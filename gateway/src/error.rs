@@ -1,16 +1,12 @@
-//! Every way a request can fail, and how each face of the gateway says so.
+//! Every way a request can fail.
 //!
 //! One enum for the request path and one exhaustive `match` to status + AWS error type
-//! ([`GatewayError::info`]). The HTTP face answers in AWS's rest-json shape; MCP and A2A wrap
-//! the same facts in JSON-RPC error objects as AgentCore does (see DESIGN.md §1b).
+//! ([`GatewayError::info`]). How each face writes it — AWS's rest-json on HTTP, JSON-RPC error
+//! objects on MCP and A2A as AgentCore does (see DESIGN.md §1b), SSE on AG-UI — is
+//! `crate::respond`'s.
 
 use auth::AuthFailure;
-use bytes::Bytes;
-use conf::Protocol;
-use pingora::http::ResponseHeader;
-use routing::face::JsonRpcId;
 use routing::{Rejection, SessionIdError};
-use serde_json::json;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GatewayError {
@@ -381,163 +377,9 @@ impl GatewayError {
             Internal => "internal",
         }
     }
-
-    /// The response a client of `face` gets: header and body. On the JSON-RPC faces the error
-    /// names the refused call by `rpc_id` when the gateway could read it (`null` otherwise).
-    pub fn render(
-        &self,
-        face: Protocol,
-        session_id: Option<&str>,
-        rpc_id: Option<&JsonRpcId>,
-    ) -> pingora::Result<(ResponseHeader, Bytes)> {
-        let info = self.info();
-        let (status, body) = match face {
-            Protocol::Http => (info.status, json!({ "message": info.message })),
-            Protocol::Mcp if *self == GatewayError::NotAcceptable => {
-                (406, jsonrpc_error(-32011, &info.message, rpc_id))
-            }
-            Protocol::Mcp if *self == GatewayError::McpSessionGone => {
-                (404, mcp_error(&info, rpc_id).1)
-            }
-            Protocol::Mcp => mcp_error(&info, rpc_id),
-            Protocol::A2a => a2a_error(&info, rpc_id),
-        };
-        let body = Bytes::from(body.to_string());
-        let mut h = ResponseHeader::build(status, Some(5))?;
-        h.insert_header("content-type", "application/json")?;
-        h.insert_header("content-length", body.len().to_string())?;
-        h.insert_header("x-amzn-errortype", info.error_type)?;
-        if let Some(secs) = info.retry_after_secs {
-            h.insert_header("retry-after", secs.to_string())?;
-        }
-        if let Some(id) = session_id {
-            h.insert_header(crate::headers::SESSION_ID, id)?;
-        }
-        if let GatewayError::Unauthorized {
-            reason,
-            resource_metadata,
-        } = self
-        {
-            let mut challenge = format!("Bearer resource_metadata=\"{resource_metadata}\"");
-            if *reason != AuthFailure::Missing {
-                challenge.push_str(", error=\"invalid_token\"");
-            }
-            h.insert_header("www-authenticate", challenge)?;
-        }
-        Ok((h, body))
-    }
 }
 
 /// `Retry-After` in whole seconds, never 0 (a client told 0 retries at once).
 fn retry_secs(after: std::time::Duration) -> u64 {
     after.as_secs_f64().ceil().max(1.0) as u64
-}
-
-/// MCP: a JSON-RPC error with HTTP 200, except the statuses MCP clients act on (401, 403, 406).
-fn mcp_error(info: &ErrorInfo, rpc_id: Option<&JsonRpcId>) -> (u16, serde_json::Value) {
-    let code = match info.error_type {
-        "UnauthorizedException" => -32001,
-        "AccessDeniedException" => -32002,
-        "ThrottlingException" | "ServiceQuotaExceededException" => -32003,
-        "ResourceNotFoundException" => -32004,
-        "ConflictException" | "RetryableConflictException" => -32005,
-        "ValidationException" => -32006,
-        "RuntimeClientError" => -32010,
-        _ => -32603,
-    };
-    let status = if matches!(info.status, 401 | 403 | 406) {
-        info.status
-    } else {
-        200
-    };
-    (status, jsonrpc_error(code, &info.message, rpc_id))
-}
-
-/// A2A: the real HTTP status with a JSON-RPC error body; quota errors are 429 on this face.
-fn a2a_error(info: &ErrorInfo, rpc_id: Option<&JsonRpcId>) -> (u16, serde_json::Value) {
-    let code = match info.error_type {
-        "ResourceNotFoundException" => -32051,
-        "ValidationException" => -32052,
-        "ThrottlingException" | "ServiceQuotaExceededException" => -32053,
-        "ConflictException" | "RetryableConflictException" => -32054,
-        "RuntimeClientError" => -32055,
-        _ => -32603,
-    };
-    let status = if info.status == 402 { 429 } else { info.status };
-    (status, jsonrpc_error(code, &info.message, rpc_id))
-}
-
-fn jsonrpc_error(code: i64, message: &str, id: Option<&JsonRpcId>) -> serde_json::Value {
-    json!({ "jsonrpc": "2.0", "id": id, "error": { "code": code, "message": message } })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn body(face: Protocol, e: &GatewayError) -> (u16, serde_json::Value) {
-        let (h, b) = e.render(face, None, None).unwrap();
-        (h.status.as_u16(), serde_json::from_slice(&b).unwrap())
-    }
-
-    #[test]
-    fn http_face_is_aws_rest_json() {
-        let (h, b) = GatewayError::PayloadTooLarge { limit: 10 }
-            .render(Protocol::Http, Some("s"), None)
-            .unwrap();
-        assert_eq!(h.status.as_u16(), 413);
-        assert_eq!(h.headers["x-amzn-errortype"], "ValidationException");
-        assert_eq!(h.headers[crate::headers::SESSION_ID], "s");
-        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
-        assert!(v["message"].as_str().unwrap().contains("10 bytes"));
-    }
-
-    #[test]
-    fn quota_and_throttle_carry_retry_after() {
-        let (h, _) = GatewayError::Rejected(Rejection::ActiveSessions {
-            retry_after: std::time::Duration::from_millis(41_200),
-        })
-        .render(Protocol::Http, None, None)
-        .unwrap();
-        assert_eq!(h.status.as_u16(), 402);
-        assert_eq!(h.headers["retry-after"], "42");
-        let (h, _) = GatewayError::Rejected(Rejection::SessionInflight)
-            .render(Protocol::Http, None, None)
-            .unwrap();
-        assert_eq!(h.status.as_u16(), 429);
-        assert_eq!(h.headers["retry-after"], "1");
-    }
-
-    #[test]
-    fn mcp_face_uses_jsonrpc_with_200() {
-        let (status, v) = body(Protocol::Mcp, &GatewayError::BackendStatus(500));
-        assert_eq!(status, 200);
-        assert_eq!(v["error"]["code"], -32010);
-        let (status, v) = body(
-            Protocol::Mcp,
-            &GatewayError::Rejected(Rejection::ActiveSessions {
-                retry_after: std::time::Duration::from_secs(1),
-            }),
-        );
-        assert_eq!(status, 200);
-        assert_eq!(v["error"]["code"], -32003);
-        assert!(v["id"].is_null(), "no id read: null");
-        let id = JsonRpcId::String("req-001".into());
-        let (_, b) = GatewayError::SessionNotFound
-            .render(Protocol::Mcp, None, Some(&id))
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
-        assert_eq!(
-            (v["id"].as_str(), v["error"]["code"].as_i64()),
-            (Some("req-001"), Some(-32004))
-        );
-    }
-
-    #[test]
-    fn a2a_face_keeps_status_and_maps_quota_to_429() {
-        let (status, v) = body(Protocol::A2a, &GatewayError::SessionNotFound);
-        assert_eq!((status, v["error"]["code"].as_i64()), (404, Some(-32051)));
-        let (status, v) = body(Protocol::A2a, &GatewayError::PoolExhausted);
-        assert_eq!((status, v["error"]["code"].as_i64()), (429, Some(-32053)));
-    }
 }

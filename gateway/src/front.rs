@@ -103,7 +103,8 @@ impl ServerApp for Front {
 /// (a client that cannot read it sees the close and retries), then the connection closes.
 async fn refuse(mut stream: Stream, face: Protocol) {
     metrics::counter!("sessiongate_connections_refused_total").increment(1);
-    let Ok((header, body)) = GatewayError::TooManyConnections.render(face, None, None) else {
+    let Ok((header, body)) = GatewayError::TooManyConnections.render(face.into(), None, None)
+    else {
         return;
     };
     let mut head = format!("HTTP/1.1 {}\r\nconnection: close\r\n", header.status);

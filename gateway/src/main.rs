@@ -28,6 +28,7 @@ mod observe;
 mod proxy;
 mod reload;
 mod request;
+mod respond;
 mod response;
 mod route;
 mod sandbox_init;

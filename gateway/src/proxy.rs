@@ -21,7 +21,7 @@ use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::{ErrorSource, ErrorType};
 use routing::directory::EndReason;
-use routing::face::{self, JsonRpcId, MAX_ENVELOPE_BYTES};
+
 use routing::provider::BackendAddr;
 
 use crate::ctx::RequestCtx;
@@ -30,6 +30,7 @@ use crate::front;
 use crate::headers;
 use crate::observe;
 use crate::request::{self, Decision};
+use crate::respond::{error_face, linger, refused_call_id, respond_error, respond_json};
 use crate::response;
 use crate::state::Shared;
 use crate::telemetry;
@@ -37,10 +38,6 @@ use crate::ws::FrameMeter;
 
 /// How long connecting to a backend may take before the request fails with 424.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long a refused request's body is read: for its JSON-RPC id, then drained so the client
-/// can read its error (a 413 above all).
-const LINGER: Duration = Duration::from_secs(2);
 
 /// One listener of the gateway: the shared state and the protocol face it serves.
 pub struct Gateway {
@@ -78,7 +75,14 @@ impl ProxyHttp for Gateway {
                     _ => crate::commands::run(session, ctx).await,
                 };
                 if let Err(e) = done {
-                    respond_error(session, self.face, &e, ctx.session_id(), None).await;
+                    respond_error(
+                        session,
+                        error_face(self.face, ctx),
+                        &e,
+                        ctx.session_id(),
+                        None,
+                    )
+                    .await;
                     linger(session).await;
                     ctx.error = Some(e);
                 }
@@ -89,7 +93,14 @@ impl ProxyHttp for Gateway {
                     Protocol::Mcp | Protocol::A2a => refused_call_id(session).await,
                     Protocol::Http => None,
                 };
-                respond_error(session, self.face, &e, ctx.session_id(), rpc_id.as_ref()).await;
+                respond_error(
+                    session,
+                    error_face(self.face, ctx),
+                    &e,
+                    ctx.session_id(),
+                    rpc_id.as_ref(),
+                )
+                .await;
                 // The connection closes after an error; read what is left of the request first,
                 // or the unread bytes make the close a reset that can swallow the answer.
                 linger(session).await;
@@ -209,9 +220,17 @@ impl ProxyHttp for Gateway {
             }
             return Ok(());
         }
-        if let Some(path) = ctx.target.and_then(|t| t.path) {
-            // AWS-style paths reach the container path; the query (session id, custom headers
-            // for WebSocket clients) stays.
+        let runtime = ctx
+            .route
+            .and_then(|r| ctx.snapshot.config.runtimes.get(r.runtime));
+        if let Some(path) = ctx
+            .target
+            .zip(runtime)
+            .and_then(|(t, r)| t.backend_path(r))
+            .filter(|p| *p != upstream.uri.path())
+        {
+            // AWS-style paths reach the container path (or the runtime's `protocol_path`); the
+            // query (session id, custom headers for WebSocket clients) stays.
             let target = match upstream.uri.query() {
                 Some(q) => format!("{path}?{q}"),
                 None => path.to_owned(),
@@ -220,10 +239,7 @@ impl ProxyHttp for Gateway {
                 upstream.set_uri(uri);
             }
         }
-        let allowlist = ctx
-            .route
-            .and_then(|r| ctx.snapshot.config.runtimes.get(r.runtime))
-            .map_or(&[][..], |r| r.request_header_allowlist.as_slice());
+        let allowlist = runtime.map_or(&[][..], |r| r.request_header_allowlist.as_slice());
         headers::to_backend(
             upstream,
             ctx.session_id().unwrap_or_default(),
@@ -360,7 +376,14 @@ impl ProxyHttp for Gateway {
                 .response_written()
                 .is_none_or(|r| r.status.is_informational() && r.status != 101)
             {
-                code = respond_error(session, self.face, &error, ctx.session_id(), None).await;
+                code = respond_error(
+                    session,
+                    error_face(self.face, ctx),
+                    &error,
+                    ctx.session_id(),
+                    None,
+                )
+                .await;
                 if matches!(error, GatewayError::PayloadTooLarge { .. }) {
                     linger(session).await;
                 }
@@ -384,7 +407,7 @@ impl ProxyHttp for Gateway {
         };
         metrics::counter!("sessiongate_requests_refused_total", "reason" => error.reason())
             .increment(1);
-        error.render(self.face, None, None).ok()
+        error.render(self.face.into(), None, None).ok()
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
@@ -504,75 +527,4 @@ impl Gateway {
         }
         Ok(())
     }
-}
-
-/// Like nginx's lingering close: after an error answer (a 413 above all), read and drop what the
-/// client is still sending, for a moment at most, so closing does not reset the connection
-/// before the client has read the answer.
-async fn linger(session: &mut Session) {
-    let _ = tokio::time::timeout(LINGER, session.drain_request_body()).await;
-}
-
-/// The JSON-RPC id of a call refused before it was forwarded, read from the start of its body
-/// (at most [`MAX_ENVELOPE_BYTES`], for [`LINGER`] at most) so the error names the call. Not
-/// for a client waiting for `100 Continue`: it gets its error at once, with `"id": null`.
-async fn refused_call_id(session: &mut Session) -> Option<JsonRpcId> {
-    if session.is_body_empty()
-        || session
-            .req_header()
-            .headers
-            .contains_key(http::header::EXPECT)
-    {
-        return None;
-    }
-    let mut body = Vec::new();
-    let read = async {
-        while body.len() <= MAX_ENVELOPE_BYTES {
-            match session.read_request_body().await {
-                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-                Ok(None) | Err(_) => break,
-            }
-        }
-    };
-    let _ = tokio::time::timeout(LINGER, read).await;
-    face::jsonrpc_id(&body)
-}
-
-/// Writes an error for `face`; returns the status written (0 if the client is gone).
-async fn respond_error(
-    session: &mut Session,
-    face: Protocol,
-    e: &GatewayError,
-    session_id: Option<&str>,
-    rpc_id: Option<&JsonRpcId>,
-) -> u16 {
-    let Ok((header, body)) = e.render(face, session_id, rpc_id) else {
-        return 0;
-    };
-    let status = header.status.as_u16();
-    match session.write_error_response(header, body).await {
-        Ok(()) => status,
-        Err(_) => 0,
-    }
-}
-
-async fn respond_json(
-    session: &mut Session,
-    status: u16,
-    body: &serde_json::Value,
-    session_id: Option<&str>,
-) -> Result<()> {
-    if !session.is_body_empty() {
-        // The request body was not read; this connection cannot carry another request.
-        session.set_keepalive(None);
-    }
-    let body = Bytes::from(body.to_string());
-    let mut h = ResponseHeader::build(status, Some(3))?;
-    h.insert_header("content-type", "application/json")?;
-    h.insert_header("content-length", body.len().to_string())?;
-    if let Some(id) = session_id {
-        h.insert_header(headers::SESSION_ID, id)?;
-    }
-    session.write_response_header(Box::new(h), false).await?;
-    session.write_response_body(Some(body), true).await
 }

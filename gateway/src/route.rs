@@ -13,7 +13,7 @@
 //! | MCP | `POST`/`GET`/`DELETE /mcp` | the default runtime's `:8000 /mcp` |
 //! | A2A | `POST /`, `GET /.well-known/agent-card.json` | the default runtime's `:9000`, same path |
 
-use conf::{Config, Protocol};
+use conf::{Config, Protocol, Runtime};
 use http::Method;
 
 use crate::error::GatewayError;
@@ -45,11 +45,42 @@ pub enum RouteKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target {
     pub protocol: Protocol,
-    /// The backend path when it differs from the client's (AWS-style paths); `None` keeps it.
-    pub path: Option<&'static str>,
+    pub path: BackendPath,
     /// Metrics label.
     pub name: &'static str,
     pub websocket: bool,
+}
+
+/// The path a proxied request has on the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendPath {
+    /// The client's.
+    Same,
+    Fixed(&'static str),
+    /// Where the runtime serves its protocol: its `protocol_path`, else the contract's
+    /// (`/invocations`, `/mcp`, `/`).
+    Protocol,
+}
+
+impl Target {
+    /// The backend path when it differs from the client's; `None` keeps it.
+    pub fn backend_path<'a>(&self, runtime: &'a Runtime) -> Option<&'a str> {
+        match self.path {
+            BackendPath::Same => None,
+            BackendPath::Fixed(p) => Some(p),
+            BackendPath::Protocol => Some(
+                runtime
+                    .path
+                    .as_deref()
+                    .filter(|_| runtime.protocol == self.protocol)
+                    .unwrap_or(match self.protocol {
+                        Protocol::Http => "/invocations",
+                        Protocol::Mcp => "/mcp",
+                        Protocol::A2a => "/",
+                    }),
+            ),
+        }
+    }
 }
 
 impl Route {
@@ -68,9 +99,17 @@ impl Route {
 const fn target(protocol: Protocol, name: &'static str) -> Target {
     Target {
         protocol,
-        path: None,
+        path: BackendPath::Same,
         name,
         websocket: false,
+    }
+}
+
+/// A request to where the runtime serves `protocol` (see [`BackendPath::Protocol`]).
+const fn protocol_target(protocol: Protocol, name: &'static str) -> Target {
+    Target {
+        path: BackendPath::Protocol,
+        ..target(protocol, name)
     }
 }
 
@@ -121,15 +160,15 @@ pub fn route(
             "/.well-known/oauth-protected-resource" | "/.well-known/oauth-protected-resource/mcp",
         ) => at(RouteKind::ResourceMetadata),
         (Protocol::Http, &Method::POST, "/invocations") => {
-            proxy(target(Protocol::Http, "invocations"))
+            proxy(protocol_target(Protocol::Http, "invocations"))
         }
         (Protocol::Http, &Method::GET, "/ws") => proxy(WS),
         (Protocol::Http | Protocol::A2a, &Method::GET, "/ping") => at(RouteKind::GatewayPing),
         (Protocol::Http, _, p) if p.starts_with("/runtimes/") => aws_route(method, p, config),
         (Protocol::Mcp, &Method::POST | &Method::GET | &Method::DELETE, "/mcp") => {
-            proxy(target(Protocol::Mcp, "mcp"))
+            proxy(protocol_target(Protocol::Mcp, "mcp"))
         }
-        (Protocol::A2a, &Method::POST, "/") => proxy(target(Protocol::A2a, "a2a")),
+        (Protocol::A2a, &Method::POST, "/") => proxy(protocol_target(Protocol::A2a, "a2a")),
         (Protocol::A2a, &Method::GET, "/.well-known/agent-card.json") => {
             proxy(target(Protocol::A2a, "agent_card"))
         }
@@ -146,12 +185,12 @@ fn aws_route(method: &Method, path: &str, config: &Config) -> Result<Route, Gate
         // MCP clients also GET (server stream) and DELETE (end) their endpoint URL.
         (&Method::GET | &Method::DELETE, "invocations") => None,
         (&Method::GET, "ws") => Some(RouteKind::Proxy(Target {
-            path: Some("/ws"),
+            path: BackendPath::Fixed("/ws"),
             ..WS
         })),
         (&Method::GET, "invocations/.well-known/agent-card.json") => {
             Some(RouteKind::Proxy(Target {
-                path: Some("/.well-known/agent-card.json"),
+                path: BackendPath::Fixed("/.well-known/agent-card.json"),
                 ..target(Protocol::A2a, "agent_card")
             }))
         }
@@ -165,17 +204,8 @@ fn aws_route(method: &Method, path: &str, config: &Config) -> Result<Route, Gate
     if kind.is_none() && *method != Method::POST && protocol != Protocol::Mcp {
         return Err(GatewayError::NoRoute);
     }
-    let kind = kind.unwrap_or_else(|| {
-        // InvokeAgentRuntime reaches whatever the runtime's protocol serves.
-        RouteKind::Proxy(Target {
-            path: Some(match protocol {
-                Protocol::Http => "/invocations",
-                Protocol::Mcp => "/mcp",
-                Protocol::A2a => "/",
-            }),
-            ..target(protocol, "invocations")
-        })
-    });
+    // InvokeAgentRuntime reaches whatever the runtime's protocol serves.
+    let kind = kind.unwrap_or(RouteKind::Proxy(protocol_target(protocol, "invocations")));
     Ok(Route { runtime, kind })
 }
 
@@ -247,7 +277,10 @@ protocol = "mcp"
         let RouteKind::Proxy(t) = r.kind else {
             panic!()
         };
-        assert_eq!((t.protocol, t.path), (Protocol::Mcp, Some("/mcp")));
+        assert_eq!(
+            (t.protocol, t.backend_path(&c.runtimes[1])),
+            (Protocol::Mcp, Some("/mcp"))
+        );
         let r = route(Protocol::Http, &Method::GET, "/runtimes/default/ws", &c).unwrap();
         assert!(matches!(r.kind, RouteKind::Proxy(t) if t.websocket));
         assert_eq!(

@@ -14,8 +14,8 @@ use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio::process::Command;
 use tokio::signal::unix::{SignalKind, signal};
 
-/// The contract's ports inside the sandbox, and the socket each is relayed to.
-const PORTS: [(&str, u16); 3] = [("http.sock", 8080), ("mcp.sock", 8000), ("a2a.sock", 9000)];
+/// The sockets the agent's HTTP, MCP and A2A ports are relayed to.
+const SOCKETS: [&str; 3] = ["http.sock", "mcp.sock", "a2a.sock"];
 
 /// Where the session's commands come in (`routing`'s sandbox provider connects to it).
 const EXEC_SOCKET: &str = "exec.sock";
@@ -25,6 +25,9 @@ pub struct Args {
     /// Where to create `http.sock`, `mcp.sock`, `a2a.sock` and `exec.sock`.
     #[arg(long)]
     sockets: PathBuf,
+    /// The agent's HTTP, MCP and A2A ports inside the sandbox.
+    #[arg(long, value_delimiter = ',', default_values_t = [8080, 8000, 9000])]
+    ports: Vec<u16>,
     /// The agent command and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -51,6 +54,11 @@ pub fn run(args: Args) -> ExitCode {
 }
 
 async fn supervise(args: Args) -> std::io::Result<u8> {
+    if args.ports.len() != SOCKETS.len() {
+        return Err(std::io::Error::other(
+            "--ports takes three ports: HTTP,MCP,A2A",
+        ));
+    }
     let (program, rest) = args
         .command
         .split_first()
@@ -61,7 +69,7 @@ async fn supervise(args: Args) -> std::io::Result<u8> {
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot start {program}: {e}")))?;
-    for (name, port) in PORTS {
+    for (name, &port) in SOCKETS.iter().zip(&args.ports) {
         let path = args.sockets.join(name);
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)?;

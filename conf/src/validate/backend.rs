@@ -141,6 +141,7 @@ pub(super) fn backend(
                 ) as u32,
                 read_only,
                 egress: b.egress.unwrap_or(true),
+                ports: ContractPorts::default(),
             }))
         }
         "microvm" => {
@@ -205,6 +206,7 @@ pub(super) fn backend(
                 kernel: kernel?,
                 initrd: initrd?,
                 storage: None,
+                ports: ContractPorts::default(),
             }))
         }
         _ => {

@@ -16,18 +16,28 @@ pub(super) fn runtime(
         );
     }
     let protocol = match r.protocol.as_str() {
-        "http" => Some(Protocol::Http),
+        "http" | "agui" => Some(Protocol::Http),
         "mcp" => Some(Protocol::Mcp),
         "a2a" => Some(Protocol::A2a),
         other => {
             errs.push(
                 format!("{path}.protocol"),
-                format!("`{other}` is not one of http, mcp, a2a"),
+                format!("`{other}` is not one of http, mcp, a2a, agui"),
             );
             None
         }
     };
     let (mut versions, endpoints) = versions_and_endpoints(errs, path, r, base);
+    if let (Some(port), Some(protocol), Some(versions)) =
+        (r.protocol_port, protocol, versions.as_mut())
+    {
+        protocol_port(errs, path, port, protocol, versions);
+    }
+    let protocol_path = r
+        .protocol_path
+        .as_ref()
+        .filter(|p| protocol_path(errs, path, p))
+        .cloned();
     if let Some(storage) = filesystems(errs, path, r)
         && let Some(versions) = versions.as_mut()
     {
@@ -73,6 +83,8 @@ pub(super) fn runtime(
     Some(Runtime {
         name: r.name.clone(),
         protocol: protocol?,
+        ag_ui: r.protocol == "agui",
+        path: protocol_path,
         idle_timeout,
         max_lifetime,
         request_header_allowlist: allowlist,
@@ -80,6 +92,52 @@ pub(super) fn runtime(
         versions: versions?,
         endpoints,
     })
+}
+
+/// `protocol_port`: AgentCore's rule (8000–12000, not 8443), for backends that listen inside an
+/// isolation of their own.
+fn protocol_port(
+    errs: &mut Errors,
+    path: &str,
+    port: u16,
+    protocol: Protocol,
+    versions: &mut [RuntimeVersion],
+) {
+    if !(8000..=12000).contains(&port) || port == 8443 {
+        errs.push(
+            format!("{path}.protocol_port"),
+            format!("{port} is not in 8000–12000 (8443 excluded)"),
+        );
+        return;
+    }
+    for v in versions {
+        let number = v.number;
+        match v.backend.ports_mut() {
+            Some(ports) => ports.set(protocol, port),
+            None => errs.push(
+                format!("{path}.protocol_port"),
+                format!(
+                    "applies to sandbox and microvm backends; version {number}'s backend is told its \
+                     ports ({{http}}, {{mcp}}, {{a2a}}) or lists them (static)"
+                ),
+            ),
+        }
+    }
+}
+
+/// `protocol_path`: AgentCore's `ServerPath` (`/[A-Za-z0-9\-._~/%]*`, 1–2 048 characters).
+fn protocol_path(errs: &mut Errors, path: &str, p: &str) -> bool {
+    let valid = p.starts_with('/')
+        && p.len() <= 2048
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~/%".contains(&b));
+    if !valid {
+        errs.push(
+            format!("{path}.protocol_path"),
+            format!("`{p}` must be `/` then letters, digits, `-._~/%` (at most 2 048 characters)"),
+        );
+    }
+    valid
 }
 
 /// `[[runtimes.filesystems]]`: at most one `session_storage` (where it lives is filled in per

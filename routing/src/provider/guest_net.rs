@@ -24,11 +24,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::Stdio;
 use std::time::Duration;
 
-use conf::Endpoint;
+use conf::{ContractPorts, Endpoint};
 use tokio::process::{Child, Command};
 
-/// The guest's ports the gateway's forwards lead to: HTTP, MCP, A2A.
-const GUEST_PORTS: [u16; 3] = [8080, 8000, 9000];
 /// Where the guest's `sessiongate-agent exec-server` takes the session's commands.
 pub const GUEST_EXEC_PORT: u16 = 7070;
 /// How long passt may take to bind the forwarded ports.
@@ -44,10 +42,17 @@ pub(super) struct GuestNet {
 }
 
 impl GuestNet {
-    pub fn new(egress: bool, ports: &Endpoint, exec: SocketAddr) -> std::io::Result<Self> {
+    /// Forwards `ports` (the host's ends) to `guest` (the agent's HTTP, MCP and A2A ports), and
+    /// `exec` to the guest's exec server.
+    pub fn new(
+        egress: bool,
+        ports: &Endpoint,
+        guest: ContractPorts,
+        exec: SocketAddr,
+    ) -> std::io::Result<Self> {
         let forwards: Vec<(SocketAddr, u16)> = [Some(ports.http), ports.mcp, ports.a2a]
             .into_iter()
-            .zip(GUEST_PORTS)
+            .zip(guest.all())
             .filter_map(|(host, guest)| Some((host?, guest)))
             .chain([(exec, GUEST_EXEC_PORT)])
             .collect();
@@ -204,7 +209,13 @@ mod tests {
 
     #[test]
     fn without_egress_slirp_is_restricted_and_still_forwards() {
-        let net = GuestNet::new(false, &endpoint(), "127.0.0.1:41002".parse().unwrap()).unwrap();
+        let net = GuestNet::new(
+            false,
+            &endpoint(),
+            ContractPorts::default(),
+            "127.0.0.1:41002".parse().unwrap(),
+        )
+        .unwrap();
         assert_eq!(
             net.netdev,
             "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:41000-:8080,hostfwd=tcp:127.0.0.1:41001-:8000,hostfwd=tcp:127.0.0.1:41002-:7070"
@@ -214,7 +225,13 @@ mod tests {
 
     #[test]
     fn with_egress_qemu_gets_a_socket_not_slirp() {
-        let net = GuestNet::new(true, &endpoint(), "127.0.0.1:41002".parse().unwrap()).unwrap();
+        let net = GuestNet::new(
+            true,
+            &endpoint(),
+            ContractPorts::default(),
+            "127.0.0.1:41002".parse().unwrap(),
+        )
+        .unwrap();
         let fd = net.qemu_fd().unwrap();
         assert_eq!(net.netdev, format!("socket,id=n0,fd={fd}"));
         assert!(!net.netdev.contains("user"));

@@ -182,7 +182,8 @@ impl Vm {
         let exec = reserved.reserve_exec().map_err(PlacementError::Ports)?;
         let ports = reserved.0;
         remains.ports = Some(reserved);
-        let net = GuestNet::new(spec.egress, &ports, exec).map_err(PlacementError::Isolation)?;
+        let net = GuestNet::new(spec.egress, &ports, spec.ports, exec)
+            .map_err(PlacementError::Isolation)?;
         let mut cmd = Command::new(&spec.qemu);
         cmd.args(machine_args(spec, accel))
             .args([

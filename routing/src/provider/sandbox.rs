@@ -228,6 +228,8 @@ impl SandboxProvider {
             &"sandbox-init",
             &"--sockets",
             &sockets,
+            &"--ports",
+            &self.spec.ports.all().map(|p| p.to_string()).join(","),
             &"--",
             &program,
         ]);

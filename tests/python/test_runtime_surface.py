@@ -1,0 +1,136 @@
+"""AgentCore's 2026 runtime surface against the gateway, with real clients and agents: an AG-UI
+runtime (the SDK's `AGUIApp` as the backend, AG-UI's own event types to read it) over SSE and
+WebSocket, with AG-UI's error shape for a quota refusal; a runtime serving its protocol on
+another port and path (`protocol_port`, `protocol_path`) inside a sandbox."""
+
+import json
+import shutil
+import sys
+import uuid
+
+import boto3
+import httpx
+import pydantic
+import pytest
+import websockets.sync.client
+from ag_ui.core import Event, EventType, RunAgentInput, UserMessage
+from botocore.config import Config
+
+from conftest import ROOT, SESSION_HEADER, Gateway
+
+AGENT = ROOT / "tests" / "python" / "agents" / "ag_ui_agent.py"
+EVENTS = pydantic.TypeAdapter(Event)
+
+
+def ag_ui_config(limits: str = "") -> str:
+    return f"""{limits}
+[[runtimes]]
+name = "agui"
+protocol = "agui"
+[runtimes.backend]
+provider = "process"
+command = "{sys.executable}"
+args = ["{AGENT}", "{{http}}"]
+ready_timeout_ms = 30000
+"""
+
+
+def run_input(text: str) -> str:
+    return RunAgentInput(
+        thread_id="thread-1", run_id=f"run-{uuid.uuid4()}", state={}, tools=[], context=[],
+        forwarded_props={}, messages=[UserMessage(id="m1", role="user", content=text)],
+    ).model_dump_json(by_alias=True)
+
+
+def sse_events(text: str) -> list:
+    """AG-UI events from an SSE body, each checked against AG-UI's own event types."""
+    return [EVENTS.validate_json(line[len("data: "):]) for line in text.splitlines() if line.startswith("data: ")]
+
+
+def test_ag_ui_runs_stream_over_sse_and_websocket(tmp_path):
+    gw = Gateway(tmp_path, ag_ui_config())
+    try:
+        sid = f"agui-{uuid.uuid4()}"
+        r = httpx.post(f"http://{gw.http}/runtimes/agui/invocations", content=run_input("hello"),
+                       headers={SESSION_HEADER: sid, "content-type": "application/json",
+                                "accept": "text/event-stream"}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(r.text)
+        assert [e.type for e in events] == [
+            EventType.RUN_STARTED, EventType.TEXT_MESSAGE_START, EventType.TEXT_MESSAGE_CONTENT,
+            EventType.TEXT_MESSAGE_CONTENT, EventType.TEXT_MESSAGE_END, EventType.RUN_FINISHED]
+        text = "".join(e.delta for e in events if e.type == EventType.TEXT_MESSAGE_CONTENT)
+        assert text == f"echo: hello (session {sid})"
+        # The same run over the WebSocket transport, in the same session (one backend).
+        with websockets.sync.client.connect(f"ws://{gw.http}/runtimes/agui/ws",
+                                            additional_headers={SESSION_HEADER: sid}) as ws:
+            ws.send(run_input("over ws"))
+            seen = []
+            while not seen or seen[-1].type != EventType.RUN_FINISHED:
+                seen += sse_events(ws.recv(timeout=30))  # the SDK frames each event as SSE
+        text = "".join(e.delta for e in seen if e.type == EventType.TEXT_MESSAGE_CONTENT)
+        assert text == f"echo: over ws (session {sid})"
+        assert len([s for s in gw.sessions() if s["id"] == sid]) == 1
+    finally:
+        gw.stop()
+
+
+def test_ag_ui_refusals_are_run_error_events(tmp_path):
+    """A quota refusal is AG-UI's `SERVICE_QUOTA_EXCEEDED` RUN_ERROR event with HTTP 429 (as
+    AgentCore answers AG-UI runtimes); an HTTP runtime's is still 402 ServiceQuotaExceeded."""
+    gw = Gateway(tmp_path, ag_ui_config("[limits]\nmax_active_sessions = 1\n"))
+    try:
+        headers = {"content-type": "application/json", "accept": "text/event-stream"}
+        first = httpx.post(f"http://{gw.http}/runtimes/agui/invocations", content=run_input("a"),
+                           headers={**headers, SESSION_HEADER: f"agui-{uuid.uuid4()}"}, timeout=30)
+        assert first.status_code == 200
+        refused = httpx.post(f"http://{gw.http}/runtimes/agui/invocations", content=run_input("b"),
+                             headers={**headers, SESSION_HEADER: f"agui-{uuid.uuid4()}"}, timeout=30)
+        assert refused.status_code == 429
+        assert refused.headers["content-type"] == "text/event-stream"
+        assert int(refused.headers["retry-after"]) >= 1
+        (event,) = sse_events(refused.text)
+        assert (event.type, event.code) == (EventType.RUN_ERROR, "SERVICE_QUOTA_EXCEEDED")
+        # A malformed session id: RUN_ERROR too, with the status AgentCore gives it.
+        bad = httpx.post(f"http://{gw.http}/runtimes/agui/invocations", content=run_input("c"),
+                         headers={**headers, SESSION_HEADER: "short"}, timeout=30)
+        assert bad.status_code == 400
+        (event,) = sse_events(bad.text)
+        assert (event.type, event.code) == (EventType.RUN_ERROR, "VALIDATION")
+    finally:
+        gw.stop()
+
+
+def test_a_runtime_serves_its_protocol_on_its_own_port_and_path(tmp_path):
+    """`protocol_port` and `protocol_path` (AgentCore's protocolConfiguration): the reference
+    agent in a sandbox listens on 8100 and serves invocations at /agent/run; boto3's
+    InvokeAgentRuntime and the container face's /invocations both reach it there."""
+    if not shutil.which("bwrap"):
+        pytest.fail("bubblewrap is required (scripts/setup --test installs it)")
+    cfg = """
+[[runtimes]]
+name = "default"
+protocol_port = 8100
+protocol_path = "/agent/run"
+[runtimes.backend]
+provider = "sandbox"
+args = ["agent", "--http", "0.0.0.0:8100", "--invocations-path", "/agent/run"]
+egress = false
+"""
+    gw = Gateway(tmp_path, cfg)
+    try:
+        c = boto3.client("bedrock-agentcore", region_name="us-east-1", endpoint_url=f"http://{gw.http}",
+                         aws_access_key_id="x", aws_secret_access_key="y",
+                         config=Config(retries={"max_attempts": 1}))
+        sid = f"ported-{uuid.uuid4()}"
+        r = c.invoke_agent_runtime(agentRuntimeArn="default", runtimeSessionId=sid,
+                                   payload=json.dumps({"prompt": "on 8100"}))
+        assert r["statusCode"] == 200
+        body = json.loads(r["response"].read())
+        assert body["session_id"] == sid and "on 8100" in json.dumps(body)
+        direct = httpx.post(f"http://{gw.http}/invocations", json={"prompt": "container face"},
+                            headers={SESSION_HEADER: sid}, timeout=30)
+        assert direct.status_code == 200 and direct.json()["session_id"] == sid
+    finally:
+        gw.stop()
