@@ -76,8 +76,8 @@ pub fn exec_at(ctx: &RequestCtx) -> Result<ExecAt, GatewayError> {
         ))
 }
 
-/// Reads the request body: a JSON object of at most [`exec::MAX_REQUEST_LINE`] bytes.
-async fn read_body(session: &mut Session) -> Result<Bytes, GatewayError> {
+/// Reads a small request body (a command, a stop): at most [`exec::MAX_REQUEST_LINE`] bytes.
+pub async fn read_body(session: &mut Session) -> Result<Bytes, GatewayError> {
     let limit = exec::MAX_REQUEST_LINE;
     let mut body = Vec::new();
     loop {

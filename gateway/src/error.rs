@@ -93,6 +93,12 @@ pub enum GatewayError {
     /// why, for the client).
     #[error("commands are not available for this session: {0}")]
     CommandsUnavailable(&'static str),
+    /// StopRuntimeSession's body or its `clientToken` is malformed.
+    #[error("invalid stop request: {0}")]
+    InvalidStopRequest(&'static str),
+    /// A `clientToken` first used to stop another session id.
+    #[error("client token reused")]
+    ClientTokenReused,
     #[error("internal error")]
     Internal,
 }
@@ -305,6 +311,13 @@ impl GatewayError {
                 None,
             ),
             CommandsUnavailable(why) => (400, "ValidationException", (*why).to_owned(), None),
+            InvalidStopRequest(why) => (400, "ValidationException", (*why).to_owned(), None),
+            ClientTokenReused => (
+                409,
+                "ConflictException",
+                "This clientToken was already used to stop another session".into(),
+                None,
+            ),
             InvalidArn => (
                 400,
                 "ValidationException",
@@ -374,6 +387,8 @@ impl GatewayError {
             InvalidCommand(_) => "invalid_command",
             InvalidShellId => "invalid_shell_id",
             CommandsUnavailable(_) => "commands_unavailable",
+            InvalidStopRequest(_) => "invalid_stop_request",
+            ClientTokenReused => "client_token_reused",
             Internal => "internal",
         }
     }

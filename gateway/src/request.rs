@@ -17,6 +17,7 @@ use crate::headers::{MCP_SESSION_ID, SESSION_ID};
 use crate::route::{self, RouteKind, Target};
 use crate::state::{Shared, Snapshot};
 use routing::EndReason;
+use routing::directory::stop_tokens::{Stopped, valid_client_token};
 
 /// What the request stage decided.
 pub enum Decision {
@@ -338,7 +339,7 @@ fn hex(bytes: &[u8]) -> String {
 /// StopRuntimeSession: ends the named session now (in-flight streams included).
 async fn stop_session(
     shared: &Shared,
-    session: &Session,
+    session: &mut Session,
     ctx: &mut RequestCtx,
     runtime: &Arc<str>,
     principal: &Principal,
@@ -350,23 +351,65 @@ async fn stop_session(
         .ok_or(GatewayError::MissingSessionId)?;
     let id = SessionId::parse(raw.as_bytes()).map_err(GatewayError::InvalidSessionId)?;
     ctx.session_id = Some(id.clone());
-    let found = shared
-        .directory
-        .stop_named(
-            id.as_str(),
-            Some((&**runtime, principal)),
-            EndReason::Stopped,
-        )
-        .await
-        .map_err(open_error)?;
-    if !found {
-        return Err(GatewayError::SessionNotFound);
+    let body = match ctx.verified_body.take() {
+        Some(b) => b,
+        None => crate::commands::read_body(session).await?,
+    };
+    let directory = &shared.directory;
+    let stopped = match client_token(&body)? {
+        Some(token) => directory
+            .stop_once(id.as_str(), runtime, principal, &token, EndReason::Stopped)
+            .await
+            .map_err(open_error)?,
+        None => {
+            let found = directory
+                .stop_named(
+                    id.as_str(),
+                    Some((&**runtime, principal)),
+                    EndReason::Stopped,
+                )
+                .await
+                .map_err(open_error)?;
+            if found {
+                Stopped::Yes
+            } else {
+                Stopped::NotFound
+            }
+        }
+    };
+    match stopped {
+        Stopped::Yes => {
+            metrics::counter!("sessiongate_sessions_ended_total", "reason" => "stopped")
+                .increment(1);
+        }
+        Stopped::Replayed => {}
+        Stopped::NotFound => return Err(GatewayError::SessionNotFound),
+        Stopped::TokenReused => return Err(GatewayError::ClientTokenReused),
     }
-    metrics::counter!("sessiongate_sessions_ended_total", "reason" => "stopped").increment(1);
     Ok(Decision::Answer(
         200,
         serde_json::json!({ "runtimeSessionId": id.as_str() }),
     ))
+}
+
+/// StopRuntimeSession's `clientToken`, if the body (empty, or a JSON object) has one.
+fn client_token(body: &[u8]) -> Result<Option<String>, GatewayError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(rename = "clientToken")]
+        client_token: Option<String>,
+    }
+    let body: Body = serde_json::from_slice(body)
+        .map_err(|_| GatewayError::InvalidStopRequest("The request body must be a JSON object"))?;
+    match body.client_token {
+        Some(t) if !valid_client_token(&t) => Err(GatewayError::InvalidStopRequest(
+            "clientToken must be 33 to 256 letters, digits or inner hyphens",
+        )),
+        t => Ok(t),
+    }
 }
 
 /// The version a new session would start on: the endpoint named by the `qualifier` query

@@ -27,6 +27,7 @@ const MAX_MCP_IDS_PER_SESSION: usize = 16;
 
 mod handover;
 mod shared;
+pub mod stop_tokens;
 pub use handover::{HandedBackend, HandedSession};
 pub use shared::Entry;
 
@@ -40,6 +41,8 @@ pub struct SessionDirectory {
     shared: Option<Arc<RedisDirectory>>,
     /// Handed to a new process by a graceful upgrade: this process ends no session any more.
     handed_over: AtomicBool,
+    /// Stops' client tokens, when there is no shared directory to keep them.
+    stop_tokens: stop_tokens::LocalTokens,
 }
 
 /// Why a request could not be given its session.
@@ -344,6 +347,7 @@ impl SessionDirectory {
             admission: Arc::new(Admission::new(limits)),
             shared: None,
             handed_over: AtomicBool::new(false),
+            stop_tokens: stop_tokens::LocalTokens::default(),
         }
     }
 

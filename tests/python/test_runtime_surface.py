@@ -134,3 +134,47 @@ egress = false
         assert direct.status_code == 200 and direct.json()["session_id"] == sid
     finally:
         gw.stop()
+
+
+def test_stop_runtime_session_is_idempotent_by_client_token(tmp_path):
+    """StopRuntimeSession's clientToken: a replay is a no-op success, even once the id names a
+    new session, which it never ends (the token fences it); a token is one stop's only; a
+    malformed one is a ValidationException."""
+    gw = Gateway(tmp_path)
+    try:
+        c = boto3.client("bedrock-agentcore", region_name="us-east-1", endpoint_url=f"http://{gw.http}",
+                         aws_access_key_id="x", aws_secret_access_key="y",
+                         config=Config(retries={"max_attempts": 1}))
+        sid, token = f"stop-{uuid.uuid4()}", f"token-{uuid.uuid4()}"
+        first = json.loads(c.invoke_agent_runtime(agentRuntimeArn="default", runtimeSessionId=sid,
+                                                  payload=b"{}")["response"].read())
+        r = c.stop_runtime_session(agentRuntimeArn="default", runtimeSessionId=sid, clientToken=token)
+        assert r["runtimeSessionId"] == sid
+        assert not [s for s in gw.sessions() if s["id"] == sid]
+        # The id starts a new session; the replay answers as the first stop did and ends nothing.
+        second = json.loads(c.invoke_agent_runtime(agentRuntimeArn="default", runtimeSessionId=sid,
+                                                   payload=b"{}")["response"].read())
+        assert second["instance"] != first["instance"]
+        r = c.stop_runtime_session(agentRuntimeArn="default", runtimeSessionId=sid, clientToken=token)
+        assert r["ResponseMetadata"]["HTTPStatusCode"] == 200
+        again = json.loads(c.invoke_agent_runtime(agentRuntimeArn="default", runtimeSessionId=sid,
+                                                  payload=b"{}")["response"].read())
+        assert again["instance"] == second["instance"], "the replay ended the new session"
+        # The same token for another session id: a conflict, and that session lives on.
+        other = f"stop-{uuid.uuid4()}"
+        c.invoke_agent_runtime(agentRuntimeArn="default", runtimeSessionId=other, payload=b"{}")
+        with pytest.raises(c.exceptions.ConflictException):
+            c.stop_runtime_session(agentRuntimeArn="default", runtimeSessionId=other, clientToken=token)
+        assert [s for s in gw.sessions() if s["id"] == other]
+        # A fresh token (boto3 makes one up when none is given) stops the new session; a second
+        # fresh one finds nothing.
+        c.stop_runtime_session(agentRuntimeArn="default", runtimeSessionId=sid)
+        with pytest.raises(c.exceptions.ResourceNotFoundException):
+            c.stop_runtime_session(agentRuntimeArn="default", runtimeSessionId=sid)
+        bad = httpx.post(f"http://{gw.http}/runtimes/default/stopruntimesession",
+                         json={"clientToken": "short"}, headers={SESSION_HEADER: other})
+        assert bad.status_code == 400 and bad.headers["x-amzn-errortype"] == "ValidationException"
+        assert "clientToken" in bad.json()["message"]
+        assert [s for s in gw.sessions() if s["id"] == other]
+    finally:
+        gw.stop()

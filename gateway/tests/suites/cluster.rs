@@ -393,3 +393,36 @@ fn a_redis_that_wants_a_password_gets_it_from_the_url_and_a_wrong_one_is_a_clear
     assert_eq!(r.status, 503, "{}", r.body_text());
     assert_eq!(r.header("retry-after"), Some("1"));
 }
+
+#[test]
+fn a_stop_replayed_on_another_replica_answers_as_the_first_and_never_ends_the_new_session() {
+    let c = Cluster::start(2, 1, |_| String::new());
+    let (a, b) = (&c.replicas[0], &c.replicas[1]);
+    let sid = session_id("fenced");
+    let body = r#"{"clientToken": "replayed-stop-0123456789abcdef0123456789"}"#;
+    let stop = |gw: &Gateway| gw.post("/runtimes/agent/stopruntimesession", Some(&sid), body, &[]);
+    let first = a.invoke(Some(&sid), "{}");
+    assert_eq!(first.status, 200);
+    assert_eq!(stop(a).status, 200);
+    // The id starts a new session (on the other replica); the replay, there, ends nothing.
+    let second = b.invoke(Some(&sid), "{}");
+    assert_eq!(second.status, 200);
+    let r = stop(b);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert!(
+        b.sessions().iter().any(|s| s["id"] == sid),
+        "the replayed stop ended the new session"
+    );
+    // Without the token, a stop ends it; a token first used for another id is a conflict.
+    assert_eq!(stop_session(a, &sid).status, 200);
+    let other = session_id("other");
+    assert_eq!(a.invoke(Some(&other), "{}").status, 200);
+    let r = a.post(
+        "/runtimes/agent/stopruntimesession",
+        Some(&other),
+        body,
+        &[],
+    );
+    assert_eq!(r.status, 409, "{}", r.body_text());
+    assert_eq!(r.header("x-amzn-errortype"), Some("ConflictException"));
+}

@@ -480,6 +480,53 @@ impl RedisDirectory {
         Ok(id)
     }
 
+    /// Claims a stop's client token (`crate::directory::stop_tokens`): `None` when this call is
+    /// the first to use it (recorded `pending` until [`Self::set_token`]), else its record.
+    pub async fn claim_token(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, Unavailable> {
+        self.command(
+            redis::cmd("SET")
+                .arg(format!("{}:tok:{key}", self.prefix))
+                .arg("pending")
+                .arg("NX")
+                .arg("GET")
+                .arg("PX")
+                .arg(ttl.as_millis() as u64),
+        )
+        .await
+    }
+
+    /// Records a token's outcome, or forgets it (`None`: its stop failed, a retry tries again).
+    pub async fn set_token(
+        &self,
+        key: &str,
+        value: Option<&str>,
+        ttl: Duration,
+    ) -> Result<(), Unavailable> {
+        let key = format!("{}:tok:{key}", self.prefix);
+        match value {
+            Some(v) => {
+                self.command(
+                    redis::cmd("SET")
+                        .arg(key)
+                        .arg(v)
+                        .arg("PX")
+                        .arg(ttl.as_millis() as u64),
+                )
+                .await
+            }
+            None => self.command(redis::cmd("DEL").arg(key)).await,
+        }
+    }
+
+    pub async fn token(&self, key: &str) -> Result<Option<String>, Unavailable> {
+        self.command(redis::cmd("GET").arg(format!("{}:tok:{key}", self.prefix)))
+            .await
+    }
+
     /// Ends announced by any replica: `(id, incarnation)`, until the subscription breaks (then the
     /// caller resubscribes; the activity batch catches what was missed meanwhile).
     pub async fn subscribe(&self) -> Result<redis::aio::PubSub, Unavailable> {
