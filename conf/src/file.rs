@@ -21,6 +21,7 @@ pub struct FileConfig {
     pub aws: FileAws,
     pub cluster: FileCluster,
     pub host: FileHost,
+    pub identity: crate::FileIdentity,
     /// At least one. Deliberately no default here: a file that declares no runtime (an empty
     /// or truncated file above all) is refused, never read as the embedded default.
     #[serde(default)]
@@ -148,6 +149,7 @@ impl Default for FileConfig {
             aws: FileAws::default(),
             cluster: FileCluster::default(),
             host: FileHost::default(),
+            identity: crate::FileIdentity::default(),
             runtimes: vec![FileRuntime::default()],
         }
     }
@@ -314,6 +316,9 @@ pub struct FileRuntime {
     /// The port the agent serves its protocol on inside a sandbox or microVM (8000–12000, not
     /// 8443; AgentCore's `protocolConfiguration.port`). Default: the contract's.
     pub protocol_port: Option<u16>,
+    /// Principals that may name the user they act for (`X-Amzn-Bedrock-AgentCore-Runtime-User-Id`,
+    /// AgentCore's `InvokeAgentRuntimeForUser` permission); `"*"`: every authenticated caller.
+    pub user_id_principals: Vec<String>,
     /// The path `/runtimes/{name}/invocations` reaches on the backend (`/…`, at most 2 048
     /// characters; AgentCore's `protocolConfiguration.path`). Default: the contract's.
     pub protocol_path: Option<String>,
@@ -479,6 +484,7 @@ impl Default for FileRuntime {
             protocol: "http".into(),
             protocol_port: None,
             protocol_path: None,
+            user_id_principals: Vec::new(),
             request_header_allowlist: Vec::new(),
             auth: FileAuth::default(),
             backend: None,

@@ -5,9 +5,11 @@
 //! problem with its key path rather than stopping at the first.
 
 pub mod file;
+mod identity;
 mod model;
 mod validate;
 
+pub use identity::{FileIdentity, Identity};
 pub use model::*;
 pub use validate::valid_region;
 

@@ -19,6 +19,8 @@ pub struct Config {
     pub cluster: Option<Cluster>,
     /// What `sessiongate host` runs as.
     pub host: Host,
+    /// Workload access tokens, when the gateway signs them.
+    pub identity: Option<crate::Identity>,
     /// At least one; names are unique.
     pub runtimes: Vec<Runtime>,
     /// Index into `runtimes` of the runtime the plain container paths reach.
@@ -264,6 +266,8 @@ pub struct Runtime {
     /// The backend path of its protocol (`protocol_path`, AgentCore's
     /// `protocolConfiguration.path`); `None`: the contract's (`/invocations`, `/mcp`, `/`).
     pub path: Option<String>,
+    /// Principals allowed to name a user (`runtimeUserId`); `"*"`: every authenticated one.
+    pub user_id_principals: Vec<String>,
     /// Lower-case header names passed to the backend beyond the contract's own.
     pub request_header_allowlist: Vec<String>,
     pub auth: InboundAuth,
@@ -277,6 +281,14 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// Whether `principal` may pass a user id to this runtime's agents.
+    pub fn may_name_users(&self, principal: &str) -> bool {
+        let authenticated = !matches!(self.auth, InboundAuth::None);
+        self.user_id_principals
+            .iter()
+            .any(|p| (p == "*" && authenticated) || p == principal)
+    }
+
     /// The endpoint a `qualifier` names; none (or `DEFAULT`) is the default endpoint.
     pub fn endpoint(&self, qualifier: Option<&str>) -> Option<&RuntimeEndpoint> {
         let name = qualifier.unwrap_or(DEFAULT_ENDPOINT);

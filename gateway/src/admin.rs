@@ -27,6 +27,9 @@ pub struct AdminApp {
     pub shared: Arc<Shared>,
 }
 
+/// The workload tokens' public keys: public, like `/healthz` (verifiers fetch them unauthenticated).
+const JWKS_PATH: &str = "/.well-known/jwks.json";
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, http: &mut ServerSession) -> Response<Vec<u8>> {
@@ -35,7 +38,7 @@ impl ServeHttp for AdminApp {
         let query = req.uri.query().unwrap_or("").to_owned();
         let snapshot = self.shared.snapshot();
         if let Some(token) = &snapshot.config.admin.token
-            && !(method == Method::GET && path == "/healthz")
+            && !(method == Method::GET && matches!(path.as_str(), "/healthz" | JWKS_PATH))
             && !bearer_matches(req, token)
         {
             return with_header(
@@ -59,6 +62,13 @@ impl ServeHttp for AdminApp {
             );
         }
         match (&method, path.as_str()) {
+            (&Method::GET, JWKS_PATH) => match self.shared.jwks(&snapshot.config) {
+                Some(keys) => json_response(StatusCode::OK, keys),
+                None => json_response(
+                    StatusCode::NOT_FOUND,
+                    json!({ "message": "workload access tokens are off ([identity] workload_tokens)" }),
+                ),
+            },
             (&Method::GET, "/healthz") => json_response(
                 StatusCode::OK,
                 json!({

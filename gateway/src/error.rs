@@ -96,6 +96,11 @@ pub enum GatewayError {
     /// StopRuntimeSession's body or its `clientToken` is malformed.
     #[error("invalid stop request: {0}")]
     InvalidStopRequest(&'static str),
+    /// `runtimeUserId` from a caller not allowed to name users.
+    #[error("user id not allowed")]
+    UserIdNotAllowed,
+    #[error("invalid user id")]
+    InvalidUserId,
     /// A `clientToken` first used to stop another session id.
     #[error("client token reused")]
     ClientTokenReused,
@@ -312,6 +317,18 @@ impl GatewayError {
             ),
             CommandsUnavailable(why) => (400, "ValidationException", (*why).to_owned(), None),
             InvalidStopRequest(why) => (400, "ValidationException", (*why).to_owned(), None),
+            UserIdNotAllowed => (
+                403,
+                "AccessDeniedException",
+                "This caller may not act for a user (runtimeUserId): it is not among the runtime's user_id_principals".into(),
+                None,
+            ),
+            InvalidUserId => (
+                400,
+                "ValidationException",
+                "runtimeUserId must be one value of 1 to 256 visible characters".into(),
+                None,
+            ),
             ClientTokenReused => (
                 409,
                 "ConflictException",
@@ -389,6 +406,8 @@ impl GatewayError {
             CommandsUnavailable(_) => "commands_unavailable",
             InvalidStopRequest(_) => "invalid_stop_request",
             ClientTokenReused => "client_token_reused",
+            UserIdNotAllowed => "user_id_not_allowed",
+            InvalidUserId => "invalid_user_id",
             Internal => "internal",
         }
     }

@@ -8,6 +8,9 @@ pub const SESSION_ID: &str = "x-amzn-bedrock-agentcore-runtime-session-id";
 pub const REQUEST_ID: &str = "x-amzn-bedrock-agentcore-runtime-request-id";
 pub const MCP_SESSION_ID: &str = "mcp-session-id";
 pub const TRACEPARENT: &str = "traceparent";
+/// The user a caller acts for (boto3 `runtimeUserId`): passed on only for callers allowed to
+/// name one, which admission checks (`crate::request`).
+pub const USER_ID: &str = "x-amzn-bedrock-agentcore-runtime-user-id";
 /// The one `x-amzn-*` trace header the contract passes on.
 const AMZN_TRACE_ID: &str = "x-amzn-trace-id";
 const CUSTOM_PREFIX: &str = "x-amzn-bedrock-agentcore-runtime-custom-";
@@ -44,6 +47,7 @@ fn always_passed(name: &str) -> bool {
             | "tracestate"
             | "baggage"
             | AMZN_TRACE_ID
+            | USER_ID
     )
 }
 
@@ -95,6 +99,54 @@ pub fn to_backend(
         let _ = req.insert_header(TRACEPARENT, crate::ids::traceparent());
     }
 }
+
+/// The W3C baggage keys the bedrock-agentcore SDK reads a routing experiment from.
+const EXPERIMENT_PREFIX: &str = "aws.agentcore.gateway.";
+const EXPERIMENT_ARN: &str = "aws.agentcore.gateway.routing_experiment_arn";
+const EXPERIMENT_VARIANT: &str = "aws.agentcore.gateway.routing_experiment_variant_name";
+
+/// The routing experiment in the request's `baggage`: the gateway's own entries (`experiment`:
+/// the splitting endpoint's ARN and the session's variant) replace whatever the client said
+/// about it, so an agent never takes a client's word for which variant it is.
+pub fn experiment_baggage(req: &mut RequestHeader, experiment: Option<(&str, &str)>) {
+    let sent: Vec<String> = req
+        .headers
+        .get_all("baggage")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .collect();
+    let spoofed = sent.iter().any(|v| v.contains(EXPERIMENT_PREFIX));
+    if experiment.is_none() && !spoofed {
+        return;
+    }
+    let mut entries: Vec<String> = sent
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty() && !e.starts_with(EXPERIMENT_PREFIX))
+        .map(str::to_owned)
+        .collect();
+    if let Some((arn, variant)) = experiment {
+        let enc = |v: &str| percent_encoding::utf8_percent_encode(v, BAGGAGE_VALUE).to_string();
+        entries.push(format!("{EXPERIMENT_ARN}={}", enc(arn)));
+        entries.push(format!("{EXPERIMENT_VARIANT}={}", enc(variant)));
+    }
+    req.remove_header("baggage");
+    if !entries.is_empty() {
+        let _ = req.insert_header("baggage", entries.join(","));
+    }
+}
+
+/// What a baggage value must percent-encode (W3C baggage: no controls, space, `"`, `,`, `;`, `\`,
+/// and `%` itself).
+const BAGGAGE_VALUE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b',')
+    .add(b';')
+    .add(b'\\')
+    .add(b'%');
 
 /// Drops `base64UrlBearerAuthorization.<token>` (and the bare name offered beside it) from the
 /// WebSocket subprotocols: they were for the gateway, which answers the handshake's choice.
@@ -251,5 +303,29 @@ mod tests {
             "acme corp"
         );
         assert!(!req.headers.contains_key("other"));
+    }
+
+    #[test]
+    fn the_gateway_alone_names_the_routing_experiment() {
+        let mut req = RequestHeader::build("POST", b"/invocations", None).unwrap();
+        req.append_header(
+            "baggage",
+            "team=blue, aws.agentcore.gateway.routing_experiment_variant_name=forged",
+        )
+        .unwrap();
+        experiment_baggage(&mut req, Some(("arn:x/canary", "v2")));
+        assert_eq!(
+            req.headers["baggage"],
+            "team=blue,aws.agentcore.gateway.routing_experiment_arn=arn:x/canary,\
+             aws.agentcore.gateway.routing_experiment_variant_name=v2"
+        );
+        let mut req = RequestHeader::build("POST", b"/invocations", None).unwrap();
+        req.append_header(
+            "baggage",
+            "aws.agentcore.gateway.routing_experiment_arn=forged",
+        )
+        .unwrap();
+        experiment_baggage(&mut req, None);
+        assert!(!req.headers.contains_key("baggage"));
     }
 }

@@ -21,6 +21,7 @@ mod front;
 mod handover;
 mod headers;
 mod host;
+mod identity;
 mod ids;
 mod invoke;
 mod lograte;

@@ -246,6 +246,38 @@ impl ProxyHttp for Gateway {
             &ctx.request_id,
             allowlist,
         );
+        if let (Some(_), Some(principal), Some(runtime)) =
+            (&ctx.snapshot.config.identity, &ctx.principal, runtime)
+        {
+            let claims = crate::identity::Claims {
+                principal: principal.as_str(),
+                runtime: &runtime.name,
+                session: ctx.session_id().unwrap_or_default(),
+                user: upstream
+                    .headers
+                    .get(headers::USER_ID)
+                    .and_then(|v| v.to_str().ok()),
+            };
+            if let Some(token) = self.shared.workload_token(&ctx.snapshot.config, &claims) {
+                upstream.insert_header(crate::identity::HEADER, &*token)?;
+            }
+        }
+        let experiment = runtime.zip(ctx.ticket.as_ref()).and_then(|(r, t)| {
+            let qualifier =
+                routing::face::query_param(upstream.uri.query().unwrap_or(""), "qualifier");
+            routing::placement::experiment(
+                r,
+                &ctx.snapshot.config.aws,
+                qualifier,
+                t.session().version,
+            )
+        });
+        headers::experiment_baggage(
+            upstream,
+            experiment
+                .as_ref()
+                .map(|(arn, variant)| (arn.as_str(), variant.as_str())),
+        );
         // With traces on, the backend's work is a child of this request's span.
         if let Some(tp) = ctx.otel.as_ref().and_then(telemetry::traceparent) {
             upstream.insert_header(headers::TRACEPARENT, tp)?;

@@ -13,7 +13,7 @@ use routing::{Caller, Entry, OpenError, PlacementError, SessionId, Ticket, Ticke
 use crate::authn;
 use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
-use crate::headers::{MCP_SESSION_ID, SESSION_ID};
+use crate::headers::{MCP_SESSION_ID, SESSION_ID, USER_ID};
 use crate::route::{self, RouteKind, Target};
 use crate::state::{Shared, Snapshot};
 use routing::EndReason;
@@ -55,6 +55,12 @@ pub async fn admit(
                 serde_json::json!({ "status": "Healthy" }),
             ));
         }
+        RouteKind::Jwks => {
+            return shared
+                .jwks(config)
+                .map(|keys| Decision::Answer(200, keys))
+                .ok_or(GatewayError::NoRoute);
+        }
         RouteKind::ResourceMetadata => {
             return authn::protected_resource_metadata(authenticator, session, runtime_name)
                 .map(|doc| Decision::Answer(200, doc))
@@ -85,6 +91,7 @@ pub async fn admit(
 
     let principal = authn::authenticate(authenticator, runtime_name, limit, session, ctx).await?;
     ctx.principal = Some(principal.clone());
+    user_id(session, &config.runtimes[route.runtime], &principal)?;
     let caller = if matches!(authenticator, authn::Authenticator::None) {
         Caller::anonymous(crate::front::client_ip(session))
     } else {
@@ -410,6 +417,31 @@ fn client_token(body: &[u8]) -> Result<Option<String>, GatewayError> {
         )),
         t => Ok(t),
     }
+}
+
+/// `runtimeUserId`: one visible value (1–256 characters), from a caller the runtime lets name
+/// the user it acts for (`user_id_principals`, AgentCore's `InvokeAgentRuntimeForUser`).
+fn user_id(
+    session: &Session,
+    runtime: &conf::Runtime,
+    principal: &Principal,
+) -> Result<(), GatewayError> {
+    let mut sent = session.req_header().headers.get_all(USER_ID).iter();
+    let Some(value) = sent.next() else {
+        return Ok(());
+    };
+    let v = value.as_bytes();
+    if sent.next().is_some()
+        || v.is_empty()
+        || v.len() > 256
+        || !v.iter().all(|b| b.is_ascii_graphic())
+    {
+        return Err(GatewayError::InvalidUserId);
+    }
+    if !runtime.may_name_users(principal.as_str()) {
+        return Err(GatewayError::UserIdNotAllowed);
+    }
+    Ok(())
 }
 
 /// The version a new session would start on: the endpoint named by the `qualifier` query

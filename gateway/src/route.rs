@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | HTTP | `POST /invocations`, `GET /ws` | the default runtime's `:8080`, same path |
 //! | HTTP, A2A | `GET /ping` | answered by the gateway (its own health) |
+//! | HTTP, A2A | `GET /.well-known/jwks.json` | the workload access tokens' keys (`crate::identity`) |
 //! | HTTP | `POST /runtimes/{id}/invocations` | runtime `{id}`: `/invocations`, `/mcp` or `/` by its protocol |
 //! | HTTP | `GET /runtimes/{id}/ws` | runtime `{id}`'s `/ws` |
 //! | HTTP | `GET /runtimes/{id}/invocations/.well-known/agent-card.json` | its A2A agent card |
@@ -39,6 +40,8 @@ pub enum RouteKind {
     Shell,
     /// RFC 9728 protected-resource metadata of a JWT runtime (no authentication needed).
     ResourceMetadata,
+    /// The workload access tokens' public keys (no authentication needed).
+    Jwks,
 }
 
 /// Where on the backend a proxied request goes.
@@ -92,6 +95,7 @@ impl Route {
             RouteKind::Command => "commands",
             RouteKind::Shell => "shells",
             RouteKind::ResourceMetadata => "resource_metadata",
+            RouteKind::Jwks => "jwks",
         }
     }
 }
@@ -164,6 +168,9 @@ pub fn route(
         }
         (Protocol::Http, &Method::GET, "/ws") => proxy(WS),
         (Protocol::Http | Protocol::A2a, &Method::GET, "/ping") => at(RouteKind::GatewayPing),
+        (Protocol::Http | Protocol::A2a, &Method::GET, "/.well-known/jwks.json") => {
+            at(RouteKind::Jwks)
+        }
         (Protocol::Http, _, p) if p.starts_with("/runtimes/") => aws_route(method, p, config),
         (Protocol::Mcp, &Method::POST | &Method::GET | &Method::DELETE, "/mcp") => {
             proxy(protocol_target(Protocol::Mcp, "mcp"))

@@ -139,6 +139,8 @@ pub struct Shared {
     secret: OnceLock<Vec<u8>>,
     /// A graceful upgrade's handover, on the old process's side.
     pub handover: crate::handover::Handover,
+    /// Workload access tokens (`[identity]`), keyed by the secret above.
+    pub signer: crate::identity::Signer,
 }
 
 /// How a reload was asked for.
@@ -214,7 +216,24 @@ impl Shared {
             connections,
             secret,
             handover: Default::default(),
+            signer: Default::default(),
         })
+    }
+
+    /// The workload access token for one request, when `[identity]` asks for them.
+    pub fn workload_token(
+        &self,
+        config: &conf::Config,
+        claims: &crate::identity::Claims<'_>,
+    ) -> Option<std::sync::Arc<str>> {
+        let id = config.identity.as_ref()?;
+        self.signer.token(self.secret(), id, unix_secs(), claims)
+    }
+
+    /// The workload tokens' key set; `None` without `[identity]`.
+    pub fn jwks(&self, config: &conf::Config) -> Option<serde_json::Value> {
+        let id = config.identity.as_ref()?;
+        Some(self.signer.jwks(self.secret(), id, unix_secs()))
     }
 
     pub fn secret(&self) -> &[u8] {
@@ -346,4 +365,10 @@ impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.0.inflight.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

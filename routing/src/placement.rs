@@ -97,6 +97,37 @@ pub fn new_session_version(runtime: &Runtime, qualifier: Option<&str>, pick: u64
     Some(runtime.versions.get(index).map_or(1, |v| v.number))
 }
 
+/// The routing experiment a session of `version` is part of, when the endpoint `qualifier`
+/// names splits versions: the endpoint's ARN and the variant (`v<version>`), which the gateway
+/// hands the agent in W3C `baggage` (AgentCore's routing-experiment keys).
+pub fn experiment(
+    runtime: &Runtime,
+    aws: &conf::Aws,
+    qualifier: Option<&str>,
+    version: u32,
+) -> Option<(String, String)> {
+    let endpoint = runtime.endpoint(qualifier)?;
+    let in_split = endpoint.targets.len() > 1
+        && endpoint.targets.iter().any(|(i, _)| {
+            runtime
+                .versions
+                .get(*i)
+                .is_some_and(|v| v.number == version)
+        });
+    in_split.then(|| {
+        (
+            format!(
+                "arn:aws:bedrock-agentcore:{}:{}:runtime/{}/runtime-endpoint/{}",
+                aws.region.as_deref().unwrap_or("local"),
+                aws.account_id.as_deref().unwrap_or("000000000000"),
+                runtime.name,
+                endpoint.name
+            ),
+            format!("v{version}"),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -178,3 +178,145 @@ def test_stop_runtime_session_is_idempotent_by_client_token(tmp_path):
         assert [s for s in gw.sessions() if s["id"] == other]
     finally:
         gw.stop()
+
+
+IDENTITY_AGENT = ROOT / "tests" / "python" / "agents" / "identity_agent.py"
+FIRST = ("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+SECOND = ("AKIDSECONDEXAMPLE", "SecondExampleSecretKey0123456789abcdef")
+
+
+def test_agents_get_a_workload_token_they_verify_against_the_published_keys(tmp_path):
+    """`[identity] workload_tokens`: an SDK agent reads its request's workload access token and
+    verifies it against the gateway's JWKS (PyJWT, EdDSA): the caller's principal, the runtime,
+    the session and — for a caller allowed to name one — the user. Another caller naming a user
+    is refused (403); a client cannot smuggle in a token of its own."""
+    cfg = f"""
+[identity]
+workload_tokens = true
+audience = "my-tools"
+
+[[runtimes]]
+name = "default"
+user_id_principals = ["sigv4:example-user"]
+[runtimes.auth]
+mode = "sigv4"
+regions = ["us-east-1"]
+credentials_file = "{ROOT / 'conf' / 'credentials.example.toml'}"
+[runtimes.backend]
+provider = "process"
+command = "{sys.executable}"
+args = ["{IDENTITY_AGENT}", "{{http}}", "my-tools"]
+ready_timeout_ms = 30000
+"""
+    gw = Gateway(tmp_path, cfg)
+    try:
+        def client(key):
+            return boto3.client("bedrock-agentcore", region_name="us-east-1", endpoint_url=f"http://{gw.http}",
+                                aws_access_key_id=key[0], aws_secret_access_key=key[1],
+                                config=Config(retries={"max_attempts": 1}, read_timeout=60))
+
+        a, b = client(FIRST), client(SECOND)
+        payload = json.dumps({"jwks": f"http://{gw.http}/.well-known/jwks.json"})
+        sid = f"wat-{uuid.uuid4()}"
+        r = a.invoke_agent_runtime(agentRuntimeArn="default", runtimeSessionId=sid, runtimeUserId="user-42",
+                                   payload=payload)
+        answer = json.loads(r["response"].read())
+        assert answer["verified"], answer
+        claims = answer["claims"]
+        assert (claims["sub"], claims["runtime"], claims["session_id"], claims["user_id"], claims["aud"]) == \
+            ("sigv4:example-user", "default", sid, "user-42", "my-tools")
+        assert claims["exp"] - claims["iat"] == 900
+        # The admin listener publishes the same keys (verifiers may use either).
+        data_plane = httpx.get(f"http://{gw.http}/.well-known/jwks.json").json()
+        assert httpx.get(f"http://{gw.admin}/.well-known/jwks.json").json() == data_plane
+        assert {k["kty"] for k in data_plane["keys"]} == {"OKP"} and len(data_plane["keys"]) == 3
+        # Without a user id: no user claim. A token the client sends is not passed on.
+        r = a.invoke_agent_runtime(agentRuntimeArn="default", runtimeSessionId=sid, payload=payload)
+        claims = json.loads(r["response"].read())["claims"]
+        assert "user_id" not in claims and claims["sub"] == "sigv4:example-user"
+        # The second principal may not act for users.
+        with pytest.raises(b.exceptions.AccessDeniedException):
+            b.invoke_agent_runtime(agentRuntimeArn="default", runtimeSessionId=f"wat-{uuid.uuid4()}",
+                                   runtimeUserId="user-42", payload=payload)
+        r = b.invoke_agent_runtime(agentRuntimeArn="default", runtimeSessionId=f"wat-{uuid.uuid4()}",
+                                   payload=payload)
+        assert json.loads(r["response"].read())["claims"]["sub"] == "sigv4:second-user"
+    finally:
+        gw.stop()
+
+
+def test_a_client_cannot_pass_its_own_workload_token(tmp_path):
+    """Without `[identity]`, no token reaches the agent — not even one the client sends — and
+    there are no keys to fetch."""
+    cfg = f"""
+[[runtimes]]
+name = "default"
+[runtimes.backend]
+provider = "process"
+command = "{sys.executable}"
+args = ["{IDENTITY_AGENT}", "{{http}}", "my-tools"]
+ready_timeout_ms = 30000
+"""
+    gw = Gateway(tmp_path, cfg)
+    try:
+        r = httpx.post(f"http://{gw.http}/invocations", json={"jwks": "http://unused/"},
+                       headers={SESSION_HEADER: f"wat-{uuid.uuid4()}", "WorkloadAccessToken": "forged",
+                                "X-Amz-Bedrock-AgentCore-Identity-WAT": "forged"}, timeout=30)
+        assert r.status_code == 200 and r.json()["verified"] is False
+        assert httpx.get(f"http://{gw.http}/.well-known/jwks.json").status_code == 404
+        assert httpx.get(f"http://{gw.admin}/.well-known/jwks.json").status_code == 404
+        # An anonymous runtime lets nobody name users.
+        r = httpx.post(f"http://{gw.http}/invocations", json={},
+                       headers={SESSION_HEADER: f"wat-{uuid.uuid4()}",
+                                "X-Amzn-Bedrock-AgentCore-Runtime-User-Id": "u"}, timeout=30)
+        assert r.status_code == 403 and r.headers["x-amzn-errortype"] == "AccessDeniedException"
+    finally:
+        gw.stop()
+
+
+def test_a_split_endpoint_tells_the_agent_its_variant_in_baggage(tmp_path):
+    """An endpoint splitting versions: the SDK agent reads the routing experiment (the
+    endpoint's ARN, the session's variant) from W3C baggage; a client's own experiment entries
+    never reach it; a pinned endpoint names no experiment."""
+    backend = f'provider = "process"\ncommand = "{sys.executable}"\n' \
+              f'args = ["{IDENTITY_AGENT}", "{{http}}", "my-tools"]\nready_timeout_ms = 30000\n'
+    cfg = f"""
+[aws]
+region = "eu-west-1"
+account_id = "123456789012"
+[[runtimes]]
+name = "default"
+[[runtimes.versions]]
+version = 1
+[runtimes.versions.backend]
+{backend}
+[[runtimes.versions]]
+version = 2
+[runtimes.versions.backend]
+{backend}
+[[runtimes.endpoints]]
+name = "canary"
+split = [{{ version = 1, weight = 1 }}, {{ version = 2, weight = 1 }}]
+[[runtimes.endpoints]]
+name = "stable"
+version = 1
+"""
+    gw = Gateway(tmp_path, cfg)
+    try:
+        seen = set()
+        for _ in range(16):
+            r = httpx.post(f"http://{gw.http}/runtimes/default/invocations?qualifier=canary", json={},
+                           headers={SESSION_HEADER: f"exp-{uuid.uuid4()}",
+                                    "baggage": "aws.agentcore.gateway.routing_experiment_variant_name=forged,team=blue"},
+                           timeout=30)
+            assert r.status_code == 200, r.text
+            arn, variant = r.json()["experiment"]
+            assert arn == "arn:aws:bedrock-agentcore:eu-west-1:123456789012:runtime/default/runtime-endpoint/canary"
+            seen.add(variant)
+        assert seen <= {"v1", "v2"} and len(seen) == 2, seen
+        r = httpx.post(f"http://{gw.http}/runtimes/default/invocations?qualifier=stable", json={},
+                       headers={SESSION_HEADER: f"exp-{uuid.uuid4()}",
+                                "baggage": "aws.agentcore.gateway.routing_experiment_variant_name=forged"}, timeout=30)
+        assert r.json()["experiment"] == [None, None]
+    finally:
+        gw.stop()

@@ -31,7 +31,7 @@ const MAX_LIFECYCLE_SECS: u64 = 28_800;
 pub(crate) struct Errors(pub(crate) Vec<ConfigError>);
 
 impl Errors {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigError {
             path: path.into(),
             line: None,
@@ -49,7 +49,7 @@ impl Errors {
         }
     }
 
-    fn range(&mut self, path: &str, value: u64, lo: u64, hi: u64) -> u64 {
+    pub(crate) fn range(&mut self, path: &str, value: u64, lo: u64, hi: u64) -> u64 {
         if !(lo..=hi).contains(&value) {
             self.push(path, format!("{value} is outside {lo}..={hi}"));
         }
@@ -197,6 +197,7 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
     let aws = aws(&mut errs, &f.aws);
     let cluster = cluster(&mut errs, &f.cluster, base);
     let host = host(&mut errs, &f.host);
+    let identity = crate::identity::identity(&mut errs, &f.identity);
 
     let t = &f.telemetry;
     errs.range(
@@ -341,6 +342,7 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
         aws,
         cluster,
         host,
+        identity,
         telemetry: Telemetry {
             otlp_traces_url,
             service_name: t.service_name.clone(),

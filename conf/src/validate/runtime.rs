@@ -84,6 +84,7 @@ pub(super) fn runtime(
         name: r.name.clone(),
         protocol: protocol?,
         ag_ui: r.protocol == "agui",
+        user_id_principals: r.user_id_principals.clone(),
         path: protocol_path,
         idle_timeout,
         max_lifetime,
