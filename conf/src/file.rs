@@ -237,6 +237,9 @@ pub struct FileLimits {
     /// Client connections open at once, all faces together; more are closed at once. 0: as many
     /// as the file-descriptor limit leaves room for (half of it, less a reserve). Default 0.
     pub max_connections: usize,
+    /// Requests parked at once, waiting for room (`runtimes[].park_ms`); more get their refusal
+    /// at once. Read at start-up. Default 1 024.
+    pub max_parked_requests: usize,
     /// A request's head (request line and headers) must arrive whole within this many seconds
     /// of its first byte. Default 10.
     pub header_timeout_secs: u64,
@@ -264,6 +267,7 @@ impl Default for FileLimits {
             websocket_max_frame_bytes: 65_536,
             websocket_max_frames_per_second: 250,
             max_connections: 0,
+            max_parked_requests: 1_024,
             header_timeout_secs: 10,
             keepalive_timeout_secs: 60,
             body_timeout_secs: 30,
@@ -316,6 +320,9 @@ pub struct FileRuntime {
     /// The port the agent serves its protocol on inside a sandbox or microVM (8000–12000, not
     /// 8443; AgentCore's `protocolConfiguration.port`). Default: the contract's.
     pub protocol_port: Option<u16>,
+    /// How long a request refused for want of room (a session or rate limit, a full pool) may
+    /// wait for it before it is answered with the refusal, milliseconds (0–60 000). Default 0.
+    pub park_ms: u64,
     /// Principals that may name the user they act for (`X-Amzn-Bedrock-AgentCore-Runtime-User-Id`,
     /// AgentCore's `InvokeAgentRuntimeForUser` permission); `"*"`: every authenticated caller.
     pub user_id_principals: Vec<String>,
@@ -485,6 +492,7 @@ impl Default for FileRuntime {
             protocol_port: None,
             protocol_path: None,
             user_id_principals: Vec::new(),
+            park_ms: 0,
             request_header_allowlist: Vec::new(),
             auth: FileAuth::default(),
             backend: None,

@@ -119,6 +119,7 @@ pub struct Limits {
     pub websocket_max_frames_per_second: u32,
     /// `None`: as many as the descriptor limit allows (decided at start-up).
     pub max_connections: Option<usize>,
+    pub max_parked_requests: usize,
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub body_timeout: Duration,
@@ -266,6 +267,8 @@ pub struct Runtime {
     /// The backend path of its protocol (`protocol_path`, AgentCore's
     /// `protocolConfiguration.path`); `None`: the contract's (`/invocations`, `/mcp`, `/`).
     pub path: Option<String>,
+    /// How long a request refused for want of room waits for it (`park_ms`; zero: not at all).
+    pub park: Duration,
     /// Principals allowed to name a user (`runtimeUserId`); `"*"`: every authenticated one.
     pub user_id_principals: Vec<String>,
     /// Lower-case header names passed to the backend beyond the contract's own.

@@ -26,6 +26,7 @@ mod ids;
 mod invoke;
 mod lograte;
 mod observe;
+mod parking;
 mod proxy;
 mod reload;
 mod request;

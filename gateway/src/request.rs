@@ -14,6 +14,7 @@ use crate::authn;
 use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
 use crate::headers::{MCP_SESSION_ID, SESSION_ID, USER_ID};
+use crate::parking::Parking;
 use crate::route::{self, RouteKind, Target};
 use crate::state::{Shared, Snapshot};
 use routing::EndReason;
@@ -97,11 +98,13 @@ pub async fn admit(
     } else {
         Caller::authenticated(principal.clone())
     };
-    shared
-        .directory
-        .admission()
-        .admit_request(&caller.quota)
-        .map_err(GatewayError::Rejected)?;
+    // Refused for want of room: parked up to the runtime's `park_ms` (see `crate::parking`).
+    let mut parking = Parking::new(config.runtimes[route.runtime].park);
+    while let Err(r) = shared.directory.admission().admit_request(&caller.quota) {
+        parking
+            .wait(&shared.parking, GatewayError::Rejected(r))
+            .await?;
+    }
 
     let target = match route.kind {
         RouteKind::Proxy(t) => t,
@@ -120,13 +123,18 @@ pub async fn admit(
     ctx.session_known = known;
     // A client-chosen id starts a session on first use; an MCP id must already be known.
     let version = new_session_version(&snapshot, session, route.runtime)?;
-    let ticket = open(shared, ctx, &id, route.runtime, version, &caller, !known)
-        .await
-        .map_err(|e| match e {
-            GatewayError::SessionNotFound if known => GatewayError::McpSessionGone,
-            e => e,
-        })?;
-    place(shared, ctx, ticket, target).await?;
+    loop {
+        let placed = match open(shared, ctx, &id, route.runtime, version, &caller, !known).await {
+            Ok(ticket) => place(shared, ctx, ticket, target).await,
+            Err(GatewayError::SessionNotFound) if known => Err(GatewayError::McpSessionGone),
+            Err(e) => Err(e),
+        };
+        match placed {
+            Ok(()) => break,
+            Err(e) => parking.wait(&shared.parking, e).await?,
+        }
+    }
+    parking.admitted();
     ctx.caller = Some(caller);
     Ok(match route.kind {
         RouteKind::Command => Decision::Command,

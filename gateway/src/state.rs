@@ -141,6 +141,8 @@ pub struct Shared {
     pub handover: crate::handover::Handover,
     /// Workload access tokens (`[identity]`), keyed by the secret above.
     pub signer: crate::identity::Signer,
+    /// Room for parked requests (`limits.max_parked_requests`, `crate::parking`).
+    pub parking: Arc<tokio::sync::Semaphore>,
 }
 
 /// How a reload was asked for.
@@ -190,6 +192,9 @@ impl Shared {
         };
         let slots = SlotRegistry::default();
         let limits = AdmissionLimits::from(&config.limits);
+        let parking = Arc::new(tokio::sync::Semaphore::new(
+            config.limits.max_parked_requests,
+        ));
         let (directory, secret) = match &config.cluster {
             None => (SessionDirectory::new(limits), OnceLock::new()),
             Some(c) => match routing::cluster::RedisDirectory::new(c) {
@@ -217,6 +222,7 @@ impl Shared {
             secret,
             handover: Default::default(),
             signer: Default::default(),
+            parking,
         })
     }
 

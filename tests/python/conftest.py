@@ -76,6 +76,10 @@ class Gateway:
     def sessions(self) -> list:
         return http_json(f"http://{self.admin}/sessions")[1]["sessions"]
 
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://{self.admin}/metrics", timeout=10) as r:
+            return r.read().decode()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

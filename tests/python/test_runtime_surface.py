@@ -320,3 +320,50 @@ version = 1
         assert r.json()["experiment"] == [None, None]
     finally:
         gw.stop()
+
+
+def burst(gw, n, then_stop=False, runtime="default"):
+    """`n` first requests of new sessions at once; each one's status (stopping its session after
+    it, when asked, so its room frees up)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(_):
+        sid = f"burst-{uuid.uuid4()}"
+        r = httpx.post(f"http://{gw.http}/runtimes/{runtime}/invocations", json={},
+                       headers={SESSION_HEADER: sid}, timeout=30)
+        if then_stop and r.status_code == 200:
+            httpx.post(f"http://{gw.http}/runtimes/{runtime}/stopruntimesession",
+                       headers={SESSION_HEADER: sid}, timeout=30)
+        return r.status_code
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def test_parking_turns_a_burst_of_refusals_into_successes(tmp_path):
+    """`park_ms`: a burst past the new-session rate gets 429s without parking; with it, every
+    request waits for its turn and succeeds. The same for the active-session limit (402), as
+    sessions end. Past `max_parked_requests`, requests get their refusal at once."""
+    rate = "[limits]\nnew_sessions_per_second = 2\n"
+    gw = Gateway(tmp_path, rate)
+    try:
+        assert 429 in burst(gw, 8), "without parking the burst is refused in part"
+    finally:
+        gw.stop()
+    gw = Gateway(tmp_path, rate + '[[runtimes]]\nname = "default"\npark_ms = 8000\n')
+    try:
+        assert burst(gw, 8) == [200] * 8
+        assert 'sessiongate_parked_total{outcome="admitted"}' in gw.metrics()
+    finally:
+        gw.stop()
+    gw = Gateway(tmp_path, '[limits]\nmax_active_sessions = 2\n[[runtimes]]\nname = "default"\npark_ms = 8000\n')
+    try:
+        assert burst(gw, 6, then_stop=True) == [200] * 6
+    finally:
+        gw.stop()
+    gw = Gateway(tmp_path, rate + 'max_parked_requests = 1\n[[runtimes]]\nname = "default"\npark_ms = 8000\n')
+    try:
+        assert 429 in burst(gw, 8)
+        assert 'sessiongate_parked_total{outcome="full"}' in gw.metrics()
+    finally:
+        gw.stop()

@@ -169,6 +169,12 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
         10_000_000,
     );
     errs.range(
+        "limits.max_parked_requests",
+        lim.max_parked_requests as u64,
+        0,
+        1_000_000,
+    );
+    errs.range(
         "limits.max_connections",
         lim.max_connections as u64,
         0,
@@ -333,6 +339,7 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
             websocket_max_frame_bytes: lim.websocket_max_frame_bytes,
             websocket_max_frames_per_second: lim.websocket_max_frames_per_second,
             max_connections: (lim.max_connections > 0).then_some(lim.max_connections),
+            max_parked_requests: lim.max_parked_requests,
             header_timeout: Duration::from_secs(lim.header_timeout_secs),
             keepalive_timeout: Duration::from_secs(lim.keepalive_timeout_secs),
             body_timeout: Duration::from_secs(lim.body_timeout_secs),

@@ -85,6 +85,7 @@ pub(super) fn runtime(
         protocol: protocol?,
         ag_ui: r.protocol == "agui",
         user_id_principals: r.user_id_principals.clone(),
+        park: Duration::from_millis(errs.range(&format!("{path}.park_ms"), r.park_ms, 0, 60_000)),
         path: protocol_path,
         idle_timeout,
         max_lifetime,
