@@ -11,6 +11,9 @@ pub const TRACEPARENT: &str = "traceparent";
 /// The user a caller acts for (boto3 `runtimeUserId`): passed on only for callers allowed to
 /// name one, which admission checks (`crate::request`).
 pub const USER_ID: &str = "x-amzn-bedrock-agentcore-runtime-user-id";
+/// The same names parsed once (a `&str` key is parsed again at every lookup).
+pub static USER_ID_NAME: http::HeaderName = http::HeaderName::from_static(USER_ID);
+static BAGGAGE: http::HeaderName = http::HeaderName::from_static("baggage");
 /// The one `x-amzn-*` trace header the contract passes on.
 const AMZN_TRACE_ID: &str = "x-amzn-trace-id";
 const CUSTOM_PREFIX: &str = "x-amzn-bedrock-agentcore-runtime-custom-";
@@ -109,9 +112,12 @@ const EXPERIMENT_VARIANT: &str = "aws.agentcore.gateway.routing_experiment_varia
 /// the splitting endpoint's ARN and the session's variant) replace whatever the client said
 /// about it, so an agent never takes a client's word for which variant it is.
 pub fn experiment_baggage(req: &mut RequestHeader, experiment: Option<(&str, &str)>) {
+    if experiment.is_none() && !req.headers.contains_key(&BAGGAGE) {
+        return;
+    }
     let sent: Vec<String> = req
         .headers
-        .get_all("baggage")
+        .get_all(&BAGGAGE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .map(str::to_owned)
@@ -132,9 +138,9 @@ pub fn experiment_baggage(req: &mut RequestHeader, experiment: Option<(&str, &st
         entries.push(format!("{EXPERIMENT_ARN}={}", enc(arn)));
         entries.push(format!("{EXPERIMENT_VARIANT}={}", enc(variant)));
     }
-    req.remove_header("baggage");
+    req.remove_header(&BAGGAGE);
     if !entries.is_empty() {
-        let _ = req.insert_header("baggage", entries.join(","));
+        let _ = req.insert_header(BAGGAGE.clone(), entries.join(","));
     }
 }
 

@@ -255,14 +255,15 @@ impl ProxyHttp for Gateway {
                 session: ctx.session_id().unwrap_or_default(),
                 user: upstream
                     .headers
-                    .get(headers::USER_ID)
+                    .get(&headers::USER_ID_NAME)
                     .and_then(|v| v.to_str().ok()),
             };
             if let Some(token) = self.shared.workload_token(&ctx.snapshot.config, &claims) {
                 upstream.insert_header(crate::identity::HEADER, &*token)?;
             }
         }
-        let experiment = runtime.zip(ctx.ticket.as_ref()).and_then(|(r, t)| {
+        let split = runtime.filter(|r| r.endpoints.iter().any(|e| e.targets.len() > 1));
+        let experiment = split.zip(ctx.ticket.as_ref()).and_then(|(r, t)| {
             let qualifier =
                 routing::face::query_param(upstream.uri.query().unwrap_or(""), "qualifier");
             routing::placement::experiment(

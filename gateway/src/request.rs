@@ -13,7 +13,7 @@ use routing::{Caller, Entry, OpenError, PlacementError, SessionId, Ticket, Ticke
 use crate::authn;
 use crate::ctx::RequestCtx;
 use crate::error::GatewayError;
-use crate::headers::{MCP_SESSION_ID, SESSION_ID, USER_ID};
+use crate::headers::{MCP_SESSION_ID, SESSION_ID, USER_ID_NAME};
 use crate::parking::Parking;
 use crate::route::{self, RouteKind, Target};
 use crate::state::{Shared, Snapshot};
@@ -434,7 +434,7 @@ fn user_id(
     runtime: &conf::Runtime,
     principal: &Principal,
 ) -> Result<(), GatewayError> {
-    let mut sent = session.req_header().headers.get_all(USER_ID).iter();
+    let mut sent = session.req_header().headers.get_all(&USER_ID_NAME).iter();
     let Some(value) = sent.next() else {
         return Ok(());
     };
