@@ -70,9 +70,11 @@ impl ProxyHttp for Gateway {
                 Ok(true)
             }
             Ok(d @ (Decision::Command | Decision::Shell)) => {
+                // Boxed: their state is large and rare, and would otherwise be part of (and
+                // copied with) every request's future.
                 let done = match d {
-                    Decision::Shell => crate::shells::run(session, ctx).await,
-                    _ => crate::commands::run(session, ctx).await,
+                    Decision::Shell => Box::pin(crate::shells::run(session, ctx)).await,
+                    _ => Box::pin(crate::commands::run(session, ctx)).await,
                 };
                 if let Err(e) = done {
                     respond_error(

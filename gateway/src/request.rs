@@ -113,7 +113,8 @@ pub async fn admit(
         RouteKind::Shell => route::SHELLS,
         _ => {
             let runtime = &snapshot.runtime_names[route.runtime];
-            return stop_session(shared, session, ctx, runtime, &principal).await;
+            // Boxed, as every rare path: its state would otherwise grow every request's future.
+            return Box::pin(stop_session(shared, session, ctx, runtime, &principal)).await;
         }
     };
     ctx.target = Some(target);
@@ -131,7 +132,7 @@ pub async fn admit(
         };
         match placed {
             Ok(()) => break,
-            Err(e) => parking.wait(&shared.parking, e).await?,
+            Err(e) => Box::pin(parking.wait(&shared.parking, e)).await?,
         }
     }
     parking.admitted();
