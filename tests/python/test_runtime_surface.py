@@ -181,6 +181,9 @@ def test_stop_runtime_session_is_idempotent_by_client_token(tmp_path):
 
 
 IDENTITY_AGENT = ROOT / "tests" / "python" / "agents" / "identity_agent.py"
+# The SDK agent that verifies its workload token, as a process backend's settings.
+IDENTITY_BACKEND = f'provider = "process"\ncommand = "{sys.executable}"\n' \
+                   f'args = ["{IDENTITY_AGENT}", "{{http}}", "my-tools"]\nready_timeout_ms = 30000\n'
 FIRST = ("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
 SECOND = ("AKIDSECONDEXAMPLE", "SecondExampleSecretKey0123456789abcdef")
 
@@ -203,11 +206,7 @@ mode = "sigv4"
 regions = ["us-east-1"]
 credentials_file = "{ROOT / 'conf' / 'credentials.example.toml'}"
 [runtimes.backend]
-provider = "process"
-command = "{sys.executable}"
-args = ["{IDENTITY_AGENT}", "{{http}}", "my-tools"]
-ready_timeout_ms = 30000
-"""
+{IDENTITY_BACKEND}"""
     gw = Gateway(tmp_path, cfg)
     try:
         def client(key):
@@ -248,15 +247,7 @@ ready_timeout_ms = 30000
 def test_a_client_cannot_pass_its_own_workload_token(tmp_path):
     """Without `[identity]`, no token reaches the agent — not even one the client sends — and
     there are no keys to fetch."""
-    cfg = f"""
-[[runtimes]]
-name = "default"
-[runtimes.backend]
-provider = "process"
-command = "{sys.executable}"
-args = ["{IDENTITY_AGENT}", "{{http}}", "my-tools"]
-ready_timeout_ms = 30000
-"""
+    cfg = f'[[runtimes]]\nname = "default"\n[runtimes.backend]\n{IDENTITY_BACKEND}'
     gw = Gateway(tmp_path, cfg)
     try:
         r = httpx.post(f"http://{gw.http}/invocations", json={"jwks": "http://unused/"},
@@ -278,8 +269,7 @@ def test_a_split_endpoint_tells_the_agent_its_variant_in_baggage(tmp_path):
     """An endpoint splitting versions: the SDK agent reads the routing experiment (the
     endpoint's ARN, the session's variant) from W3C baggage; a client's own experiment entries
     never reach it; a pinned endpoint names no experiment."""
-    backend = f'provider = "process"\ncommand = "{sys.executable}"\n' \
-              f'args = ["{IDENTITY_AGENT}", "{{http}}", "my-tools"]\nready_timeout_ms = 30000\n'
+    backend = IDENTITY_BACKEND
     cfg = f"""
 [aws]
 region = "eu-west-1"
