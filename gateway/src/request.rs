@@ -101,9 +101,7 @@ pub async fn admit(
     // Refused for want of room: parked up to the runtime's `park_ms` (see `crate::parking`).
     let mut parking = Parking::new(config.runtimes[route.runtime].park);
     while let Err(r) = shared.directory.admission().admit_request(&caller.quota) {
-        parking
-            .wait(&shared.parking, GatewayError::Rejected(r))
-            .await?;
+        Box::pin(parking.wait(&shared.parking, GatewayError::Rejected(r))).await?;
     }
 
     let target = match route.kind {

@@ -92,12 +92,7 @@ impl Slot {
     /// Moves the session's files into the slot. Waits for a previous backend of the same
     /// session to check in first.
     pub async fn check_out(&self, principal: &str, session: &str) -> io::Result<()> {
-        let key = key_dir(&self.spec, principal, session);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&key)?;
-        let lock = wait_for_key(&key).await?;
+        let (key, lock) = take_key(&self.spec, principal, session).await?;
         std::fs::write(self.record(), key.as_os_str().as_encoded_bytes())?;
         move_entries(&key, &self.dir)?;
         *self.checked_out.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -191,12 +186,7 @@ impl GuestStorage {
 
     pub async fn check_out(&self, principal: &str, session: &str) -> io::Result<()> {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-        let key = key_dir(&self.spec, principal, session);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&key)?;
-        let lock = wait_for_key(&key).await?;
+        let (key, lock) = take_key(&self.spec, principal, session).await?;
         let mut line = serde_json::json!({ "unpack": self.spec.mount_path });
         if self.mounts {
             line["size_mb"] = (self.spec.quota_bytes >> 20).into();
@@ -273,6 +263,21 @@ impl GuestStorage {
         let _ = std::fs::remove_dir_all(&old);
         Ok(())
     }
+}
+
+/// The session's key dir, made if new, and its lock (waiting for a previous backend's check-in).
+async fn take_key(
+    spec: &SessionStorage,
+    principal: &str,
+    session: &str,
+) -> io::Result<(PathBuf, File)> {
+    let key = key_dir(spec, principal, session);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&key)?;
+    let lock = wait_for_key(&key).await?;
+    Ok((key, lock))
 }
 
 /// Takes a session's key lock, waiting for a previous backend's check-in.
