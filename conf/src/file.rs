@@ -22,6 +22,7 @@ pub struct FileConfig {
     pub cluster: FileCluster,
     pub host: FileHost,
     pub identity: crate::FileIdentity,
+    pub session_endpoints: crate::FileSessionEndpoints,
     /// At least one. Deliberately no default here: a file that declares no runtime (an empty
     /// or truncated file above all) is refused, never read as the embedded default.
     #[serde(default)]
@@ -150,6 +151,7 @@ impl Default for FileConfig {
             cluster: FileCluster::default(),
             host: FileHost::default(),
             identity: crate::FileIdentity::default(),
+            session_endpoints: crate::FileSessionEndpoints::default(),
             runtimes: vec![FileRuntime::default()],
         }
     }
@@ -329,6 +331,10 @@ pub struct FileRuntime {
     /// The path `/runtimes/{name}/invocations` reaches on the backend (`/…`, at most 2 048
     /// characters; AgentCore's `protocolConfiguration.path`). Default: the contract's.
     pub protocol_path: Option<String>,
+    /// Extra ports of a session's backend reachable through its session endpoint (AgentCore's
+    /// `allowedPorts`): 1–5 entries, each a port or a range `"from-to"`, in 8000–12000 but not
+    /// 8443. Sandbox, microvm and static backends. Default: none.
+    pub allowed_ports: Vec<crate::FilePort>,
     /// Extra request headers passed to the backend (at most 20; values up to 4 KB). The contract's
     /// own headers always pass. `Authorization` may be listed only on a `jwt` runtime.
     pub request_header_allowlist: Vec<String>,
@@ -490,6 +496,7 @@ impl Default for FileRuntime {
             name: "default".into(),
             protocol: "http".into(),
             protocol_port: None,
+            allowed_ports: Vec::new(),
             protocol_path: None,
             user_id_principals: Vec::new(),
             park_ms: 0,

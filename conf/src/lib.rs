@@ -4,11 +4,13 @@
 //! [`validate`]s it into [`Config`], the form the gateway runs on. Validation collects every
 //! problem with its key path rather than stopping at the first.
 
+mod endpoints;
 pub mod file;
 mod identity;
 mod model;
 mod validate;
 
+pub use endpoints::{AllowedPorts, FilePort, FileSessionEndpoints, SessionEndpoints};
 pub use identity::{FileIdentity, Identity};
 pub use model::*;
 pub use validate::valid_region;

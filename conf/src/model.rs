@@ -21,6 +21,8 @@ pub struct Config {
     pub host: Host,
     /// Workload access tokens, when the gateway signs them.
     pub identity: Option<crate::Identity>,
+    /// How session endpoints are reached (path form always; host form with a domain).
+    pub session_endpoints: crate::SessionEndpoints,
     /// At least one; names are unique.
     pub runtimes: Vec<Runtime>,
     /// Index into `runtimes` of the runtime the plain container paths reach.
@@ -271,6 +273,8 @@ pub struct Runtime {
     pub park: Duration,
     /// Principals allowed to name a user (`runtimeUserId`); `"*"`: every authenticated one.
     pub user_id_principals: Vec<String>,
+    /// Extra backend ports reachable through the session endpoint (`allowed_ports`).
+    pub allowed_ports: crate::AllowedPorts,
     /// Lower-case header names passed to the backend beyond the contract's own.
     pub request_header_allowlist: Vec<String>,
     pub auth: InboundAuth,

@@ -204,6 +204,7 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
     let cluster = cluster(&mut errs, &f.cluster, base);
     let host = host(&mut errs, &f.host);
     let identity = crate::identity::identity(&mut errs, &f.identity);
+    let session_endpoints = crate::endpoints::session_endpoints(&mut errs, &f.session_endpoints);
 
     let t = &f.telemetry;
     errs.range(
@@ -350,6 +351,7 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
         cluster,
         host,
         identity,
+        session_endpoints,
         telemetry: Telemetry {
             otlp_traces_url,
             service_name: t.service_name.clone(),

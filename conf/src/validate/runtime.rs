@@ -33,6 +33,8 @@ pub(super) fn runtime(
     {
         protocol_port(errs, path, port, protocol, versions);
     }
+    let allowed_ports =
+        crate::endpoints::allowed_ports(errs, path, &r.allowed_ports, versions.as_deref());
     let protocol_path = r
         .protocol_path
         .as_ref()
@@ -85,6 +87,7 @@ pub(super) fn runtime(
         protocol: protocol?,
         ag_ui: r.protocol == "agui",
         user_id_principals: r.user_id_principals.clone(),
+        allowed_ports,
         park: Duration::from_millis(errs.range(&format!("{path}.park_ms"), r.park_ms, 0, 60_000)),
         path: protocol_path,
         idle_timeout,
