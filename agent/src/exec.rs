@@ -294,6 +294,11 @@ pub enum ExecLine {
     Pack {
         pack: PathBuf,
     },
+    /// A session endpoint: a TCP connection to this port on the isolation's own loopback,
+    /// spliced to this one ([`splice_to_port`]).
+    Connect {
+        connect: u16,
+    },
     Command(CommandRequest),
 }
 
@@ -345,6 +350,9 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             let (_, write) = tokio::io::split(conn);
             return crate::files::pack(write, &pack).await;
         }
+        Ok(ExecLine::Connect { connect }) if files => {
+            return splice_to_port(conn, connect).await;
+        }
         _ => None,
     };
     if let Some(id) = shell {
@@ -368,6 +376,33 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     };
     run(&req, env, None, &mut write, cancelled).await?;
     write.shutdown().await
+}
+
+/// The answer to a [`ExecLine::Connect`] that reached its port; anything else is one line saying
+/// why not, then close.
+pub const CONNECTED: &[u8] = b"connected\n";
+
+/// Connects to `port` on loopback (inside the isolation this server runs in), answers
+/// [`CONNECTED`], then carries bytes both ways until either side closes.
+async fn splice_to_port<S: AsyncRead + AsyncWrite + Unpin>(
+    mut conn: BufReader<S>,
+    port: u16,
+) -> io::Result<()> {
+    let mut upstream = match tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port))
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            let line = format!("cannot connect to port {port}: {e}\n");
+            conn.write_all(line.as_bytes()).await?;
+            return conn.shutdown().await;
+        }
+    };
+    upstream.set_nodelay(true)?;
+    conn.write_all(CONNECTED).await?;
+    conn.flush().await?;
+    tokio::io::copy_bidirectional(&mut conn, &mut upstream).await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -471,5 +506,37 @@ mod tests {
         }
         let long = format!(r#"{{"command":"{}"}}"#, "x".repeat(MAX_COMMAND_CHARS + 1));
         assert!(CommandRequest::parse(long.as_bytes()).is_err());
+    }
+
+    #[tokio::test]
+    async fn connect_splices_to_a_loopback_port_or_says_why_not() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4];
+            s.read_exact(&mut buf).await.unwrap();
+            s.write_all(&buf).await.unwrap();
+        });
+        let shells = crate::shell::Shells::new();
+        let open = |line: String| {
+            let (mut ours, theirs) = tokio::io::duplex(1024);
+            let shells = std::sync::Arc::clone(&shells);
+            tokio::spawn(async move { serve_connection(theirs, &[], &shells, true).await });
+            async move {
+                ours.write_all(line.as_bytes()).await.unwrap();
+                ours
+            }
+        };
+        let mut conn = open(format!("{{\"connect\":{port}}}\nping")).await;
+        let mut got = vec![0u8; CONNECTED.len() + 4];
+        conn.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [CONNECTED, b"ping"].concat());
+
+        // Nothing listens there any more: one line saying so, then the end.
+        let mut conn = open(format!("{{\"connect\":{port}}}\n")).await;
+        let mut said = String::new();
+        conn.read_to_string(&mut said).await.unwrap();
+        assert!(said.starts_with(&format!("cannot connect to port {port}")), "{said}");
     }
 }

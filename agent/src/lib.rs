@@ -10,6 +10,7 @@
 
 mod a2a;
 pub mod exec;
+mod extra_face;
 pub mod files;
 pub mod guest;
 mod http_face;
@@ -44,6 +45,10 @@ pub struct AgentAddrs {
     /// Where invocations are served on the HTTP port (a runtime's `protocol_path`).
     #[arg(long, default_value = "/invocations")]
     pub invocations_path: String,
+    /// Also serve an app on this port (any address the HTTP port binds), as agents do beside
+    /// the contract: what session endpoints reach. Repeatable.
+    #[arg(long = "extra-port")]
+    pub extra_ports: Vec<u16>,
 }
 
 /// One agent process's state.
@@ -156,7 +161,17 @@ async fn serve(addrs: AgentAddrs) -> anyhow::Result<()> {
             .with_graceful_shutdown(stop_signal())
             .await
     };
-    tokio::try_join!(serve(h, http), serve(m, mcp), serve(a, a2a))?;
+    let mut extra = Vec::with_capacity(addrs.extra_ports.len());
+    for &port in &addrs.extra_ports {
+        let listener = TcpListener::bind(SocketAddr::new(addrs.http.ip(), port)).await?;
+        extra.push(serve(listener, extra_face::router(Arc::clone(&agent), port)));
+    }
+    tokio::try_join!(
+        serve(h, http),
+        serve(m, mcp),
+        serve(a, a2a),
+        futures_util::future::try_join_all(extra)
+    )?;
     Ok(())
 }
 

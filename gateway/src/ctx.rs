@@ -55,6 +55,8 @@ pub struct RequestCtx {
     /// A graceful upgrade handed the sessions to a new process: this request goes there as it
     /// came (see `crate::handover`).
     pub relayed: bool,
+    /// A request for one of the session's own ports (`crate::endpoints`).
+    pub port: Option<Box<crate::endpoints::PortRequest>>,
     _inflight: InflightGuard,
 }
 
@@ -84,6 +86,7 @@ impl RequestCtx {
             replace_backend: false,
             replaced: false,
             relayed: false,
+            port: None,
             _inflight: InflightGuard::new(shared),
         }
     }

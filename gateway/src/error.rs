@@ -104,6 +104,18 @@ pub enum GatewayError {
     /// A `clientToken` first used to stop another session id.
     #[error("client token reused")]
     ClientTokenReused,
+    /// A session endpoint request for a port outside the runtime's `allowed_ports`.
+    #[error("port {0} is not allowed")]
+    PortNotAllowed(u16),
+    /// A session endpoint's browser token that is unknown, expired, or for another port.
+    #[error("invalid session endpoint token")]
+    EndpointTokenInvalid,
+    /// A malformed session endpoint request.
+    #[error("invalid session endpoint request: {0}")]
+    InvalidEndpointRequest(&'static str),
+    /// The session's backend does not listen on the port asked for.
+    #[error("nothing listens on port {0}")]
+    PortUnreachable(u16),
     #[error("internal error")]
     Internal,
 }
@@ -335,6 +347,25 @@ impl GatewayError {
                 "This clientToken was already used to stop another session".into(),
                 None,
             ),
+            PortNotAllowed(port) => (
+                403,
+                "AccessDeniedException",
+                format!("Port {port} is not among the runtime's allowed_ports"),
+                None,
+            ),
+            EndpointTokenInvalid => (
+                403,
+                "AccessDeniedException",
+                "The session endpoint token is unknown, expired, or for another port".into(),
+                None,
+            ),
+            InvalidEndpointRequest(why) => (400, "ValidationException", (*why).to_owned(), None),
+            PortUnreachable(port) => (
+                502,
+                "RuntimeClientError",
+                format!("Nothing in the session listens on port {port}"),
+                None,
+            ),
             InvalidArn => (
                 400,
                 "ValidationException",
@@ -407,6 +438,10 @@ impl GatewayError {
             InvalidStopRequest(_) => "invalid_stop_request",
             ClientTokenReused => "client_token_reused",
             UserIdNotAllowed => "user_id_not_allowed",
+            PortNotAllowed(_) => "port_not_allowed",
+            EndpointTokenInvalid => "endpoint_token_invalid",
+            InvalidEndpointRequest(_) => "invalid_endpoint_request",
+            PortUnreachable(_) => "port_unreachable",
             InvalidUserId => "invalid_user_id",
             Internal => "internal",
         }

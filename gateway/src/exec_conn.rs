@@ -25,8 +25,8 @@ const LOCAL_PIPE: usize = 128 * 1024;
 /// The relay path that upgrades to the exec protocol.
 pub const RELAY_EXEC_PATH: &str = "/_sessiongate/exec";
 
-pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
+pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Conn for T {}
 
 /// Shells of this process's `process` backends, by the backend's pid.
 static LOCAL_SHELLS: LazyLock<DashMap<u32, Arc<Shells>>> = LazyLock::new(DashMap::new);

@@ -104,6 +104,29 @@ pub fn to_backend(
 }
 
 /// The W3C baggage keys the bedrock-agentcore SDK reads a routing experiment from.
+/// The headers of a request through a session endpoint: the app's own (cookies, content
+/// types, origins, WebSocket negotiation) pass, the gateway's credentials never do
+/// (`Authorization`, SigV4 query parameters, the bearer WebSocket subprotocol, `x-amz-*` and
+/// `x-amzn-*`). Then the session id and a request id, as for invocations.
+pub fn to_port(req: &mut RequestHeader, session_id: &str, request_id: &str) {
+    let drop: Vec<_> = req
+        .headers
+        .keys()
+        .filter(|n| {
+            let n = n.as_str();
+            n == "authorization" || n.starts_with("x-amz-") || n.starts_with("x-amzn-")
+        })
+        .cloned()
+        .collect();
+    for name in drop {
+        req.remove_header(&name);
+    }
+    strip_bearer_subprotocol(req);
+    strip_presigned_query(req);
+    let _ = req.insert_header(SESSION_ID, session_id);
+    let _ = req.insert_header(REQUEST_ID, request_id);
+}
+
 const EXPERIMENT_PREFIX: &str = "aws.agentcore.gateway.";
 const EXPERIMENT_ARN: &str = "aws.agentcore.gateway.routing_experiment_arn";
 const EXPERIMENT_VARIANT: &str = "aws.agentcore.gateway.routing_experiment_variant_name";

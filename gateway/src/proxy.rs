@@ -130,6 +130,9 @@ impl ProxyHttp for Gateway {
             peer.options.read_timeout = Some(ctx.snapshot.config.limits.stream_timeout);
             return Ok(Box::new(peer));
         }
+        if let Some(peer) = crate::endpoints::peer(ctx) {
+            return Ok(peer);
+        }
         if std::mem::take(&mut ctx.replace_backend) {
             ctx.replaced = true;
             if let Err(e) = request::replace_backend(&self.shared, ctx).await {
@@ -182,6 +185,7 @@ impl ProxyHttp for Gateway {
             ErrorType::ConnectRefused | ErrorType::ConnectError
         ) && !is_local_exhaustion(&e);
         if refused
+            && ctx.port.is_none()
             && !ctx.replaced
             && ctx.error.is_none()
             && ctx.ticket.as_ref().is_some_and(|t| !t.session().is_ended())
@@ -220,6 +224,10 @@ impl ProxyHttp for Gateway {
             if let Some(ip) = front::client_ip(session) {
                 upstream.insert_header(crate::handover::CLIENT_HEADER, ip.to_string())?;
             }
+            return Ok(());
+        }
+        if ctx.port.is_some() {
+            crate::endpoints::to_port(upstream, ctx);
             return Ok(());
         }
         let runtime = ctx
@@ -392,6 +400,9 @@ impl ProxyHttp for Gateway {
         if ctx.relayed {
             return Ok(());
         }
+        if let Some(url) = crate::endpoints::url(session, ctx) {
+            upstream.insert_header(crate::endpoints::URL_HEADER, url)?;
+        }
         response::to_client(session.req_header(), upstream, ctx)
     }
 
@@ -502,6 +513,11 @@ fn classify(e: &Error, ctx: &mut RequestCtx) -> Option<GatewayError> {
         ErrorSource::Upstream if session.is_some_and(|s| s.is_ended()) => {
             Some(GatewayError::SessionStopped)
         }
+        // An app port of the session failing is the app's business: the session stays.
+        ErrorSource::Upstream if ctx.port.is_some() => ctx
+            .port
+            .as_ref()
+            .map(|p| GatewayError::PortUnreachable(p.port)),
         ErrorSource::Upstream => {
             ctx.backend_failed = true;
             Some(GatewayError::BackendUnreachable)

@@ -43,6 +43,13 @@ pub async fn admit(
     }
     let snapshot = Arc::clone(&ctx.snapshot);
     let config = &snapshot.config;
+    if face == Protocol::Http
+        && let Some(domain) = &config.session_endpoints.domain
+        && let Some((port, token)) = crate::endpoints::host_form(session, domain)
+    {
+        let token = token.to_owned();
+        return Box::pin(crate::endpoints::admit_host(shared, session, ctx, port, &token)).await;
+    }
     let req = session.req_header();
     let route = route::route(face, &req.method, req.uri.path(), config)?;
     ctx.route = Some(route);
@@ -67,7 +74,12 @@ pub async fn admit(
                 .map(|doc| Decision::Answer(200, doc))
                 .ok_or(GatewayError::NoRoute);
         }
-        RouteKind::StopSession | RouteKind::Proxy(_) | RouteKind::Command | RouteKind::Shell => {}
+        RouteKind::StopSession
+        | RouteKind::Proxy(_)
+        | RouteKind::Command
+        | RouteKind::Shell
+        | RouteKind::SessionPort
+        | RouteKind::EndpointToken => {}
     }
     // Cheap refusals first: nothing about the body or the credential is needed for them.
     if let RouteKind::Proxy(target) = route.kind {
@@ -109,6 +121,9 @@ pub async fn admit(
         // A command finds (or starts) its session as an invocation does.
         RouteKind::Command => route::COMMANDS,
         RouteKind::Shell => route::SHELLS,
+        RouteKind::SessionPort | RouteKind::EndpointToken => {
+            return Box::pin(crate::endpoints::admit(shared, session, ctx, caller)).await;
+        }
         _ => {
             let runtime = &snapshot.runtime_names[route.runtime];
             // Boxed, as every rare path: its state would otherwise grow every request's future.
@@ -142,7 +157,7 @@ pub async fn admit(
     })
 }
 
-async fn open(
+pub(crate) async fn open(
     shared: &Shared,
     ctx: &RequestCtx,
     id: &SessionId,
@@ -168,7 +183,7 @@ async fn open(
         .map_err(open_error)
 }
 
-fn open_error(e: OpenError) -> GatewayError {
+pub(crate) fn open_error(e: OpenError) -> GatewayError {
     match e {
         OpenError::NotFound => GatewayError::SessionNotFound,
         OpenError::Rejected(r) => GatewayError::Rejected(r),
@@ -178,7 +193,7 @@ fn open_error(e: OpenError) -> GatewayError {
 
 /// The session's backend: placed now if the session is new; `ctx.peer` and `ctx.ticket` are
 /// set when it is ready.
-async fn place(
+pub(crate) async fn place(
     shared: &Shared,
     ctx: &mut RequestCtx,
     ticket: Ticket,

@@ -32,7 +32,8 @@ pub async fn from_backend(
             "backend switched protocols unasked",
         );
     }
-    if upstream.status.is_informational() {
+    // The answers of a session's own port are the app's, errors included.
+    if upstream.status.is_informational() || ctx.port.is_some() {
         return Ok(());
     }
     let protocol = ctx.target.map_or(Protocol::Http, |t| t.protocol);

@@ -11,6 +11,9 @@
 //! | HTTP | `POST /runtimes/{id}/stopruntimesession` | StopRuntimeSession, answered by the gateway |
 //! | HTTP | `POST /runtimes/{id}/commands` | InvokeAgentRuntimeCommand: run in the session's backend (`crate::commands`) |
 //! | HTTP | `GET /runtimes/{id}/ws/shells` | an interactive shell in the session's backend (`crate::shells`) |
+//! | HTTP | any `/runtimes/{id}/sessions/{sid}/ports/{port}/…` | the session's port `{port}`, path `/…` (`crate::endpoints`) |
+//! | HTTP | `POST /runtimes/{id}/sessions/{sid}/endpoint-tokens?port=…` | a browser URL for a session's port (`crate::endpoints`) |
+//! | HTTP | any, `Host: {port}-{token}.{domain}` | the port a browser token grants (`crate::endpoints`; before routing) |
 //! | MCP | `POST`/`GET`/`DELETE /mcp` | the default runtime's `:8000 /mcp` |
 //! | A2A | `POST /`, `GET /.well-known/agent-card.json` | the default runtime's `:9000`, same path |
 
@@ -42,6 +45,10 @@ pub enum RouteKind {
     ResourceMetadata,
     /// The workload access tokens' public keys (no authentication needed).
     Jwks,
+    /// A request for one of a session's own ports, through its session endpoint.
+    SessionPort,
+    /// A browser token for a session's port.
+    EndpointToken,
 }
 
 /// Where on the backend a proxied request goes.
@@ -96,6 +103,8 @@ impl Route {
             RouteKind::Shell => "shells",
             RouteKind::ResourceMetadata => "resource_metadata",
             RouteKind::Jwks => "jwks",
+            RouteKind::SessionPort => "session_endpoint",
+            RouteKind::EndpointToken => "endpoint_token",
         }
     }
 }
@@ -187,6 +196,15 @@ pub fn route(
 fn aws_route(method: &Method, path: &str, config: &Config) -> Result<Route, GatewayError> {
     let rest = &path["/runtimes/".len()..];
     let (id, op) = rest.split_once('/').ok_or(GatewayError::NoRoute)?;
+    if let Some(session) = op.strip_prefix("sessions/") {
+        let kind = match session.split_once('/') {
+            Some((_, p)) if p.starts_with("ports/") => RouteKind::SessionPort,
+            Some((_, "endpoint-tokens")) if *method == Method::POST => RouteKind::EndpointToken,
+            _ => return Err(GatewayError::NoRoute),
+        };
+        let runtime = runtime_index(id, config)?;
+        return Ok(Route { runtime, kind });
+    }
     let kind = match (method, op) {
         (&Method::POST, "invocations" | "invocations/") => None,
         // MCP clients also GET (server stream) and DELETE (end) their endpoint URL.

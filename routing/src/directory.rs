@@ -27,6 +27,7 @@ const MAX_MCP_IDS_PER_SESSION: usize = 16;
 
 mod handover;
 mod shared;
+pub mod endpoint_tokens;
 pub mod stop_tokens;
 pub use handover::{HandedBackend, HandedSession};
 pub use shared::Entry;
@@ -43,6 +44,8 @@ pub struct SessionDirectory {
     handed_over: AtomicBool,
     /// Stops' client tokens, when there is no shared directory to keep them.
     stop_tokens: stop_tokens::LocalTokens,
+    /// Session endpoints' browser tokens, likewise.
+    endpoint_grants: endpoint_tokens::LocalGrants,
 }
 
 /// Why a request could not be given its session.
@@ -348,6 +351,7 @@ impl SessionDirectory {
             shared: None,
             handed_over: AtomicBool::new(false),
             stop_tokens: stop_tokens::LocalTokens::default(),
+            endpoint_grants: endpoint_tokens::LocalGrants::default(),
         }
     }
 
