@@ -388,16 +388,15 @@ async fn splice_to_port<S: AsyncRead + AsyncWrite + Unpin>(
     mut conn: BufReader<S>,
     port: u16,
 ) -> io::Result<()> {
-    let mut upstream = match tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port))
-        .await
-    {
-        Ok(s) => s,
-        Err(e) => {
-            let line = format!("cannot connect to port {port}: {e}\n");
-            conn.write_all(line.as_bytes()).await?;
-            return conn.shutdown().await;
-        }
-    };
+    let mut upstream =
+        match tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)).await {
+            Ok(s) => s,
+            Err(e) => {
+                let line = format!("cannot connect to port {port}: {e}\n");
+                conn.write_all(line.as_bytes()).await?;
+                return conn.shutdown().await;
+            }
+        };
     upstream.set_nodelay(true)?;
     conn.write_all(CONNECTED).await?;
     conn.flush().await?;
@@ -537,6 +536,9 @@ mod tests {
         let mut conn = open(format!("{{\"connect\":{port}}}\n")).await;
         let mut said = String::new();
         conn.read_to_string(&mut said).await.unwrap();
-        assert!(said.starts_with(&format!("cannot connect to port {port}")), "{said}");
+        assert!(
+            said.starts_with(&format!("cannot connect to port {port}")),
+            "{said}"
+        );
     }
 }

@@ -19,20 +19,22 @@ pub fn router(agent: Arc<Agent>, port: u16) -> Router {
     Router::new()
         .route("/ws", get(super::http_face::ws))
         .route("/events", get(events))
-        .fallback(move |State(agent): State<Arc<Agent>>, req: Request| async move {
-            let session = req
-                .headers()
-                .get("x-amzn-bedrock-agentcore-runtime-session-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            axum::Json(json!({
-                "port": port,
-                "instance": agent.instance(),
-                "method": req.method().as_str(),
-                "path": req.uri().path_and_query().map(|p| p.as_str()),
-                "session_id": session,
-            }))
-        })
+        .fallback(
+            move |State(agent): State<Arc<Agent>>, req: Request| async move {
+                let session = req
+                    .headers()
+                    .get("x-amzn-bedrock-agentcore-runtime-session-id")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                axum::Json(json!({
+                    "port": port,
+                    "instance": agent.instance(),
+                    "method": req.method().as_str(),
+                    "path": req.uri().path_and_query().map(|p| p.as_str()),
+                    "session_id": session,
+                }))
+            },
+        )
         .with_state(agent)
 }
 

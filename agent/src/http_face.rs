@@ -179,7 +179,12 @@ async fn udp_exchange(addr: &str) -> std::io::Result<String> {
 
 /// `events` SSE events, `interval` apart, each `data: {"index": i, …}`. The agent stays busy
 /// until the last one is sent.
-pub(crate) fn sse(events: u64, interval: Duration, seen: Value, work: super::WorkGuard) -> Response {
+pub(crate) fn sse(
+    events: u64,
+    interval: Duration,
+    seen: Value,
+    work: super::WorkGuard,
+) -> Response {
     let stream = futures_util::stream::unfold((0, work), move |(i, work)| {
         let seen = seen.clone();
         async move {

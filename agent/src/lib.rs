@@ -164,7 +164,10 @@ async fn serve(addrs: AgentAddrs) -> anyhow::Result<()> {
     let mut extra = Vec::with_capacity(addrs.extra_ports.len());
     for &port in &addrs.extra_ports {
         let listener = TcpListener::bind(SocketAddr::new(addrs.http.ip(), port)).await?;
-        extra.push(serve(listener, extra_face::router(Arc::clone(&agent), port)));
+        extra.push(serve(
+            listener,
+            extra_face::router(Arc::clone(&agent), port),
+        ));
     }
     tokio::try_join!(
         serve(h, http),

@@ -160,7 +160,9 @@ mod tests {
     use crate::parse;
 
     fn runtime(extra: &str, provider: &str) -> String {
-        format!("[[runtimes]]\nname = \"r\"\n{extra}\n[runtimes.backend]\nprovider = \"{provider}\"\n")
+        format!(
+            "[[runtimes]]\nname = \"r\"\n{extra}\n[runtimes.backend]\nprovider = \"{provider}\"\n"
+        )
     }
 
     #[test]
@@ -183,7 +185,10 @@ mod tests {
             ("allowed_ports = [7999]", "sandbox"),
             ("allowed_ports = [\"9000-8999\"]", "sandbox"),
             ("allowed_ports = [\"9000-9010\", 9005]", "sandbox"),
-            ("allowed_ports = [8001, 8002, 8003, 8004, 8005, 8006]", "sandbox"),
+            (
+                "allowed_ports = [8001, 8002, 8003, 8004, 8005, 8006]",
+                "sandbox",
+            ),
             ("allowed_ports = [8081]", "process"),
         ] {
             let errs = parse(&runtime(extra, provider)).unwrap_err().0;

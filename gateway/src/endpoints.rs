@@ -315,7 +315,11 @@ pub fn peer(ctx: &RequestCtx) -> Option<Box<HttpPeer>> {
 /// `upstream_request_filter` for a session endpoint: the port's path, the app's headers.
 pub fn to_port(upstream: &mut RequestHeader, ctx: &RequestCtx) {
     let Some(port) = &ctx.port else { return };
-    if let Some(uri) = port.path.as_deref().and_then(|p| p.parse::<http::Uri>().ok()) {
+    if let Some(uri) = port
+        .path
+        .as_deref()
+        .and_then(|p| p.parse::<http::Uri>().ok())
+    {
         upstream.set_uri(uri);
     }
     crate::headers::to_port(
@@ -338,7 +342,8 @@ impl Connect for Tunnel {
     async fn connect(&self, _addr: &PeerAddr) -> pingora::Result<Stream> {
         let open = async {
             let line = format!("{{\"connect\":{}}}", self.port);
-            let mut conn = crate::exec_conn::open(self.at.clone(), self.pid, line.as_bytes()).await?;
+            let mut conn =
+                crate::exec_conn::open(self.at.clone(), self.pid, line.as_bytes()).await?;
             // One short line; read byte by byte so nothing of the app's bytes is taken.
             let mut answer = Vec::with_capacity(64);
             let mut byte = [0u8; 1];
@@ -358,15 +363,19 @@ impl Connect for Tunnel {
             }
             Err(_) => return Error::e_explain(ErrorType::ConnectTimedout, "session port"),
         };
-        if answer != agent::exec::CONNECTED.strip_suffix(b"\n").unwrap_or_default() {
+        if answer
+            != agent::exec::CONNECTED
+                .strip_suffix(b"\n")
+                .unwrap_or_default()
+        {
             return Error::e_explain(
                 ErrorType::ConnectRefused,
                 String::from_utf8_lossy(&answer).into_owned(),
             );
         }
-        Ok(Stream::from(VirtualSocketStream::new(Box::new(TunnelSocket(
-            conn,
-        )))))
+        Ok(Stream::from(VirtualSocketStream::new(Box::new(
+            TunnelSocket(conn),
+        ))))
     }
 }
 

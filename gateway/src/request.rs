@@ -48,7 +48,10 @@ pub async fn admit(
         && let Some((port, token)) = crate::endpoints::host_form(session, domain)
     {
         let token = token.to_owned();
-        return Box::pin(crate::endpoints::admit_host(shared, session, ctx, port, &token)).await;
+        return Box::pin(crate::endpoints::admit_host(
+            shared, session, ctx, port, &token,
+        ))
+        .await;
     }
     let req = session.req_header();
     let route = route::route(face, &req.method, req.uri.path(), config)?;

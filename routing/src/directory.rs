@@ -25,9 +25,9 @@ use crate::session_id::SessionId;
 /// MCP session ids remembered per runtime session; older ones are forgotten first.
 const MAX_MCP_IDS_PER_SESSION: usize = 16;
 
+pub mod endpoint_tokens;
 mod handover;
 mod shared;
-pub mod endpoint_tokens;
 pub mod stop_tokens;
 pub use handover::{HandedBackend, HandedSession};
 pub use shared::Entry;

@@ -10,6 +10,7 @@ import time
 import uuid
 
 import boto3
+import httpx
 import botocore.exceptions
 import pytest
 from botocore.config import Config
@@ -194,7 +195,7 @@ provider = "microvm"
 kernel = "{guest}/vmlinux"
 initrd = "{guest}/initrd.cpio"
 ready_timeout_ms = 180000
-""")
+""".replace('name = "default"', 'name = "default"\nallowed_ports = [8081]'))
     try:
         c = client(gw)
         c.meta.config.read_timeout = 240
@@ -222,5 +223,17 @@ ready_timeout_ms = 180000
             time.sleep(0.5)
         else:
             pytest.fail("the command outlived its client inside the guest")
+
+        # A session endpoint reaches an app the session started inside its guest, on the
+        # guest's own loopback (a command daemonises it: its own session outlives the command,
+        # once setsid has run — hence the wait before the command ends).
+        run(c, s, "setsid /bin/sessiongate-agent --http 127.0.0.1:8090 --mcp 127.0.0.1:8091 "
+                  "--a2a 127.0.0.1:8092 --extra-port 8081 >/dev/null 2>&1 < /dev/null & sleep 1")
+        url = f"http://{gw.http}/runtimes/default/sessions/{s}/ports/8081/in-guest?q=1"
+        deadline = time.monotonic() + 60
+        while (got := httpx.get(url, timeout=60)).status_code != 200 and time.monotonic() < deadline:
+            assert got.status_code == 502, got.text  # not listening yet
+            time.sleep(0.5)
+        assert (got.json()["port"], got.json()["path"], got.json()["session_id"]) == (8081, "/in-guest?q=1", s)
     finally:
         gw.stop()

@@ -69,7 +69,11 @@ impl LocalGrants {
 
 impl SessionDirectory {
     /// Records `grant` under `token` until it expires.
-    pub async fn grant_endpoint(&self, token: &str, grant: &EndpointGrant) -> Result<(), OpenError> {
+    pub async fn grant_endpoint(
+        &self,
+        token: &str,
+        grant: &EndpointGrant,
+    ) -> Result<(), OpenError> {
         let key = grant_key(token);
         let ttl = Duration::from_secs(grant.expires.saturating_sub(unix_now()).max(1));
         match &self.shared {
