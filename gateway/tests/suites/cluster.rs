@@ -426,3 +426,46 @@ fn a_stop_replayed_on_another_replica_answers_as_the_first_and_never_ends_the_ne
     assert_eq!(r.status, 409, "{}", r.body_text());
     assert_eq!(r.header("x-amzn-errortype"), Some("ConflictException"));
 }
+
+#[test]
+fn a_session_endpoint_token_issued_by_one_replica_is_honoured_by_every_replica() {
+    let redis = Redis::start();
+    let secret_dir = TempDir::new();
+    let secret = cluster_secret(&secret_dir);
+    let agents = [Agent::start()];
+    // A static backend's extra port is its address on that port; nothing listens on 11999 here,
+    // so a request the grant lets through is answered 502, one it does not is a 403.
+    let config = replica_config(
+        &redis,
+        &secret,
+        &agents,
+        "[session_endpoints]\ndomain = \"sessions.test\"\n",
+    )
+    .replace(
+        "name = \"agent\"\n",
+        "name = \"agent\"\nallowed_ports = [11999]\n",
+    );
+    let (a, b) = (Gateway::start(&config), Gateway::start(&config));
+    let sid = session_id("endpoint");
+    assert_eq!(a.invoke(Some(&sid), "{}").status, 200);
+    let issued = a.post(
+        &format!("/runtimes/agent/sessions/{sid}/endpoint-tokens?port=11999"),
+        None,
+        "",
+        &[],
+    );
+    assert_eq!(issued.status, 200, "{}", issued.body_text());
+    let url = issued.json()["url"].as_str().unwrap().to_owned();
+    let host = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let through =
+        |gw: &Gateway, host: &str| curl(&[&gw.url(gw.http, "/"), "-H", &format!("Host: {host}")]);
+    let r = through(&b, &host);
+    assert_eq!(r.status, 502, "{}", r.body_text());
+    assert!(r.body_text().contains("11999"), "{}", r.body_text());
+    assert!(b.sessions().iter().any(|s| s["id"] == sid));
+    let forged = format!("11999-{}.sessions.test", "f".repeat(32));
+    assert_eq!(through(&b, &forged).status, 403);
+}
