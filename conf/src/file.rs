@@ -23,6 +23,7 @@ pub struct FileConfig {
     pub host: FileHost,
     pub identity: crate::FileIdentity,
     pub session_endpoints: crate::FileSessionEndpoints,
+    pub resumable_streams: crate::FileResumableStreams,
     /// At least one. Deliberately no default here: a file that declares no runtime (an empty
     /// or truncated file above all) is refused, never read as the embedded default.
     #[serde(default)]
@@ -152,6 +153,7 @@ impl Default for FileConfig {
             host: FileHost::default(),
             identity: crate::FileIdentity::default(),
             session_endpoints: crate::FileSessionEndpoints::default(),
+            resumable_streams: crate::FileResumableStreams::default(),
             runtimes: vec![FileRuntime::default()],
         }
     }
@@ -335,6 +337,10 @@ pub struct FileRuntime {
     /// `allowedPorts`): 1–5 entries, each a port or a range `"from-to"`, in 8000–12000 but not
     /// 8443. Sandbox, microvm and static backends. Default: none.
     pub allowed_ports: Vec<crate::FilePort>,
+    /// Number the events of this runtime's SSE invocation answers and keep them (within
+    /// `[resumable_streams]`) so that a client that reconnects with `Last-Event-ID` gets what it
+    /// missed, then the rest; the stream runs on when its client goes. Default false.
+    pub resumable_streams: bool,
     /// Extra request headers passed to the backend (at most 20; values up to 4 KB). The contract's
     /// own headers always pass. `Authorization` may be listed only on a `jwt` runtime.
     pub request_header_allowlist: Vec<String>,
@@ -497,6 +503,7 @@ impl Default for FileRuntime {
             protocol: "http".into(),
             protocol_port: None,
             allowed_ports: Vec::new(),
+            resumable_streams: false,
             protocol_path: None,
             user_id_principals: Vec::new(),
             park_ms: 0,

@@ -8,11 +8,13 @@ mod endpoints;
 pub mod file;
 mod identity;
 mod model;
+mod streams;
 mod validate;
 
 pub use endpoints::{AllowedPorts, FilePort, FileSessionEndpoints, SessionEndpoints};
 pub use identity::{FileIdentity, Identity};
 pub use model::*;
+pub use streams::{FileResumableStreams, ResumableStreams};
 pub use validate::valid_region;
 
 use std::fmt;

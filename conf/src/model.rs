@@ -23,6 +23,8 @@ pub struct Config {
     pub identity: Option<crate::Identity>,
     /// How session endpoints are reached (path form always; host form with a domain).
     pub session_endpoints: crate::SessionEndpoints,
+    /// What resumable streams may keep.
+    pub resumable_streams: crate::ResumableStreams,
     /// At least one; names are unique.
     pub runtimes: Vec<Runtime>,
     /// Index into `runtimes` of the runtime the plain container paths reach.
@@ -275,6 +277,8 @@ pub struct Runtime {
     pub user_id_principals: Vec<String>,
     /// Extra backend ports reachable through the session endpoint (`allowed_ports`).
     pub allowed_ports: crate::AllowedPorts,
+    /// SSE invocation answers are numbered, kept and resumable (`resumable_streams`).
+    pub resumable_streams: bool,
     /// Lower-case header names passed to the backend beyond the contract's own.
     pub request_header_allowlist: Vec<String>,
     pub auth: InboundAuth,

@@ -113,6 +113,9 @@ pub enum GatewayError {
     /// A malformed session endpoint request.
     #[error("invalid session endpoint request: {0}")]
     InvalidEndpointRequest(&'static str),
+    /// A `Last-Event-ID` the gateway cannot resume from.
+    #[error("stream not resumable: {0}")]
+    StreamNotResumable(&'static str),
     /// The session's backend does not listen on the port asked for.
     #[error("nothing listens on port {0}")]
     PortUnreachable(u16),
@@ -360,6 +363,7 @@ impl GatewayError {
                 None,
             ),
             InvalidEndpointRequest(why) => (400, "ValidationException", (*why).to_owned(), None),
+            StreamNotResumable(why) => (404, "ResourceNotFoundException", (*why).to_owned(), None),
             PortUnreachable(port) => (
                 502,
                 "RuntimeClientError",
@@ -441,6 +445,7 @@ impl GatewayError {
             PortNotAllowed(_) => "port_not_allowed",
             EndpointTokenInvalid => "endpoint_token_invalid",
             InvalidEndpointRequest(_) => "invalid_endpoint_request",
+            StreamNotResumable(_) => "stream_not_resumable",
             PortUnreachable(_) => "port_unreachable",
             InvalidUserId => "invalid_user_id",
             Internal => "internal",

@@ -69,11 +69,12 @@ impl ProxyHttp for Gateway {
                 respond_json(session, status, &body, ctx.session_id()).await?;
                 Ok(true)
             }
-            Ok(d @ (Decision::Command | Decision::Shell)) => {
+            Ok(d @ (Decision::Command | Decision::Shell | Decision::Stream)) => {
                 // Boxed: their state is large and rare, and would otherwise be part of (and
                 // copied with) every request's future.
                 let done = match d {
                     Decision::Shell => Box::pin(crate::shells::run(session, ctx)).await,
+                    Decision::Stream => Box::pin(crate::resumable::run(self, session, ctx)).await,
                     _ => Box::pin(crate::commands::run(session, ctx)).await,
                 };
                 if let Err(e) = done {

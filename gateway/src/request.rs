@@ -30,6 +30,8 @@ pub enum Decision {
     Command,
     /// Open a shell in the session's backend: `crate::shells`.
     Shell,
+    /// A resumable stream's invocation, or its resumption: `crate::resumable`.
+    Stream,
 }
 
 pub async fn admit(
@@ -140,8 +142,14 @@ pub async fn admit(
     ctx.session_known = known;
     // A client-chosen id starts a session on first use; an MCP id must already be known.
     let version = new_session_version(&snapshot, session, route.runtime)?;
+    let resumable = config.runtimes[route.runtime].resumable_streams
+        && target.name == "invocations"
+        && target.protocol == Protocol::Http;
+    // A resumption continues a stream of a session that exists; it never starts one.
+    let resuming = resumable && crate::resumable::last_event_id(session).is_some();
     loop {
-        let placed = match open(shared, ctx, &id, route.runtime, version, &caller, !known).await {
+        let create = !known && !resuming;
+        let placed = match open(shared, ctx, &id, route.runtime, version, &caller, create).await {
             Ok(ticket) => place(shared, ctx, ticket, target).await,
             Err(GatewayError::SessionNotFound) if known => Err(GatewayError::McpSessionGone),
             Err(e) => Err(e),
@@ -156,6 +164,7 @@ pub async fn admit(
     Ok(match route.kind {
         RouteKind::Command => Decision::Command,
         RouteKind::Shell => Decision::Shell,
+        _ if resumable => Decision::Stream,
         _ => Decision::Proxy,
     })
 }

@@ -143,6 +143,10 @@ pub struct Shared {
     pub signer: crate::identity::Signer,
     /// Room for parked requests (`limits.max_parked_requests`, `crate::parking`).
     pub parking: Arc<tokio::sync::Semaphore>,
+    /// Resumable streams' replay buffers (`crate::replay`).
+    pub streams: crate::replay::Streams,
+    /// The gateway's own requests to backends (resumable streams).
+    pub connector: pingora::connectors::http::Connector,
 }
 
 /// How a reload was asked for.
@@ -223,6 +227,8 @@ impl Shared {
             handover: Default::default(),
             signer: Default::default(),
             parking,
+            streams: Default::default(),
+            connector: pingora::connectors::http::Connector::new(None),
         })
     }
 

@@ -205,6 +205,7 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
     let host = host(&mut errs, &f.host);
     let identity = crate::identity::identity(&mut errs, &f.identity);
     let session_endpoints = crate::endpoints::session_endpoints(&mut errs, &f.session_endpoints);
+    let resumable_streams = crate::streams::resumable_streams(&mut errs, &f.resumable_streams);
 
     let t = &f.telemetry;
     errs.range(
@@ -352,6 +353,7 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
         host,
         identity,
         session_endpoints,
+        resumable_streams,
         telemetry: Telemetry {
             otlp_traces_url,
             service_name: t.service_name.clone(),

@@ -33,6 +33,12 @@ pub(super) fn runtime(
     {
         protocol_port(errs, path, port, protocol, versions);
     }
+    if r.resumable_streams && !matches!(r.protocol.as_str(), "http" | "agui") {
+        errs.push(
+            format!("{path}.resumable_streams"),
+            "applies to http and agui runtimes (MCP resumes its streams by its own Last-Event-ID)",
+        );
+    }
     let allowed_ports =
         crate::endpoints::allowed_ports(errs, path, &r.allowed_ports, versions.as_deref());
     let protocol_path = r
@@ -88,6 +94,7 @@ pub(super) fn runtime(
         ag_ui: r.protocol == "agui",
         user_id_principals: r.user_id_principals.clone(),
         allowed_ports,
+        resumable_streams: r.resumable_streams,
         park: Duration::from_millis(errs.range(&format!("{path}.park_ms"), r.park_ms, 0, 60_000)),
         path: protocol_path,
         idle_timeout,
