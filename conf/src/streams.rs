@@ -61,3 +61,36 @@ pub(crate) fn resumable_streams(errs: &mut Errors, f: &FileResumableStreams) -> 
         retention: Duration::from_secs(retention),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::parse;
+
+    #[test]
+    fn resumable_streams_are_for_http_faces_within_bounds() {
+        let c = parse(
+            "[resumable_streams]\nbuffer_bytes_per_session = 8192\n\
+             [[runtimes]]\nname = \"a\"\nprotocol = \"agui\"\nresumable_streams = true\n",
+        )
+        .unwrap();
+        assert!(c.runtimes[0].resumable_streams);
+        assert_eq!(c.resumable_streams.buffer_bytes_per_session, 8192);
+        for (text, path) in [
+            (
+                "[[runtimes]]\nname = \"m\"\nprotocol = \"mcp\"\nresumable_streams = true\n",
+                "runtimes[0].resumable_streams",
+            ),
+            (
+                "[resumable_streams]\nbuffer_bytes_per_session = 100\n[[runtimes]]\n",
+                "resumable_streams.buffer_bytes_per_session",
+            ),
+            (
+                "[resumable_streams]\nbuffer_bytes_total = 8192\nbuffer_bytes_per_session = 16384\n[[runtimes]]\n",
+                "resumable_streams.buffer_bytes_total",
+            ),
+        ] {
+            let errs = parse(text).unwrap_err().0;
+            assert!(errs.iter().any(|e| e.path == path), "{text}: {errs:?}");
+        }
+    }
+}
