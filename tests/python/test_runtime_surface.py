@@ -300,14 +300,17 @@ version = 1
                                     "baggage": "aws.agentcore.gateway.routing_experiment_variant_name=forged,team=blue"},
                            timeout=30)
             assert r.status_code == 200, r.text
-            arn, variant = r.json()["experiment"]
+            arn, variant, baggage = r.json()["experiment"]
+            # The client's other baggage passes; its experiment entries never do.
+            assert "team=blue" in baggage and "forged" not in baggage, baggage
             assert arn == "arn:aws:bedrock-agentcore:eu-west-1:123456789012:runtime/default/runtime-endpoint/canary"
             seen.add(variant)
         assert seen <= {"v1", "v2"} and len(seen) == 2, seen
         r = httpx.post(f"http://{gw.http}/runtimes/default/invocations?qualifier=stable", json={},
                        headers={SESSION_HEADER: f"exp-{uuid.uuid4()}",
                                 "baggage": "aws.agentcore.gateway.routing_experiment_variant_name=forged"}, timeout=30)
-        assert r.json()["experiment"] == [None, None]
+        assert r.json()["experiment"][:2] == [None, None]
+        assert "forged" not in (r.json()["experiment"][2] or "")
     finally:
         gw.stop()
 

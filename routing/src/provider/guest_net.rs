@@ -224,6 +224,33 @@ mod tests {
     }
 
     #[test]
+    fn a_runtimes_protocol_port_is_where_the_guest_end_points_either_way() {
+        let mut guest = ContractPorts::default();
+        guest.set(conf::Protocol::Http, 8100);
+        let slirp = GuestNet::new(
+            false,
+            &endpoint(),
+            guest,
+            "127.0.0.1:41002".parse().unwrap(),
+        )
+        .unwrap();
+        assert!(
+            slirp.netdev.contains("hostfwd=tcp:127.0.0.1:41000-:8100,"),
+            "{}",
+            slirp.netdev
+        );
+        let passt =
+            GuestNet::new(true, &endpoint(), guest, "127.0.0.1:41002".parse().unwrap()).unwrap();
+        assert_eq!(
+            passt.forwards[..2],
+            [
+                ("127.0.0.1:41000".parse().unwrap(), 8100),
+                ("127.0.0.1:41001".parse().unwrap(), 8000)
+            ]
+        );
+    }
+
+    #[test]
     fn with_egress_qemu_gets_a_socket_not_slirp() {
         let net = GuestNet::new(
             true,

@@ -16,7 +16,8 @@ app = BedrockAgentCoreApp()
 @app.entrypoint
 def invoke(payload, context):
     experiment = [BedrockAgentCoreContext.get_routing_experiment_arn(),
-                  BedrockAgentCoreContext.get_routing_experiment_variant()]
+                  BedrockAgentCoreContext.get_routing_experiment_variant(),
+                  context.request.headers.get("baggage") if context.request else None]
     token = BedrockAgentCoreContext.get_workload_access_token()
     if not token or "jwks" not in payload:
         return {"verified": False, "reason": "no workload access token", "experiment": experiment}
