@@ -297,6 +297,10 @@ pub struct FileSessions {
     /// Where session storage lives (`[[runtimes.filesystems]]`). Shared by every host that
     /// should see the same sessions' files. Default `/var/lib/sessiongate/storage`.
     pub storage_root: String,
+    /// Where suspended sessions' snapshots go (`runtimes[].on_idle = "suspend"`): shared by
+    /// every host that should be able to resume any of them. Default
+    /// `/var/lib/sessiongate/snapshots`.
+    pub snapshot_root: String,
 }
 
 impl Default for FileSessions {
@@ -308,6 +312,7 @@ impl Default for FileSessions {
             health_check_interval_ms: 2_000,
             health_check_failures: 3,
             storage_root: "/var/lib/sessiongate/storage".into(),
+            snapshot_root: "/var/lib/sessiongate/snapshots".into(),
         }
     }
 }
@@ -341,6 +346,15 @@ pub struct FileRuntime {
     /// `[resumable_streams]`) so that a client that reconnects with `Last-Event-ID` gets what it
     /// missed, then the rest; the stream runs on when its client goes. Default false.
     pub resumable_streams: bool,
+    /// What an idle session becomes: `end` (default) or `suspend` (kept — a microVM's memory
+    /// and files in a snapshot, other providers' files — and resumed by its next request).
+    pub on_idle: String,
+    /// How long a suspended session waits for its next request before it ends for good,
+    /// seconds. Default 86 400.
+    pub suspend_retention_secs: u64,
+    /// Disk all of this runtime's snapshots may take, MiB; over it an idle session ends instead
+    /// of suspending. Default 10 240.
+    pub snapshot_budget_mb: u64,
     /// Extra request headers passed to the backend (at most 20; values up to 4 KB). The contract's
     /// own headers always pass. `Authorization` may be listed only on a `jwt` runtime.
     pub request_header_allowlist: Vec<String>,
@@ -504,6 +518,9 @@ impl Default for FileRuntime {
             protocol_port: None,
             allowed_ports: Vec::new(),
             resumable_streams: false,
+            on_idle: "end".into(),
+            suspend_retention_secs: 86_400,
+            snapshot_budget_mb: 10_240,
             protocol_path: None,
             user_id_principals: Vec::new(),
             park_ms: 0,

@@ -9,12 +9,14 @@ pub mod file;
 mod identity;
 mod model;
 mod streams;
+mod suspend;
 mod validate;
 
 pub use endpoints::{AllowedPorts, FilePort, FileSessionEndpoints, SessionEndpoints};
 pub use identity::{FileIdentity, Identity};
 pub use model::*;
 pub use streams::{FileResumableStreams, ResumableStreams};
+pub use suspend::Suspend;
 pub use validate::valid_region;
 
 use std::fmt;

@@ -279,6 +279,8 @@ pub struct Runtime {
     pub allowed_ports: crate::AllowedPorts,
     /// SSE invocation answers are numbered, kept and resumable (`resumable_streams`).
     pub resumable_streams: bool,
+    /// `on_idle = "suspend"`: how idle sessions are suspended; `None`: they end.
+    pub suspend: Option<crate::Suspend>,
     /// Lower-case header names passed to the backend beyond the contract's own.
     pub request_header_allowlist: Vec<String>,
     pub auth: InboundAuth,

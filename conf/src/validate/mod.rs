@@ -281,6 +281,7 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
     }
     let mut names = HashSet::new();
     let storage_root = base.join(&f.sessions.storage_root);
+    let snapshot_root = base.join(&f.sessions.snapshot_root);
     let runtimes: Vec<Option<Runtime>> = f
         .runtimes
         .iter()
@@ -293,7 +294,7 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
                     format!("`{}` is declared twice", r.name),
                 );
             }
-            runtime(&mut errs, &path, r, base, &storage_root)
+            runtime(&mut errs, &path, r, base, (&storage_root, &snapshot_root))
         })
         .collect();
     let default_runtime = match &f.default_runtime {

@@ -7,7 +7,7 @@ pub(super) fn runtime(
     path: &str,
     r: &FileRuntime,
     base: &Path,
-    storage_root: &Path,
+    (storage_root, snapshot_root): (&Path, &Path),
 ) -> Option<Runtime> {
     if !valid_runtime_name(&r.name) {
         errs.push(
@@ -39,6 +39,7 @@ pub(super) fn runtime(
             "applies to http and agui runtimes (MCP resumes its streams by its own Last-Event-ID)",
         );
     }
+    let suspend = crate::suspend::suspend(errs, path, r, versions.as_deref(), snapshot_root);
     let allowed_ports =
         crate::endpoints::allowed_ports(errs, path, &r.allowed_ports, versions.as_deref());
     let protocol_path = r
@@ -95,6 +96,7 @@ pub(super) fn runtime(
         user_id_principals: r.user_id_principals.clone(),
         allowed_ports,
         resumable_streams: r.resumable_streams,
+        suspend,
         park: Duration::from_millis(errs.range(&format!("{path}.park_ms"), r.park_ms, 0, 60_000)),
         path: protocol_path,
         idle_timeout,
