@@ -6,7 +6,9 @@ N requests each open a new session (a fresh session id) and curl reports the tim
 first byte of the answer; each session is stopped (DELETE /sessions/{id}) before the next.
 With a warm pool, each request is sent only once the pool is full again, so it measures a
 session served by a ready backend. The first line, `existing session`, is a request to a
-session already placed: what the gateway itself costs.
+session already placed: what the gateway itself costs. `microvm resume from suspend` places one
+session of an `on_idle = "suspend"` runtime, then N times suspends it (admin
+`POST /sessions/{id}/suspend`) and times the request that resumes it.
 
     loadtest/coldstart.py [--n 15] [--vm-n 5] [--only process,sandbox,...]
 
@@ -44,14 +46,16 @@ def free_port():
 
 
 class Gateway:
-    def __init__(self, binary, backend_toml):
+    def __init__(self, binary, backend_toml, runtime_toml=""):
         self.dir = tempfile.TemporaryDirectory(prefix="sessiongate-coldstart-")
         self.ports = {k: free_port() for k in ("http", "mcp", "a2a", "admin")}
         cfg = os.path.join(self.dir.name, "sessiongate.toml")
+        snapshots = os.path.join(self.dir.name, "snapshots")
         with open(cfg, "w") as f:
             f.write(
-                "[sessions]\nsweep_interval_ms = 50\n[limits]\nnew_sessions_per_second = 1000\n\n"
-                '[[runtimes]]\nname = "default"\n[runtimes.backend]\n' + backend_toml
+                f'[sessions]\nsweep_interval_ms = 50\nsnapshot_root = "{snapshots}"\n'
+                "[limits]\nnew_sessions_per_second = 1000\n\n"
+                '[[runtimes]]\nname = "default"\n' + runtime_toml + "[runtimes.backend]\n" + backend_toml
             )
         args = [binary, "--config", cfg]
         for k, p in self.ports.items():
@@ -88,6 +92,10 @@ class Gateway:
             raise RuntimeError(f"status {out[0]}")
         return float(out[1]) * 1000
 
+    def suspend(self, sid):
+        req = urllib.request.Request(self.admin(f"/sessions/{sid}/suspend"), method="POST")
+        urllib.request.urlopen(req, timeout=120).read()
+
     def stop_session(self, sid):
         req = urllib.request.Request(self.admin(f"/sessions/{sid}"), method="DELETE")
         urllib.request.urlopen(req, timeout=30).read()
@@ -102,9 +110,18 @@ class Gateway:
 
 
 def run(binary, name, backend, n, warm_pool):
-    gw = Gateway(binary, backend + (f"warm_pool = {warm_pool}\n" if warm_pool else ""))
+    resume = name.endswith("resume from suspend")
+    gw = Gateway(binary, backend + (f"warm_pool = {warm_pool}\n" if warm_pool else ""),
+                 'on_idle = "suspend"\n' if resume else "")
     try:
         times = []
+        if resume:
+            sid = f"coldstart-resume-{os.getpid()}-{time.time_ns()}"
+            gw.ttfb(sid)
+            for _ in range(n):
+                gw.suspend(sid)
+                times.append(gw.ttfb(sid))
+            return times
         existing = name.endswith("existing session")
         if existing:
             gw.ttfb("coldstart-existing-session-0000000000000000")
@@ -144,19 +161,22 @@ def main():
         ("microvm cold boot", vm + "snapshot = false\n", a.vm_n, 0),
         ("microvm from snapshot", vm, a.vm_n, 0),
         ("microvm + warm pool", vm, a.vm_n, 2),
+        ("microvm resume from suspend", vm, a.vm_n, 0),
     ]
     only = [o.strip() for o in a.only.split(",") if o.strip()]
-    print(f"| variant | n | min ms | median ms | max ms |")
-    print(f"|---|---|---|---|---|")
+    print(f"| variant | n | min ms | median ms | p95 ms | max ms |")
+    print(f"|---|---|---|---|---|---|")
     for name, backend, n, warm in variants:
         if only and not any(o in name for o in only):
             continue
         try:
             t = run(binary, name, backend, n, warm)
         except Exception as e:  # report and go on with the other variants
-            print(f"| {name} | - | failed: {e} | | |")
+            print(f"| {name} | - | failed: {e} | | | |")
             continue
-        print(f"| {name} | {n} | {min(t):.1f} | {statistics.median(t):.1f} | {max(t):.1f} |", flush=True)
+        p95 = sorted(t)[min(len(t) - 1, int(len(t) * 0.95))]
+        print(f"| {name} | {n} | {min(t):.1f} | {statistics.median(t):.1f} | {p95:.1f} | {max(t):.1f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 //! The agent's HTTP port: `POST /invocations` and `GET /ws`.
 //!
-//! `/invocations` echoes the JSON payload with the session id, request id and instance it saw.
+//! `/invocations` echoes the JSON payload with the session id, request id and instance it saw,
+//! and `count`: how many invocations this process has served (memory only).
 //! Payload keys that change the answer (all optional, all combinable):
 //! - `"sleep_ms": N`: wait N ms first;
 //! - `"stream": N, "interval_ms": M`: answer as SSE, N `data:` events M ms apart;
@@ -68,6 +69,8 @@ async fn invocations(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: 
     }
     let seen = json!({
         "instance": agent.instance(),
+        // Held in memory only: a guest resumed from its snapshot counts on where it was.
+        "count": agent.invocations.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
         "label": agent.label,
         "session_id": header_str(&headers, SESSION_ID),
         "request_id": header_str(&headers, REQUEST_ID),

@@ -59,6 +59,8 @@ pub(crate) struct Agent {
     pub a2a_url: String,
     /// Requests and background tasks running now.
     busy: AtomicUsize,
+    /// Invocations served, in memory only.
+    pub(crate) invocations: std::sync::atomic::AtomicU64,
     /// Unix seconds of the last Healthy ⇄ HealthyBusy change.
     status_changed: Mutex<u64>,
     pub mcp_sessions: Mutex<mcp_sessions::McpSessions>,
@@ -137,6 +139,7 @@ async fn serve(addrs: AgentAddrs) -> anyhow::Result<()> {
         a2a_url: std::env::var("AGENTCORE_RUNTIME_URL")
             .unwrap_or_else(|_| format!("http://{}/", addrs.a2a)),
         busy: AtomicUsize::new(0),
+        invocations: std::sync::atomic::AtomicU64::new(0),
         status_changed: Mutex::new(unix_now()),
         mcp_sessions: Mutex::new(mcp_sessions::McpSessions::default()),
         mcp_stateless: addrs.mcp_stateless,

@@ -84,14 +84,21 @@ mod tests {
         let s = c.runtimes[0].suspend.as_ref().unwrap();
         assert_eq!(s.root, std::path::Path::new("/srv/snap/vm"));
         assert_eq!(s.retention.as_secs(), 600);
-        assert!(parse("[[runtimes]]\n").unwrap().runtimes[0].suspend.is_none());
+        assert!(
+            parse("[[runtimes]]\n").unwrap().runtimes[0]
+                .suspend
+                .is_none()
+        );
         for (extra, provider) in [
             ("on_idle = \"pause\"", "sandbox"),
             (
                 "on_idle = \"suspend\"",
                 "static\"\nendpoints = [{ http = \"127.0.0.1:1\" }]\n#\"",
             ),
-            ("on_idle = \"suspend\"\nsuspend_retention_secs = 0", "sandbox"),
+            (
+                "on_idle = \"suspend\"\nsuspend_retention_secs = 0",
+                "sandbox",
+            ),
         ] {
             let text = format!(
                 "[[runtimes]]\nname = \"r\"\n{extra}\n[runtimes.backend]\nprovider = \"{provider}\"\n"

@@ -5,7 +5,8 @@
 //! | `GET /healthz` | `{"status":"ok","sessions":N,"draining":bool,"connections":N}` |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /sessions` | every live session as JSON |
-//! | `DELETE /sessions/{id}` | ends the session: 200, or 404 if there is none |
+//! | `DELETE /sessions/{id}` | ends the session (a suspended one too: its snapshot goes): 200, or 404 if there is none |
+//! | `POST /sessions/{id}/suspend` | suspends an idle session of an `on_idle = "suspend"` runtime now: 200 with its snapshot's size, 409 if it is busy, 400 if its runtime does not suspend |
 //! | `POST /config/reload[?allow_auth_downgrade=true]` | reloads the config file: 200, or 422 with why it was refused |
 //!
 //! With `admin.token_file` set, every request but `GET /healthz` must carry
@@ -115,6 +116,10 @@ impl ServeHttp for AdminApp {
                     ),
                 }
             }
+            (&Method::POST, p) if p.starts_with("/sessions/") && p.ends_with("/suspend") => {
+                self.suspend(&p["/sessions/".len()..p.len() - "/suspend".len()])
+                    .await
+            }
             (&Method::DELETE, p) if p.starts_with("/sessions/") => {
                 self.end_session(&p["/sessions/".len()..]).await
             }
@@ -157,8 +162,38 @@ impl AdminApp {
                     "idle_secs": s.idle_for(now).as_secs(),
                 })
             })
+            .chain(crate::hibernate::listed(&self.shared))
             .collect();
         json!({ "sessions": list })
+    }
+
+    async fn suspend(&self, id: &str) -> Response<Vec<u8>> {
+        use routing::directory::hibernate::Suspension;
+        let Some(s) = self.shared.directory.get(id) else {
+            return json_response(
+                StatusCode::NOT_FOUND,
+                json!({ "message": "Session not found (or already suspended)" }),
+            );
+        };
+        let config = &self.shared.snapshot().config;
+        match crate::hibernate::suspend(&self.shared, config, &s, std::time::Duration::ZERO).await {
+            None => json_response(
+                StatusCode::BAD_REQUEST,
+                json!({ "message": "the session's runtime does not suspend (on_idle = \"end\")" }),
+            ),
+            Some(Suspension::Suspended { bytes, took }) => json_response(
+                StatusCode::OK,
+                json!({ "suspended": id, "snapshot_bytes": bytes, "ms": took.as_millis() as u64 }),
+            ),
+            Some(Suspension::NotDue) => json_response(
+                StatusCode::CONFLICT,
+                json!({ "message": "the session has requests in flight" }),
+            ),
+            Some(_) => json_response(
+                StatusCode::OK,
+                json!({ "ended": id, "message": "it could not be suspended and ended instead" }),
+            ),
+        }
     }
 
     async fn end_session(&self, id: &str) -> Response<Vec<u8>> {

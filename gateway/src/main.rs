@@ -21,6 +21,7 @@ mod exec_conn;
 mod front;
 mod handover;
 mod headers;
+mod hibernate;
 mod host;
 mod identity;
 mod ids;

@@ -222,6 +222,10 @@ pub(crate) async fn place(
         .ok_or(GatewayError::SessionEnding)?;
     let placing = std::time::Instant::now();
     let placed = ticket.backend(provider).await;
+    if ticket.created && ticket.session().resumed() {
+        metrics::histogram!("sessiongate_resume_duration_seconds", "provider" => provider.name())
+            .record(placing.elapsed().as_secs_f64());
+    }
     if ticket.created {
         let result = if placed.is_ok() { "ok" } else { "error" };
         metrics::counter!("sessiongate_placements_total", "provider" => provider.name(), "result" => result)

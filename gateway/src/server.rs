@@ -308,6 +308,7 @@ impl BackgroundService for Lifecycle {
                         .increment(1);
                 }
             }
+            crate::hibernate::tend(&self.shared, &snapshot.config).await;
             for (session, reason) in sweep(&self.shared.directory, &policy).await {
                 tracing::info!(session = %session.id, reason = reason.as_str(), "session ended");
                 metrics::counter!("sessiongate_sessions_ended_total", "reason" => reason.as_str())

@@ -210,6 +210,7 @@ impl Shared {
             },
         };
         let connections = Connections::new(config.limits.max_connections);
+        crate::hibernate::adopt(&directory, &config);
         let snapshot = Snapshot::build(config, &self_exe, &slots, None);
         Ok(Self {
             snapshot: RwLock::new(Arc::new(snapshot)),

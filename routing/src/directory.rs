@@ -27,6 +27,7 @@ const MAX_MCP_IDS_PER_SESSION: usize = 16;
 
 pub mod endpoint_tokens;
 mod handover;
+pub mod hibernate;
 mod shared;
 pub mod stop_tokens;
 pub use handover::{HandedBackend, HandedSession};
@@ -46,6 +47,8 @@ pub struct SessionDirectory {
     stop_tokens: stop_tokens::LocalTokens,
     /// Session endpoints' browser tokens, likewise.
     endpoint_grants: endpoint_tokens::LocalGrants,
+    /// Suspended sessions (`on_idle = "suspend"`), by id.
+    suspended: DashMap<SessionId, hibernate::Suspended>,
 }
 
 /// Why a request could not be given its session.
@@ -77,10 +80,12 @@ pub enum EndReason {
     RuntimeRemoved,
     /// Its backend's host stopped answering (its heartbeat expired).
     HostLost,
+    /// Idle and suspended (`on_idle = "suspend"`): it lives on as a snapshot or its files.
+    Suspended,
 }
 
 impl EndReason {
-    const ALL: [EndReason; 10] = [
+    const ALL: [EndReason; 11] = [
         EndReason::Idle,
         EndReason::MaxLifetime,
         EndReason::BackendExited,
@@ -91,6 +96,7 @@ impl EndReason {
         EndReason::Shutdown,
         EndReason::RuntimeRemoved,
         EndReason::HostLost,
+        EndReason::Suspended,
     ];
 
     fn code(self) -> u8 {
@@ -124,6 +130,7 @@ impl EndReason {
             EndReason::Shutdown => "shutdown",
             EndReason::RuntimeRemoved => "runtime_removed",
             EndReason::HostLost => "host_lost",
+            EndReason::Suspended => "suspended",
         }
     }
 }
@@ -164,6 +171,11 @@ pub struct Session {
     peak: AtomicU32,
     /// On a replica: its backend was checked against the runtime's pool.
     verified: AtomicBool,
+    /// It resumes a suspended session: its backend comes from this snapshot (or is fresh, its
+    /// files restored), not from a plain placement. Taken by the placement.
+    resume: Mutex<Option<hibernate::Resume>>,
+    /// Its backend was resumed from suspension.
+    resumed: AtomicBool,
 }
 
 /// The health-check record of one session.
@@ -207,7 +219,14 @@ impl Session {
             lease: AtomicU32::new(1),
             peak: AtomicU32::new(1),
             verified: AtomicBool::new(false),
+            resume: Mutex::new(None),
+            resumed: AtomicBool::new(false),
         }
+    }
+
+    /// True when its backend was restored from suspension rather than placed afresh.
+    pub fn resumed(&self) -> bool {
+        self.resumed.load(Ordering::Acquire)
     }
 
     /// The placed backend; `None` while it is still being provisioned.
@@ -299,7 +318,12 @@ impl Ticket {
                 if let Some(shared) = &self.shared {
                     return shared::obtain_backend(shared, &self.session, provider).await;
                 }
-                let backend = provider.place().await.map_err(TicketError::Placement)?;
+                let resume = self.session.resume.lock().ok().and_then(|mut r| r.take());
+                let backend = match &resume {
+                    Some(r) => hibernate::resume_backend(&self.session, provider, r).await,
+                    None => provider.place().await,
+                }
+                .map_err(TicketError::Placement)?;
                 backend.assign(self.session.id.as_str());
                 backend
                     .check_out_storage(self.session.principal.as_str(), self.session.id.as_str())
@@ -352,6 +376,7 @@ impl SessionDirectory {
             handed_over: AtomicBool::new(false),
             stop_tokens: stop_tokens::LocalTokens::default(),
             endpoint_grants: endpoint_tokens::LocalGrants::default(),
+            suspended: DashMap::new(),
         }
     }
 
@@ -398,7 +423,9 @@ impl SessionDirectory {
                     shared: self.shared.clone(),
                 });
             }
-            if !create {
+            // A suspended session is found as a live one is (only by its own principal).
+            let suspended = self.suspended_for(id, runtime, principal)?;
+            if !create && suspended.is_none() {
                 return Err(OpenError::NotFound);
             }
             let reservation = self.admission.admit_session(caller)?;
@@ -406,15 +433,21 @@ impl SessionDirectory {
             let session = Arc::new(Session::new(
                 id.clone(),
                 Arc::clone(runtime),
-                version,
+                suspended.as_ref().map_or(version, |s| s.version),
                 principal.clone(),
-                (0, now, now),
+                (0, suspended.as_ref().map_or(now, |s| s.created_ms), now),
                 (Duration::ZERO, Duration::ZERO),
                 Some(reservation),
             ));
+            if let (Some(s), Ok(mut resume)) = (&suspended, session.resume.lock()) {
+                *resume = Some(s.resume());
+            }
             match self.sessions.entry(id.clone()) {
                 dashmap::Entry::Vacant(v) => {
                     v.insert(Arc::clone(&session));
+                    if suspended.is_some() {
+                        self.suspended.remove(id);
+                    }
                     return Ok(Ticket {
                         session,
                         created: true,

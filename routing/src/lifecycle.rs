@@ -23,6 +23,10 @@ pub struct LifecyclePolicy {
     pub health_check_failures: u32,
     /// Runtimes with their own idle timeout / max lifetime: `(name, idle, max)`.
     pub runtimes: Vec<(String, Duration, Duration)>,
+    /// Runtimes whose idle sessions are suspended rather than ended (`on_idle = "suspend"`):
+    /// the gateway does that itself (`SessionDirectory::suspend_if_idle`); the sweep leaves
+    /// their idle sessions alone in the all-in-one.
+    pub suspending: Vec<String>,
 }
 
 impl From<&conf::Sessions> for LifecyclePolicy {
@@ -33,6 +37,7 @@ impl From<&conf::Sessions> for LifecyclePolicy {
             health_check_interval: s.health_check_interval,
             health_check_failures: s.health_check_failures,
             runtimes: Vec::new(),
+            suspending: Vec::new(),
         }
     }
 }
@@ -51,6 +56,12 @@ impl From<&conf::Config> for LifecyclePolicy {
                     r.max_lifetime.unwrap_or(policy.max_lifetime),
                 )
             })
+            .collect();
+        policy.suspending = c
+            .runtimes
+            .iter()
+            .filter(|r| r.suspend.is_some())
+            .map(|r| r.name.clone())
             .collect();
         policy
     }
@@ -141,6 +152,9 @@ pub async fn sweep(
         dir.snapshot()
     };
     for s in local {
+        if policy.suspending.iter().any(|r| **r == *s.runtime) {
+            continue;
+        }
         let (idle_timeout, _) = policy.timeouts(&s.runtime);
         let due = s.inflight() == 0 && s.idle_for(now) >= idle_timeout;
         let Some(addr) = s

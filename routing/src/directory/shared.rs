@@ -238,7 +238,8 @@ impl SessionDirectory {
                     self.stop(&s, reason).await;
                     true
                 }
-                None => false,
+                // A suspended session stops too: its snapshot goes.
+                None => self.end_suspended(id, owner),
             });
         };
         let ended = shared

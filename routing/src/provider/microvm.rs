@@ -89,13 +89,15 @@ impl MicrovmProvider {
         } else {
             None
         };
-        let vm = Vm::start(
-            &self.spec,
-            accel,
-            template.map(|t| t.state.as_path()),
-            false,
-        )
-        .await?;
+        let vm = Vm::start(&self.spec, accel, template.map(|t| t.state.as_path()), true).await?;
+        vm.ready(&self.spec, self.spec.ready_timeout).await
+    }
+
+    /// A suspended guest restored from its own snapshot ([`snapshot`]), with fresh entropy and
+    /// the clock as after a template restore.
+    pub async fn resume(&self, state: &Path) -> Result<Backend, PlacementError> {
+        let accel = *self.accel.get_or_init(|| self.decide_accel()).await;
+        let vm = Vm::start(&self.spec, accel, Some(state), true).await?;
         vm.ready(&self.spec, self.spec.ready_timeout).await
     }
 
@@ -395,7 +397,7 @@ async fn configure(serial: &Path) -> Result<(), String> {
     let clock = crate::directory::now_ms();
     talk(
         serial,
-        &format!("sessiongate-config seed={seed} clock={clock}\n"),
+        &format!("sessiongate-config seed={seed} clock={clock} tcp=reset\n"),
     )
     .await
 }
@@ -437,6 +439,16 @@ fn getrandom(buf: &mut [u8]) -> Result<(), String> {
     }
 }
 
+/// Saves the running guest whose state dir is `dir` to `state` and ends it: the memory it
+/// touched (QEMU's stream writes untouched pages as zero-page markers) and its devices. Returns
+/// the snapshot's size.
+pub(super) async fn snapshot(dir: &Path, state: &Path) -> Result<u64, String> {
+    save(&dir.join("qmp.sock"), state).await?;
+    std::fs::metadata(state)
+        .map(|m| m.len())
+        .map_err(|e| e.to_string())
+}
+
 /// Saves a running guest to `state` over QMP and quits it.
 async fn save(qmp: &Path, state: &Path) -> Result<(), String> {
     let stream = UnixStream::connect(qmp)
@@ -462,7 +474,15 @@ async fn save(qmp: &Path, state: &Path) -> Result<(), String> {
         Err("qmp closed".into())
     };
     call(serde_json::json!({"execute": "qmp_capabilities"})).await?;
-    let uri = format!("exec:cat > {}", shell_quote(state));
+    // QEMU's "completed" means it wrote everything into `cat`'s pipe, not that `cat` wrote it
+    // all to the file: `cat` renames the file into place when it has, and that is awaited.
+    let part = state.with_extension("part");
+    let _ = std::fs::remove_file(state);
+    let uri = format!(
+        "exec:cat > {part} && mv {part} {state}",
+        part = shell_quote(&part),
+        state = shell_quote(state)
+    );
     call(serde_json::json!({"execute": "migrate", "arguments": {"uri": uri}})).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -477,6 +497,13 @@ async fn save(qmp: &Path, state: &Path) -> Result<(), String> {
         }
     }
     let _ = call(serde_json::json!({"execute": "quit"})).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !state.exists() {
+        if tokio::time::Instant::now() >= deadline {
+            return Err("the saved state was not complete within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     Ok(())
 }
 

@@ -98,6 +98,18 @@ impl BackendProvider {
         })
     }
 
+    /// A backend for a session resuming from suspension: its own guest restored from `state`
+    /// (a microVM snapshot), else a fresh one (its files come back as on any placement).
+    pub async fn resume(&self, state: Option<&Path>) -> Result<Backend, PlacementError> {
+        match (self, state) {
+            (Self::Spawned(s), Some(state)) => match &*s.spawner {
+                Spawner::Microvm(m) => m.resume(state).await,
+                _ => self.place().await,
+            },
+            _ => self.place().await,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Self::Static(_) => "static",
@@ -385,6 +397,24 @@ impl Backend {
     /// True when the kernel killed the backend for exceeding its memory limit (sandboxes).
     pub fn oom_killed(&self) -> bool {
         self.child().is_some_and(child::ChildLease::oom_killed)
+    }
+
+    /// Suspends the backend of an idle session (`on_idle = "suspend"`): its session storage is
+    /// copied back first; a microVM guest is then saved whole to `state` and ends — `Some`
+    /// (the snapshot's size). Other backends keep only their files (`None`); [`Self::release`]
+    /// ends them as usual.
+    pub async fn suspend(&self, state: &Path) -> Result<Option<u64>, String> {
+        if let Some(Storage::Guest(g)) = &self.storage {
+            g.check_in().await;
+        }
+        match &self.lease {
+            Lease::Microvm(c) => {
+                let dir = c.dir().ok_or("the guest has no state directory")?;
+                microvm::snapshot(&dir, state).await.map(Some)
+            }
+            Lease::Kept(..) => Err("kept by an earlier gateway process".into()),
+            _ => Ok(None),
+        }
     }
 
     /// Releases the backend: frees the slot, or stops the process (SIGTERM, then SIGKILL after

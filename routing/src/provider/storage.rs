@@ -185,8 +185,28 @@ impl GuestStorage {
     }
 
     pub async fn check_out(&self, principal: &str, session: &str) -> io::Result<()> {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
         let (key, lock) = take_key(&self.spec, principal, session).await?;
+        // A guest just resumed from a snapshot may still hold a closed connection of its
+        // previous network's whose ports the new one reuses: that first connection is reset.
+        // The copy starts over on a fresh one (an unpack replaces what it wrote).
+        let mut attempt = 0;
+        loop {
+            match self.send(&key).await {
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset && attempt < 3 => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
+                Ok(()) => break,
+            }
+        }
+        *self.checked_out.lock().await = Some(CheckedOut { key, _lock: lock });
+        Ok(())
+    }
+
+    /// Sends the stored files at `key` to the backend.
+    async fn send(&self, key: &Path) -> io::Result<()> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
         let mut line = serde_json::json!({ "unpack": self.spec.mount_path });
         if self.mounts {
             line["size_mb"] = (self.spec.quota_bytes >> 20).into();
@@ -195,10 +215,11 @@ impl GuestStorage {
         conn.write_all(format!("{line}\n").as_bytes()).await?;
         let mut tar = tokio::process::Command::new("tar")
             .args(["-c", "-f", "-", "-C"])
-            .arg(&key)
+            .arg(key)
             .arg(".")
             .stdout(std::process::Stdio::piped())
             .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
             .spawn()?;
         let mut out = tar
             .stdout
@@ -216,7 +237,6 @@ impl GuestStorage {
         if answer.trim() != "ok" {
             return Err(io::Error::other(format!("the backend: {}", answer.trim())));
         }
-        *self.checked_out.lock().await = Some(CheckedOut { key, _lock: lock });
         Ok(())
     }
 
