@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,8 +94,17 @@ class Gateway:
         return float(out[1]) * 1000
 
     def suspend(self, sid):
-        req = urllib.request.Request(self.admin(f"/sessions/{sid}/suspend"), method="POST")
-        urllib.request.urlopen(req, timeout=120).read()
+        """Suspends now; a 409 (the last request's bookkeeping still finishing) is retried."""
+        deadline = time.time() + 10
+        while True:
+            req = urllib.request.Request(self.admin(f"/sessions/{sid}/suspend"), method="POST")
+            try:
+                urllib.request.urlopen(req, timeout=120).read()
+                return
+            except urllib.error.HTTPError as e:
+                if e.code != 409 or time.time() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def stop_session(self, sid):
         req = urllib.request.Request(self.admin(f"/sessions/{sid}"), method="DELETE")
