@@ -223,13 +223,18 @@ async fn browser_url(
             "browser URLs need a [session_endpoints] domain in the gateway's config",
         ))?;
     ctx.session_id = Some(id.clone());
-    // The session must exist and be the caller's; looking does not keep it alive longer.
-    drop(request::open(shared, ctx, &id, runtime, 0, &caller, false).await?);
-    let token = format!(
-        "{:016x}{:016x}",
-        crate::ids::random_u64(),
-        crate::ids::random_u64()
-    );
+    // The session must exist and be the caller's; looking does not keep it alive longer, nor
+    // resume a suspended one (its next request through the URL will).
+    let name = &snapshot.runtime_names[runtime];
+    if !shared
+        .directory
+        .holds_suspended(&id, name, &caller.principal)
+    {
+        drop(request::open(shared, ctx, &id, runtime, 0, &caller, false).await?);
+    }
+    // The token is the credential of the host form: from the kernel's generator (122 random
+    // bits), never from the per-thread sequence request ids use (predictable from its output).
+    let token = uuid::Uuid::new_v4().simple().to_string();
     let expires = unix_now() + settings.token_ttl.as_secs();
     let grant = EndpointGrant {
         runtime: snapshot.runtime_names[runtime].to_string(),

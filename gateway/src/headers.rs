@@ -180,22 +180,23 @@ const BAGGAGE_VALUE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
 /// Drops `base64UrlBearerAuthorization.<token>` (and the bare name offered beside it) from the
 /// WebSocket subprotocols: they were for the gateway, which answers the handshake's choice.
 fn strip_bearer_subprotocol(req: &mut RequestHeader) {
-    let Some(offered) = req
-        .headers
-        .get("sec-websocket-protocol")
-        .and_then(|v| v.to_str().ok())
-    else {
-        return;
-    };
+    // Every `Sec-WebSocket-Protocol` field: the token may hide in any of them (authentication
+    // reads them all).
     let prefix = format!("{BEARER_SUBPROTOCOL}.");
-    if !offered.contains(prefix.as_str()) {
+    let offered: Vec<String> = req
+        .headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect();
+    let bearer = |p: &String| p.starts_with(prefix.as_str()) || p == BEARER_SUBPROTOCOL;
+    if !offered.iter().any(bearer) {
         return;
     }
-    let kept: Vec<&str> = offered
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.starts_with(prefix.as_str()) && *p != BEARER_SUBPROTOCOL)
-        .collect();
+    let kept: Vec<String> = offered.into_iter().filter(|p| !bearer(p)).collect();
     let kept = kept.join(", ");
     req.remove_header("sec-websocket-protocol");
     if !kept.is_empty() {

@@ -24,7 +24,12 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Every session's streams.
 pub struct Streams {
+    /// By (runtime, principal, session id): another caller reusing an ended session's id never
+    /// reads its streams.
     sessions: DashMap<Box<str>, Arc<SessionStreams>>,
+    /// Stream numbers, never reused in this process (an old `Last-Event-ID` never names a
+    /// newer stream).
+    next_stream: AtomicU64,
     /// Event bytes buffered, all sessions.
     total: AtomicU64,
     last_sweep: Mutex<Instant>,
@@ -34,6 +39,7 @@ impl Default for Streams {
     fn default() -> Self {
         Self {
             sessions: DashMap::new(),
+            next_stream: AtomicU64::new(1),
             total: AtomicU64::new(0),
             last_sweep: Mutex::new(Instant::now()),
         }
@@ -48,7 +54,6 @@ pub struct SessionStreams {
 
 #[derive(Default)]
 struct SessionBuf {
-    next_stream: u64,
     streams: VecDeque<Arc<Replay>>,
     bytes: u64,
 }
@@ -102,9 +107,8 @@ impl Streams {
         let streams = Arc::clone(&*self.sessions.entry(session.into()).or_default());
         let replay = {
             let mut buf = lock(&streams.inner);
-            buf.next_stream += 1;
             let replay = Arc::new(Replay {
-                number: buf.next_stream,
+                number: self.next_stream.fetch_add(1, Ordering::Relaxed),
                 state: Mutex::default(),
                 changed: Notify::new(),
             });
@@ -216,12 +220,23 @@ impl Streams {
             else {
                 break;
             };
-            buf.bytes -= freed;
-            total = self.total.fetch_sub(freed, Ordering::Relaxed) - freed;
+            buf.bytes = buf.bytes.saturating_sub(freed);
+            total = self.sub_total(freed);
             metrics::counter!("sessiongate_replay_evicted_events_total", "reason" => reason)
                 .increment(1);
         }
         metrics::gauge!("sessiongate_replay_buffer_bytes").set(total as f64);
+    }
+
+    /// Takes `freed` off the total, never below zero; the total after.
+    fn sub_total(&self, freed: u64) -> u64 {
+        let before = self
+            .total
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some(t.saturating_sub(freed))
+            })
+            .unwrap_or(0);
+        before.saturating_sub(freed)
     }
 
     fn sweep_now_and_then(&self, retention: Duration) {
@@ -248,8 +263,8 @@ impl Streams {
                 }
                 !expired
             });
-            buf.bytes -= freed;
-            self.total.fetch_sub(freed, Ordering::Relaxed);
+            buf.bytes = buf.bytes.saturating_sub(freed);
+            self.sub_total(freed);
             !buf.streams.is_empty()
         });
         metrics::gauge!("sessiongate_replay_buffer_bytes").set(self.buffered() as f64);
@@ -366,6 +381,11 @@ mod tests {
         assert_eq!(streams.read_after(&replay, 4), Read::Done);
         let (_, second) = streams.open("s", &l);
         assert_eq!(second.number, 2);
+        let (_, third) = streams.open("other", &l);
+        assert_eq!(
+            third.number, 3,
+            "numbers are never reused, whatever the session"
+        );
         assert!(streams.find("s", 1).is_some() && streams.find("other", 1).is_none());
     }
 

@@ -200,6 +200,8 @@ pub(crate) fn open_error(e: OpenError) -> GatewayError {
         OpenError::NotFound => GatewayError::SessionNotFound,
         OpenError::Rejected(r) => GatewayError::Rejected(r),
         OpenError::Unavailable => GatewayError::DirectoryUnavailable,
+        // Still being suspended after the wait: as a session ending under the request.
+        OpenError::Suspending => GatewayError::SessionEnding,
     }
 }
 
@@ -216,10 +218,17 @@ pub(crate) async fn place(
     let id = ticket.session().id.clone();
     // A session placed under an older config whose version was since removed has its backend
     // already; one still waiting for placement cannot get one any more.
-    let provider = snapshot
-        .providers
-        .get(runtime, ticket.session().version)
-        .ok_or(GatewayError::SessionEnding)?;
+    let Some(provider) = snapshot.providers.get(runtime, ticket.session().version) else {
+        // A session without a backend (a resumed one whose version a reload removed) is no
+        // session: it ends, its snapshot with it.
+        if ticket.session().backend().is_none() {
+            shared
+                .directory
+                .end(ticket.session(), EndReason::PlacementFailed)
+                .await;
+        }
+        return Err(GatewayError::SessionEnding);
+    };
     let placing = std::time::Instant::now();
     let placed = ticket.backend(provider).await;
     if ticket.created && ticket.session().resumed() {

@@ -40,6 +40,18 @@ pub fn last_event_id(session: &Session) -> Option<Result<(u64, u64), GatewayErro
     )))
 }
 
+/// Whose streams these are: the runtime, the principal and the session id (a session id used
+/// again by another caller, or on another runtime, never finds them).
+fn buffer_key(ctx: &RequestCtx) -> String {
+    let runtime = ctx.route.map_or(0, |r| r.runtime);
+    format!(
+        "{}\0{}\0{}",
+        ctx.snapshot.runtime_names[runtime],
+        ctx.principal.as_ref().map_or("", |p| p.as_str()),
+        ctx.session_id().unwrap_or_default()
+    )
+}
+
 /// Serves a resumable invocation: a resumption, or a new one.
 pub async fn run(
     gw: &Gateway,
@@ -58,7 +70,7 @@ async fn resume(
     ctx: &mut RequestCtx,
     (stream, after): (u64, u64),
 ) -> Result<(), GatewayError> {
-    let id = ctx.session_id().unwrap_or_default().to_owned();
+    let id = buffer_key(ctx);
     let streams = &gw.shared.streams;
     let Some(replay) = streams.find(&id, stream) else {
         metrics::counter!("sessiongate_stream_resumes_total", "outcome" => "not_found")
@@ -104,7 +116,7 @@ async fn start(
         return relay(session, ctx, up, head).await;
     }
     let limits = ctx.snapshot.config.resumable_streams.clone();
-    let id = ctx.session_id().unwrap_or_default().to_owned();
+    let id = buffer_key(ctx);
     let (buffer, replay) = gw.shared.streams.open(&id, &limits);
     let deadline =
         tokio::time::Instant::from_std(ctx.started) + ctx.snapshot.config.limits.stream_timeout;

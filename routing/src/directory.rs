@@ -62,6 +62,9 @@ pub enum OpenError {
     /// The shared directory (Redis) cannot be reached.
     #[error("session directory unavailable")]
     Unavailable,
+    /// The session is being suspended: ask again shortly (then it resumes).
+    #[error("the session is being suspended")]
+    Suspending,
 }
 
 /// Why a session ended.
@@ -176,6 +179,8 @@ pub struct Session {
     resume: Mutex<Option<hibernate::Resume>>,
     /// Its backend was resumed from suspension.
     resumed: AtomicBool,
+    /// Being suspended now: requests wait until it is (then they resume it).
+    suspending: AtomicBool,
 }
 
 /// The health-check record of one session.
@@ -221,6 +226,7 @@ impl Session {
             verified: AtomicBool::new(false),
             resume: Mutex::new(None),
             resumed: AtomicBool::new(false),
+            suspending: AtomicBool::new(false),
         }
     }
 
@@ -411,6 +417,9 @@ impl SessionDirectory {
                 if s.runtime != *runtime || s.principal != *principal {
                     return Err(OpenError::NotFound);
                 }
+                if s.suspending.load(Ordering::Acquire) {
+                    return Err(OpenError::Suspending);
+                }
                 let before = s.inflight.fetch_add(1, Ordering::AcqRel);
                 if before >= max_inflight {
                     s.inflight.fetch_sub(1, Ordering::AcqRel);
@@ -439,8 +448,11 @@ impl SessionDirectory {
                 (Duration::ZERO, Duration::ZERO),
                 Some(reservation),
             ));
-            if let (Some(s), Ok(mut resume)) = (&suspended, session.resume.lock()) {
+            if let (Some(s), Ok(mut resume), Ok(mut mcp_ids)) =
+                (&suspended, session.resume.lock(), session.mcp_ids.lock())
+            {
                 *resume = Some(s.resume());
+                mcp_ids.clone_from(&s.mcp_ids);
             }
             match self.sessions.entry(id.clone()) {
                 dashmap::Entry::Vacant(v) => {
@@ -567,6 +579,10 @@ impl SessionDirectory {
             return false;
         }
         session.end_reason.store(reason.code(), Ordering::Release);
+        // A resumed session that ends before its placement took up its snapshot.
+        if let Some(r) = session.resume.lock().ok().and_then(|mut r| r.take()) {
+            hibernate::discard(&r);
+        }
         if let Ok(ids) = session.mcp_ids.lock() {
             for mcp_id in ids.iter() {
                 self.mcp_ids.remove_if(mcp_id, |_, s| *s == session.id);

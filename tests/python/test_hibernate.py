@@ -76,6 +76,35 @@ def state(gw: Gateway, sid: str):
     return rows[0]["state"] if rows else None
 
 
+def mcp_call(gw: Gateway, body: dict, mcp_id: str | None = None) -> tuple[dict, str]:
+    """One MCP request on the MCP port; its JSON-RPC answer (JSON or one SSE event)."""
+    headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
+    if mcp_id:
+        headers["Mcp-Session-Id"] = mcp_id
+    r = httpx.post(f"http://{gw.mcp}/mcp", json=body, headers=headers, timeout=240)
+    assert r.status_code in (200, 202), r.text
+    text = r.text.strip()
+    if text.startswith("event:") or text.startswith("data:"):
+        text = next(line[5:] for line in text.splitlines() if line.startswith("data:"))
+    return (json.loads(text) if text else {}), r.headers.get("mcp-session-id", mcp_id)
+
+
+def mcp_across_a_suspension(gw: Gateway) -> tuple[dict, dict]:
+    """An MCP session (the caller's implicit one on the MCP port) used, suspended with its
+    runtime session, and used again with the same Mcp-Session-Id."""
+    _, mcp_id = mcp_call(gw, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "hibernate-test", "version": "1"}}})
+    mcp_call(gw, {"jsonrpc": "2.0", "method": "notifications/initialized"}, mcp_id)
+    echo = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "before"}}}
+    before = mcp_call(gw, echo, mcp_id)[0]["result"]["structuredContent"]
+    suspend(gw, before["session_id"])
+    assert state(gw, before["session_id"]) == "suspended"
+    after = mcp_call(gw, {**echo, "id": 3}, mcp_id)[0]["result"]["structuredContent"]
+    return before, after
+
+
 def test_a_microvm_session_survives_many_suspend_resume_cycles(tmp_path, roots):
     storage, snapshots = roots
     guest = Path(os.environ.get("SESSIONGATE_GUEST_DIR", Path(binary()).parents[1] / "guest"))
@@ -131,6 +160,10 @@ quota_mb = 2
         assert "sessiongate_resume_duration_seconds_count" in metrics
         assert 'sessiongate_suspends_total{outcome="suspended"}' in metrics
         count += 8
+        # An MCP client's session goes on across a suspension: its id still routes, and the
+        # resumed guest still knows it.
+        before, after = mcp_across_a_suspension(gw)
+        assert after["instance"] == before["instance"] and after["session_id"] == before["session_id"]
         # A suspended session outlives the gateway process: a new one takes it up from the
         # snapshot root and resumes it, memory and all.
         suspend(gw, sid)

@@ -38,6 +38,9 @@ pub struct Suspended {
     pub snapshot: Option<PathBuf>,
     pub bytes: u64,
     pub retention: Duration,
+    /// The `Mcp-Session-Id`s it had learned: they still route to it (its guest keeps their
+    /// state), and a request carrying one resumes it.
+    pub mcp_ids: Vec<Box<str>>,
 }
 
 /// What a resuming session's placement restores.
@@ -95,15 +98,27 @@ impl SessionDirectory {
         plan: &Suspend,
     ) -> Suspension {
         let now = now_ms();
-        let removed = self.sessions.remove_if(&session.id, |_, s| {
-            Arc::ptr_eq(s, session) && s.inflight() == 0 && s.idle_for(now) >= idle
+        // Marked under the shard's write lock, atomically against requests counting themselves
+        // in under its read lock: from here new requests wait (`OpenError::Suspending`), and the
+        // session stays findable — for a stop above all — until its record replaces it.
+        let marked = self.sessions.get_mut(&session.id).is_some_and(|s| {
+            Arc::ptr_eq(&s, session)
+                && s.inflight() == 0
+                && s.idle_for(now) >= idle
+                && !s.suspending.swap(true, Ordering::AcqRel)
         });
-        if removed.is_none()
-            || self.handed_over.load(Ordering::Acquire)
-            || !self.retire(session, EndReason::Suspended)
-        {
+        if !marked {
             return Suspension::NotDue;
         }
+        if self.handed_over.load(Ordering::Acquire) || session.is_ended() {
+            session.suspending.store(false, Ordering::Release);
+            return Suspension::NotDue;
+        }
+        let mcp_ids = session
+            .mcp_ids
+            .lock()
+            .map(|ids| ids.clone())
+            .unwrap_or_default();
         let started = Instant::now();
         let dir = plan.root.join(dir_name(&session.id, now));
         let state = dir.join("memory.state");
@@ -131,13 +146,24 @@ impl SessionDirectory {
                     snapshot: bytes.map(|_| state),
                     bytes: bytes.unwrap_or(0),
                     retention: plan.retention,
+                    mcp_ids,
                 };
                 match write_record(&session.id, &suspended) {
                     Ok(()) => {
+                        let mcp = suspended.mcp_ids.clone();
                         self.suspended.insert(session.id.clone(), suspended);
-                        Suspension::Suspended {
-                            bytes: bytes.unwrap_or(0),
-                            took: started.elapsed(),
+                        self.sessions
+                            .remove_if(&session.id, |_, s| Arc::ptr_eq(s, session));
+                        if self.retire(session, EndReason::Suspended) {
+                            self.route_mcp_ids(&session.id, &mcp);
+                            Suspension::Suspended {
+                                bytes: bytes.unwrap_or(0),
+                                took: started.elapsed(),
+                            }
+                        } else {
+                            // Stopped while it was being saved: the stop wins.
+                            self.end_suspended(session.id.as_str(), None);
+                            Suspension::NotDue
                         }
                     }
                     Err(e) => {
@@ -153,6 +179,10 @@ impl SessionDirectory {
         };
         if !matches!(outcome, Suspension::Suspended { .. }) {
             remove_dir(&dir);
+            // Not suspended: it ends (its backend may be half saved; a stop may have ended it).
+            self.sessions
+                .remove_if(&session.id, |_, s| Arc::ptr_eq(s, session));
+            self.retire(session, EndReason::Idle);
         }
         if let Some(b) = session.backend() {
             b.release().await;
@@ -173,6 +203,16 @@ impl SessionDirectory {
             Some(s) if s.runtime == *runtime && s.principal == *principal => Ok(Some(s.clone())),
             Some(_) => Err(OpenError::NotFound),
         }
+    }
+
+    /// Whether `id` is suspended as `principal`'s on `runtime`.
+    pub fn holds_suspended(
+        &self,
+        id: &SessionId,
+        runtime: &Arc<str>,
+        principal: &Principal,
+    ) -> bool {
+        matches!(self.suspended_for(id, runtime, principal), Ok(Some(_)))
     }
 
     /// Every suspended session (the admin API lists them).
@@ -204,11 +244,23 @@ impl SessionDirectory {
             })
         });
         match removed {
-            Some((_, s)) => {
+            Some((id, s)) => {
+                for mcp_id in &s.mcp_ids {
+                    self.mcp_ids.remove_if(mcp_id, |_, owner| *owner == id);
+                }
                 remove_dir(&s.dir);
                 true
             }
             None => false,
+        }
+    }
+
+    /// Routes a suspended session's `Mcp-Session-Id`s to it again (retiring it forgot them).
+    fn route_mcp_ids(&self, id: &SessionId, mcp_ids: &[Box<str>]) {
+        for mcp_id in mcp_ids {
+            self.mcp_ids
+                .entry(mcp_id.clone())
+                .or_insert_with(|| id.clone());
         }
     }
 
@@ -265,6 +317,8 @@ struct Record {
     suspended_ms: u64,
     bytes: u64,
     memory: bool,
+    #[serde(default)]
+    mcp_ids: Vec<String>,
 }
 
 fn write_record(id: &SessionId, s: &Suspended) -> std::io::Result<()> {
@@ -277,6 +331,7 @@ fn write_record(id: &SessionId, s: &Suspended) -> std::io::Result<()> {
         suspended_ms: s.suspended_ms,
         bytes: s.bytes,
         memory: s.snapshot.is_some(),
+        mcp_ids: s.mcp_ids.iter().map(|i| i.to_string()).collect(),
     };
     let tmp = s.dir.join("session.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec(&record)?)?;
@@ -302,8 +357,14 @@ fn read_record(dir: &Path, retention: Duration) -> Option<(SessionId, Suspended)
             snapshot: r.memory.then_some(state),
             bytes: r.bytes,
             retention,
+            mcp_ids: r.mcp_ids.into_iter().map(Box::from).collect(),
         },
     ))
+}
+
+/// A resume that never happened (its session ended before its placement): its snapshot goes.
+pub(crate) fn discard(r: &Resume) {
+    remove_dir(&r.dir);
 }
 
 /// A session's snapshot directory: a hash of its id (ids may hold any visible character) and

@@ -49,7 +49,17 @@ impl SessionDirectory {
     /// not cached here is looked up in (or created in) the shared directory.
     pub async fn enter(&self, e: Entry<'_>) -> Result<Ticket, OpenError> {
         let Some(shared) = &self.shared else {
-            return self.open(e.id, e.runtime, e.version, e.caller, e.create);
+            // A session being suspended is waited for, then resumed (bounded by the save's own
+            // deadlines: QMP's 60 s and the state file's 30 s).
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+            loop {
+                match self.open(e.id, e.runtime, e.version, e.caller, e.create) {
+                    Err(OpenError::Suspending) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    other => return other,
+                }
+            }
         };
         if !shared.within_grace() {
             return Err(OpenError::Unavailable);
