@@ -123,9 +123,11 @@ pub(crate) fn allowed_ports(
                 .split_once('-')
                 .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?))),
         };
-        let valid = |p: u64| (8000..=12000).contains(&p);
+        let valid =
+            |(lo, hi): (u64, u64)| lo <= hi && (lo..=hi).all(crate::validate::agentcore_port);
         match range {
-            Some((lo, hi)) if valid(lo) && valid(hi) && lo <= hi && !(lo..=hi).contains(&8443) => {
+            Some(r) if valid(r) => {
+                let (lo, hi) = r;
                 ranges.push((lo as u16, hi as u16));
             }
             _ => errs.push(

@@ -91,6 +91,18 @@ impl RequestCtx {
         }
     }
 
+    /// How long the backend may stay silent on this request: no idle timer shorter than the
+    /// contract's (a synchronous request may take 15 min, a WebSocket may be quiet as long as it
+    /// may last).
+    pub fn upstream_read_timeout(&self) -> std::time::Duration {
+        let limits = &self.snapshot.config.limits;
+        if self.target.is_some_and(|t| t.websocket) {
+            limits.stream_timeout
+        } else {
+            limits.request_timeout
+        }
+    }
+
     pub fn session_id(&self) -> Option<&str> {
         self.session_id.as_ref().map(SessionId::as_str)
     }

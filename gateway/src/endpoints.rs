@@ -308,12 +308,7 @@ pub fn peer(ctx: &RequestCtx) -> Option<Box<HttpPeer>> {
     };
     peer.options.custom_l4 = Some(Arc::clone(tunnel) as _);
     peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
-    let limits = &ctx.snapshot.config.limits;
-    peer.options.read_timeout = Some(if ctx.target.is_some_and(|t| t.websocket) {
-        limits.stream_timeout
-    } else {
-        limits.request_timeout
-    });
+    peer.options.read_timeout = Some(ctx.upstream_read_timeout());
     Some(Box::new(peer))
 }
 

@@ -159,16 +159,8 @@ impl ProxyHttp for Gateway {
             }
         };
         peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
-        // No idle timer shorter than the contract's: a synchronous request may take 15 min, a
-        // WebSocket may be quiet for as long as it may last.
-        let limits = &ctx.snapshot.config.limits;
-        let websocket = ctx.target.is_some_and(|t| t.websocket);
         ctx.peer_chosen = Some(std::time::Instant::now());
-        peer.options.read_timeout = Some(if websocket {
-            limits.stream_timeout
-        } else {
-            limits.request_timeout
-        });
+        peer.options.read_timeout = Some(ctx.upstream_read_timeout());
         Ok(Box::new(peer))
     }
 

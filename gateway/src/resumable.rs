@@ -159,7 +159,7 @@ async fn send(
             ctx.backend_failed = true;
             GatewayError::BackendUnreachable
         })?;
-    up.set_read_timeout(Some(ctx.snapshot.config.limits.request_timeout));
+    up.set_read_timeout(Some(ctx.upstream_read_timeout()));
     let broken = |_| GatewayError::BackendUnreachable;
     up.write_request_header(Box::new(head))
         .await

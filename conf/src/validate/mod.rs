@@ -21,6 +21,7 @@ pub(crate) use auth::load_credentials;
 use auth::*;
 use backend::*;
 use cluster::*;
+pub(crate) use runtime::agentcore_port;
 use runtime::*;
 
 /// AgentCore's bounds for the lifecycle timeouts (we allow going below 60 s for tests).

@@ -108,6 +108,12 @@ pub(super) fn runtime(
     })
 }
 
+/// AgentCore's rule for a port a runtime's agent serves on (`ServerPort`, `Port`): 8000–12000,
+/// 8443 reserved. One place for `protocol_port` and `allowed_ports`.
+pub(crate) fn agentcore_port(port: u64) -> bool {
+    (8000..=12000).contains(&port) && port != 8443
+}
+
 /// `protocol_port`: AgentCore's rule (8000–12000, not 8443), for backends that listen inside an
 /// isolation of their own.
 fn protocol_port(
@@ -117,7 +123,7 @@ fn protocol_port(
     protocol: Protocol,
     versions: &mut [RuntimeVersion],
 ) {
-    if !(8000..=12000).contains(&port) || port == 8443 {
+    if !agentcore_port(port.into()) {
         errs.push(
             format!("{path}.protocol_port"),
             format!("{port} is not in 8000–12000 (8443 excluded)"),
