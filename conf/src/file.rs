@@ -301,6 +301,10 @@ pub struct FileSessions {
     /// every host that should be able to resume any of them. Default
     /// `/var/lib/sessiongate/snapshots`.
     pub snapshot_root: String,
+    /// In a cluster: every host mounts the same `snapshot_root`, so any host can resume any
+    /// suspended session (and a host that dies loses none). False: only the host that saved a
+    /// session resumes it, and its suspended sessions end with it. Default false.
+    pub snapshot_root_shared: bool,
 }
 
 impl Default for FileSessions {
@@ -313,6 +317,7 @@ impl Default for FileSessions {
             health_check_failures: 3,
             storage_root: "/var/lib/sessiongate/storage".into(),
             snapshot_root: "/var/lib/sessiongate/snapshots".into(),
+            snapshot_root_shared: false,
         }
     }
 }

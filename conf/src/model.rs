@@ -90,6 +90,15 @@ impl Config {
     pub fn runtime_index(&self, name: &str) -> Option<usize> {
         self.runtimes.iter().position(|r| r.name == name)
     }
+
+    /// How the runtime called `name` suspends its idle sessions, if it does.
+    pub fn suspend_plan(&self, name: &str) -> Option<&crate::Suspend> {
+        self.runtimes
+            .iter()
+            .find(|r| r.name == name)?
+            .suspend
+            .as_ref()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,6 +19,8 @@ pub struct Suspend {
     /// Disk all of this runtime's snapshots may take; a session that would exceed it ends
     /// instead of suspending.
     pub budget_bytes: u64,
+    /// The snapshot root is shared by the cluster's hosts (`sessions.snapshot_root_shared`).
+    pub shared: bool,
 }
 
 pub(crate) fn suspend(
@@ -66,6 +68,7 @@ pub(crate) fn suspend(
         root: snapshot_root.join(&r.name),
         retention: Duration::from_secs(retention),
         budget_bytes: budget_mb << 20,
+        shared: false,
     })
 }
 

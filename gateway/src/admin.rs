@@ -176,7 +176,13 @@ impl AdminApp {
             );
         };
         let config = &self.shared.snapshot().config;
-        match crate::hibernate::suspend(&self.shared, config, &s, std::time::Duration::ZERO).await {
+        let suspended = match self.shared.directory.shared() {
+            None => {
+                crate::hibernate::suspend(&self.shared, config, &s, std::time::Duration::ZERO).await
+            }
+            Some(_) => crate::hibernate::suspend_on_replica(&self.shared, config, &s).await,
+        };
+        match suspended {
             None => json_response(
                 StatusCode::BAD_REQUEST,
                 json!({ "message": "the session's runtime does not suspend (on_idle = \"end\")" }),
@@ -243,7 +249,11 @@ impl AdminApp {
                     "runtime": l.runtime,
                     "version": l.version,
                     "principal": l.principal,
-                    "state": if !l.live { "provisioning" } else if inflight_here > 0 { "active" } else { "idle" },
+                    "state": match l.state {
+                        "live" if inflight_here > 0 => "active",
+                        "live" => "idle",
+                        other => other,
+                    },
                     "backend": match (&l.host, &l.backend) {
                         (Some(host), _) => Some(format!("host {host}")),
                         (None, Some(_)) => Some("static".to_owned()),
@@ -256,6 +266,8 @@ impl AdminApp {
                     "started_at": l.created_ms / 1000,
                     "age_secs": now.saturating_sub(l.created_ms) / 1000,
                     "idle_secs": now.saturating_sub(l.last_ms) / 1000,
+                    "snapshot_bytes": (l.state == "suspended").then_some(l.snapshot_bytes),
+                    "suspended_secs": (l.state == "suspended").then(|| now.saturating_sub(l.suspended_ms) / 1000),
                 })
             })
             .collect();

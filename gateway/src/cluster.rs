@@ -1,6 +1,6 @@
 //! A replica's upkeep of its cache of the shared session directory: end announcements as they
-//! come, the activity batch once a second, and the cluster-wide idle sweep (one replica at a
-//! time holds its lock).
+//! come, the activity batch once a second, and the cluster-wide sweep of idle ends and
+//! suspensions (one replica at a time holds its lock).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,10 +31,17 @@ impl BackgroundService for ClusterSync {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                for (id, reason) in dir.sweep_shared(SWEEP_LOCK).await {
+                let config = Arc::clone(&self.shared.snapshot().config);
+                let swept = dir
+                    .sweep_shared(SWEEP_LOCK, |runtime| config.suspend_plan(runtime).cloned())
+                    .await;
+                for (id, reason) in swept.ended {
                     tracing::info!(session = %id, reason = reason.as_str(), "session ended");
                     metrics::counter!("sessiongate_sessions_ended_total", "reason" => reason.as_str())
                         .increment(1);
+                }
+                for (id, outcome) in swept.suspended {
+                    crate::hibernate::count(&id, outcome);
                 }
             }
         };

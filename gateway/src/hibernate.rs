@@ -15,7 +15,7 @@ use crate::state::Shared;
 pub async fn tend(shared: &Shared, config: &conf::Config) {
     let dir = &shared.directory;
     if dir.shared().is_some() {
-        return; // on a replica idle sessions end as before (see the README)
+        return; // on a replica the cluster's sweeper suspends (`crate::cluster`)
     }
     let now = routing::directory::now_ms();
     for s in dir.snapshot() {
@@ -78,16 +78,34 @@ pub async fn suspend(
     s: &Arc<Session>,
     idle: Duration,
 ) -> Option<Suspension> {
-    let plan = config
-        .runtimes
-        .iter()
-        .find(|r| *r.name == *s.runtime)?
-        .suspend
-        .as_ref()?;
+    let plan = config.suspend_plan(&s.runtime)?;
     let outcome = shared.directory.suspend_if_idle(s, idle, plan).await;
+    count(s.id.as_str(), outcome);
+    Some(outcome)
+}
+
+/// [`suspend`] on a replica: the cluster records it and the session's host saves it.
+pub async fn suspend_on_replica(
+    shared: &Shared,
+    config: &conf::Config,
+    s: &Arc<Session>,
+) -> Option<Suspension> {
+    let plan = config.suspend_plan(&s.runtime)?;
+    let outcome = shared.directory.suspend_shared_now(s, plan).await;
+    count(s.id.as_str(), outcome);
+    Some(outcome)
+}
+
+/// Logs and counts how a suspension came out (here, or by the cluster's sweeper).
+pub fn count(id: &str, outcome: Suspension) {
     match outcome {
         Suspension::Suspended { bytes, took } => {
-            tracing::info!(session = %s.id, bytes, ms = took.as_millis() as u64, "session suspended");
+            tracing::info!(
+                session = id,
+                bytes,
+                ms = took.as_millis() as u64,
+                "session suspended"
+            );
             metrics::counter!("sessiongate_suspends_total", "outcome" => "suspended").increment(1);
             metrics::histogram!("sessiongate_suspend_duration_seconds").record(took.as_secs_f64());
         }
@@ -97,13 +115,16 @@ pub async fn suspend(
             } else {
                 "failed"
             };
-            tracing::info!(session = %s.id, outcome, "session ended: it could not be suspended");
+            tracing::info!(
+                session = id,
+                outcome,
+                "session ended: it could not be suspended"
+            );
             metrics::counter!("sessiongate_suspends_total", "outcome" => outcome).increment(1);
             metrics::counter!("sessiongate_sessions_ended_total", "reason" => "idle").increment(1);
         }
         Suspension::NotDue => {}
     }
-    Some(outcome)
 }
 
 /// The admin API's rows for suspended sessions.

@@ -2,7 +2,8 @@
 //! of its machine and their warm pools, registers itself in Redis with a heartbeat and its
 //! capacity, and serves its backends to every replica through a relay on `host.listen`:
 //!
-//! - `POST /_sessiongate/place` and `/_sessiongate/release`: the control calls, signed with
+//! - `POST /_sessiongate/place`, `/_sessiongate/release` and `/_sessiongate/suspend`
+//!   (`hibernate`): the control calls, signed with
 //!   the cluster's secret over time, path and body (±30 s);
 //! - any other request: relayed to the backend named by `x-sessiongate-backend` (port
 //!   `x-sessiongate-port`) if `x-sessiongate-auth` is that backend's token, with those headers
@@ -33,10 +34,14 @@ use routing::provider::{Backend, BackendAddr, SlotRegistry};
 
 use crate::state::Snapshot;
 
+mod hibernate;
+
 /// A backend not yet recorded in Redis this long after its placement is an orphan.
 const RECORD_GRACE: Duration = Duration::from_secs(5);
 /// How often backends are checked against the session records.
 const GC_INTERVAL: Duration = Duration::from_secs(1);
+/// How often snapshot directories are checked against the session records.
+const RECLAIM_INTERVAL: Duration = Duration::from_secs(2);
 /// A control call's body at most.
 const MAX_CONTROL_BODY: usize = 64 * 1024;
 
@@ -321,6 +326,7 @@ impl HostRelay {
                 }
                 (200, serde_json::json!({}))
             }
+            cluster::SUSPEND_PATH => hibernate::suspend(&self.state, &req).await,
             _ => (404, message("no such control call")),
         }
     }
@@ -352,11 +358,15 @@ impl HostRelay {
                 message(format!("no runtime `{runtime}` version {version} here")),
             );
         };
-        let backend = match provider.place().await {
+        let placed = match req.get("resume") {
+            Some(resume) => hibernate::resume(state, provider, runtime, resume).await,
+            None => provider.place().await.map_err(|e| e.to_string()),
+        };
+        let backend = match placed {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(session = sid, error = %e, "backend placement failed");
-                return (500, message(e.to_string()));
+                return (500, message(e));
             }
         };
         backend.assign(sid);
@@ -407,6 +417,7 @@ impl BackgroundService for Upkeep {
         let state = &self.state;
         let mut beat = tokio::time::interval(cluster::HEARTBEAT_INTERVAL);
         let mut gc = tokio::time::interval(GC_INTERVAL);
+        let mut reclaim = tokio::time::interval(RECLAIM_INTERVAL);
         let ends = listen_for_ends(state);
         tokio::pin!(ends);
         loop {
@@ -425,6 +436,7 @@ impl BackgroundService for Upkeep {
                     }
                     collect(state).await;
                 }
+                _ = reclaim.tick() => hibernate::reclaim(state).await,
             }
         }
         // Stopping: every session here ends now (not in two seconds, when the heartbeat would
@@ -463,9 +475,12 @@ async fn listen_for_ends(state: &HostState) {
                 let Ok(payload) = msg.get_payload::<String>() else {
                     continue;
                 };
-                let Some((session, incarnation, _)) = cluster::parse_end(&payload) else {
+                let Some((session, incarnation, reason)) = cluster::parse_end(&payload) else {
                     continue;
                 };
+                if reason == routing::EndReason::Suspended.as_str() {
+                    continue; // its suspension call takes the backend
+                }
                 let ours: Vec<String> = state
                     .backends
                     .iter()

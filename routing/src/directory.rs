@@ -31,9 +31,11 @@ mod handover;
 pub mod hibernate;
 mod shared;
 pub mod stop_tokens;
+mod sweep;
 pub use end_reason::EndReason;
 pub use handover::{HandedBackend, HandedSession};
 pub use shared::Entry;
+pub use sweep::Swept;
 
 #[derive(Debug)]
 pub struct SessionDirectory {
@@ -108,6 +110,8 @@ pub struct Session {
     /// It resumes a suspended session: its backend comes from this snapshot (or is fresh, its
     /// files restored), not from a plain placement. Taken by the placement.
     resume: Mutex<Option<hibernate::Resume>>,
+    /// On a replica: the snapshot its placement restores on a host.
+    resume_on_host: Mutex<Option<crate::cluster::ResumeOnHost>>,
     /// Its backend was resumed from suspension.
     resumed: AtomicBool,
     /// Being suspended now: requests wait until it is (then they resume it).
@@ -156,6 +160,7 @@ impl Session {
             peak: AtomicU32::new(1),
             verified: AtomicBool::new(false),
             resume: Mutex::new(None),
+            resume_on_host: Mutex::new(None),
             resumed: AtomicBool::new(false),
             suspending: AtomicBool::new(false),
         }

@@ -316,7 +316,10 @@ pub(crate) fn validate(f: FileConfig, base: &Path) -> Result<Config, ConfigError
     let [Some(http), Some(mcp), Some(a2a), Some(admin)] = listeners else {
         unreachable!("an unparsable listener address was reported as an error")
     };
-    let runtimes: Vec<Runtime> = runtimes.into_iter().flatten().collect();
+    let mut runtimes: Vec<Runtime> = runtimes.into_iter().flatten().collect();
+    for plan in runtimes.iter_mut().filter_map(|r| r.suspend.as_mut()) {
+        plan.shared = f.sessions.snapshot_root_shared;
+    }
     Ok(Config {
         listeners: Listeners {
             http,

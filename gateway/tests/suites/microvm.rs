@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::common::*;
 
-fn guest_dir() -> PathBuf {
+pub(crate) fn guest_dir() -> PathBuf {
     let dir = std::env::var_os("SESSIONGATE_GUEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/guest"));

@@ -6,6 +6,7 @@ mod cluster;
 mod deadlines;
 mod dockerfile;
 mod failures;
+mod hibernate_hosts;
 mod hostile;
 mod hosts;
 mod jwt;

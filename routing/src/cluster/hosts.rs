@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 
-use super::{RedisDirectory, Unavailable, auth};
+use super::{RedisDirectory, ResumeOnHost, Unavailable, auth};
 use crate::provider::Addrs;
 
 /// A host silent this long is lost: its sessions end (and start afresh elsewhere).
@@ -116,24 +116,32 @@ impl RedisDirectory {
     }
 
     /// Places a session's backend on a host: the live hosts with the most free capacity first
-    /// (a host refuses beyond its capacity, then the next is asked), then records it.
+    /// (a host refuses beyond its capacity, then the next is asked), then records it. A resumed
+    /// session's snapshot is restored there — only on its own host when that host's root is not
+    /// shared.
     pub async fn place_on_host(
         &self,
         id: &str,
         incarnation: u64,
-        runtime: &str,
-        version: u32,
+        (runtime, version): (&str, u32),
         principal: &str,
+        resume: Option<&ResumeOnHost>,
     ) -> Result<PlacedOnHost, HostPlaceError> {
         let mut hosts = self.refresh_hosts().await?;
         hosts.sort_by_key(|h| std::cmp::Reverse(i64::from(h.capacity) - i64::from(h.load)));
-        let body = serde_json::json!({
+        if let Some(only) = resume.and_then(|r| r.host.as_deref()) {
+            hosts.retain(|h| h.id == only);
+        }
+        let mut body = serde_json::json!({
             "session": id,
             "incarnation": incarnation,
             "runtime": runtime,
             "version": version,
             "principal": principal,
         });
+        if let Some(r) = resume {
+            body["resume"] = serde_json::json!({ "dir": r.dir, "memory": r.memory });
+        }
         let mut why = String::from("no live host");
         for host in hosts {
             let answer = match control(&self.secret, host.addr, PLACE_PATH, &body).await {
@@ -203,7 +211,7 @@ impl RedisDirectory {
 }
 
 /// One signed control call (`POST path` with a JSON body) to a host; its JSON answer.
-async fn control(
+pub(super) async fn control(
     secret: &[u8],
     host: SocketAddr,
     path: &str,

@@ -10,10 +10,12 @@
 //! announcement missed while a replica was disconnected.
 
 pub mod auth;
+mod hibernate;
 mod hosts;
 mod records;
 mod scripts;
 
+pub use hibernate::{Marked, Recorded, ResumeOnHost, SUSPEND_PATH, SuspendedOnHost};
 pub use records::{Listed, Restore};
 
 pub use hosts::{
@@ -39,6 +41,8 @@ pub enum Opened {
     NotFound,
     /// Redis lost its data and the replicas are writing back what they know: retry shortly.
     Recovering,
+    /// It is being suspended: ask again shortly (then it resumes).
+    Suspending,
     /// Every in-flight slot of the session is leased to other replicas' requests.
     Inflight,
     /// The cluster's active session limit: retry after this long.
@@ -56,6 +60,8 @@ pub struct Record {
     pub last_ms: u64,
     /// Set once live.
     pub backend: Option<Addrs>,
+    /// A resumed session's placement restores this snapshot.
+    pub resume: Option<ResumeOnHost>,
 }
 
 /// What a request brings to [`RedisDirectory::open`].
@@ -82,6 +88,9 @@ pub struct Due {
     /// `None`: the record is gone (only its place in the active set was left).
     pub incarnation: Option<u64>,
     pub backend: Option<Addrs>,
+    /// `l` live, `p` placing, `s` suspending, `z` suspended ('' gone).
+    pub state: String,
+    pub runtime: String,
 }
 
 /// Redis is unreachable or answered something this code did not write.
@@ -133,6 +142,9 @@ pub struct RedisDirectory {
     list_hosts: redis::Script,
     hosts_lost: redis::Script,
     still_placed: redis::Script,
+    suspending: redis::Script,
+    suspended: redis::Script,
+    snaps_held: redis::Script,
 }
 
 impl std::fmt::Debug for RedisDirectory {
@@ -190,6 +202,9 @@ impl RedisDirectory {
             list_hosts: scripts::script(scripts::HOSTS),
             hosts_lost: scripts::script(scripts::HOSTS_LOST),
             still_placed: scripts::script(scripts::STILL_PLACED),
+            suspending: scripts::script(hibernate::SUSPENDING),
+            suspended: scripts::script(hibernate::SUSPENDED),
+            snaps_held: scripts::script(hibernate::SNAPS_HELD),
         })
     }
 
@@ -273,6 +288,11 @@ impl RedisDirectory {
                 created_ms: num(3)?,
                 last_ms: num(4)?,
                 backend: self.addrs(field(5)),
+                resume: (!field(6).is_empty()).then(|| ResumeOnHost {
+                    dir: field(6).to_owned(),
+                    memory: field(7) == "1",
+                    host: (!field(8).is_empty()).then(|| field(8).to_owned()),
+                }),
             })
         };
         Ok(match field(0) {
@@ -282,6 +302,7 @@ impl RedisDirectory {
             "full" => Opened::Full(ms(1)),
             "quota" => Opened::Quota(ms(1)),
             "inflight" => Opened::Inflight,
+            "suspending" => Opened::Suspending,
             "recovering" => {
                 self.recover.notify_one();
                 Opened::Recovering
@@ -425,11 +446,13 @@ impl RedisDirectory {
         }
         Ok(Some(
             reply[1..]
-                .chunks_exact(3)
+                .chunks_exact(5)
                 .map(|c| Due {
                     id: c[0].clone(),
                     incarnation: c[1].parse().ok(),
                     backend: self.addrs(&c[2]),
+                    state: c[3].clone(),
+                    runtime: c[4].clone(),
                 })
                 .collect(),
         ))

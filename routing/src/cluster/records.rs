@@ -14,11 +14,17 @@ pub struct Listed {
     pub version: u32,
     pub principal: String,
     pub live: bool,
+    /// `provisioning`, `live`, `suspending` or `suspended`.
+    pub state: &'static str,
     pub created_ms: u64,
     pub last_ms: u64,
     pub backend: Option<Addrs>,
-    /// The backend host it runs on (`None`: a static-pool endpoint).
+    /// The backend host it runs on (`None`: a static-pool endpoint); for a suspended session,
+    /// the one host that can resume it (`None`: any, the snapshot root is shared).
     pub host: Option<String>,
+    /// A suspended session's snapshot bytes and when it was suspended (Unix ms).
+    pub snapshot_bytes: u64,
+    pub suspended_ms: u64,
 }
 
 /// A session to write back after Redis lost its data.
@@ -70,17 +76,25 @@ impl RedisDirectory {
         inv.arg(&self.prefix).arg(max);
         let reply: Vec<String> = self.run(&inv).await?;
         Ok(reply
-            .chunks_exact(9)
+            .chunks_exact(11)
             .map(|c| Listed {
                 id: c[0].clone(),
                 runtime: c[1].clone(),
                 version: c[2].parse().unwrap_or(1),
                 principal: c[3].clone(),
                 live: c[4] == "l",
+                state: match c[4].as_str() {
+                    "l" => "live",
+                    "s" => "suspending",
+                    "z" => "suspended",
+                    _ => "provisioning",
+                },
                 created_ms: c[5].parse().unwrap_or(0),
                 last_ms: c[6].parse().unwrap_or(0),
                 backend: self.addrs(&c[7]),
                 host: (!c[8].is_empty()).then(|| c[8].clone()),
+                snapshot_bytes: c[9].parse().unwrap_or(0),
+                suspended_ms: c[10].parse().unwrap_or(0),
             })
             .collect())
     }

@@ -13,6 +13,11 @@
 //! - `P:q:<quota key>` set of a caller's sessions; `P:slots` hash endpoint → sessions on it;
 //! - `P:host:<id>` a backend host's record (expires unless its heartbeat renews it), `P:hosts`
 //!   sorted set host → last heartbeat, `P:hs:<host>` the sessions placed on it;
+//! - hibernation (`super::hibernate`): `st` `s` (suspending: requests wait) / `z` (suspended),
+//!   `snap` its snapshot directory's name, `sb` bytes, `mem` whether memory was saved, `sd` when,
+//!   `ret` retention (ms); `P:suspended` sorted set id → when its retention ends; `P:snaps` hash
+//!   snapshot directory → session (a directory nobody holds is reclaimed by the hosts);
+//!   `P:snapbytes` hash runtime → bytes of its suspended sessions' snapshots;
 //! - `P:mcp:<Mcp-Session-Id>` → session id; `P:epoch` (changes when Redis lost its data);
 //!   `P:recovering` (set for 2 s when a replica finds the data lost: no session is created
 //!   meanwhile, so none is created twice); `P:sweeper` lock; channel `P:ev` (`<id> <gen> <reason>` when a session ends).
@@ -24,13 +29,20 @@ local function now()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local function str(n) return string.format('%.0f', n) end
+-- Moves a runtime's snapshot byte count by n (never by '-0', which HINCRBY refuses).
+local function add_snapshot_bytes(P, rt, n)
+  if n ~= 0 then redis.call('HINCRBY', P .. ':snapbytes', rt, str(n)) end
+end
 -- Ends session `id` (its record exists): out of every set, its slot, host and MCP ids freed,
 -- announced to every replica.
 local function finish(P, id, reason)
   local key = P .. ':s:' .. id
-  local r = redis.call('HMGET', key, 'gen', 'qk', 'slot', 'mcp', 'host')
+  local r = redis.call('HMGET', key, 'gen', 'qk', 'slot', 'mcp', 'host', 'snap', 'st', 'rt', 'sb')
   redis.call('DEL', key)
   redis.call('ZREM', P .. ':active', id)
+  redis.call('ZREM', P .. ':suspended', id)
+  if r[6] then redis.call('HDEL', P .. ':snaps', r[6]) end
+  if r[7] == 'z' then add_snapshot_bytes(P, r[8], -tonumber(r[9] or '0')) end
   redis.call('SREM', P .. ':q:' .. r[2], id)
   if r[3] then redis.call('HINCRBY', P .. ':slots', r[3], -1) end
   if r[5] then redis.call('SREM', P .. ':hs:' .. r[5], id) end
@@ -38,6 +50,14 @@ local function finish(P, id, reason)
     if redis.call('GET', P .. ':mcp:' .. m) == id then redis.call('DEL', P .. ':mcp:' .. m) end
   end
   redis.call('PUBLISH', P .. ':ev', id .. ' ' .. r[1] .. ' ' .. reason)
+end
+-- A session that just became live: its idle clock starts now (its placement may have taken
+-- longer than its idle timeout).
+local function went_live(P, key, id)
+  local t = now()
+  local r = redis.call('HMGET', key, 'cr', 'idle', 'life')
+  redis.call('HSET', key, 'last', str(t))
+  redis.call('ZADD', P .. ':active', math.min(t + tonumber(r[2]), tonumber(r[1]) + tonumber(r[3])), id)
 end
 -- In-flight slots leased to other live replicas (a replica silent for 5 s holds none).
 local function leased_by_others(P, key, node, t)
@@ -58,13 +78,14 @@ local function leased_by_others(P, key, node, t)
 end
 "#;
 
-/// Create-or-join. KEYS[1] `P:s:<id>`; ARGV: prefix, id, runtime, principal, quota key, version,
+/// Create-or-join (or resume, for a suspended session). KEYS[1] `P:s:<id>`; ARGV: prefix, id, runtime, principal, quota key, version,
 /// node, create (1/0), max active, max per quota key, placing ms, idle ms, life ms, new
 /// incarnation, the epoch the caller knows ('' none yet), a fresh epoch, max in flight per
 /// session. A joining replica is leased one in-flight slot (`{inflight}` when none is free).
 /// Returns `{state, gen, version, created, last, backend}` with state `live`, `placing`
-/// (someone else places it), `place` (the caller must place it: new, or a stale placement taken
-/// over), `notfound`, `{full|quota, retry ms}`, or `{recovering}` while Redis has lost its data
+/// (someone else places it), `place` (the caller must place it: new, resumed, or a stale
+/// placement taken over; then also the snapshot to restore, whether it holds memory, and the
+/// host it must be restored on), `suspending` (ask again shortly), `notfound`, `{full|quota, retry ms}`, or `{recovering}` while Redis has lost its data
 /// and the replicas write back what they know (a session missing now may be written back).
 pub const OPEN: &str = r#"
 local P, id = ARGV[1], ARGV[2]
@@ -72,6 +93,23 @@ local t = now()
 local r = redis.call('HMGET', KEYS[1], 'gen', 'rt', 'pr', 'ver', 'st', 'placer', 'dl', 'cr', 'last', 'be')
 if r[1] then
   if r[2] ~= ARGV[3] or r[3] ~= ARGV[4] then return {'notfound'} end
+  if r[5] == 's' then return {'suspending'} end
+  if r[5] == 'z' then
+    local z = redis.call('HMGET', KEYS[1], 'idle', 'life', 'qk', 'sb')
+    local life_end = tonumber(r[8]) + tonumber(z[2])
+    if life_end <= t then
+      finish(P, id, 'max_lifetime')
+      return {'notfound'}
+    end
+    -- Resumed by this replica's placement, as a new incarnation of the same session.
+    add_snapshot_bytes(P, r[2], -tonumber(z[4] or '0'))
+    redis.call('ZREM', P .. ':suspended', id)
+    redis.call('HSET', KEYS[1], 'gen', ARGV[14], 'st', 'p', 'placer', ARGV[7],
+      'dl', str(t + tonumber(ARGV[11])), 'last', str(t))
+    redis.call('ZADD', P .. ':active', math.min(t + tonumber(z[1]), life_end), id)
+    redis.call('SADD', P .. ':q:' .. z[3], id)
+    r[1], r[5], r[6], r[7], r[9] = ARGV[14], 'p', ARGV[7], str(t + tonumber(ARGV[11])), str(t)
+  end
   if ARGV[17] ~= '0' then
     redis.call('ZADD', P .. ':nodes', t, ARGV[7])
     local mine = tonumber(redis.call('HGET', KEYS[1], 'l:' .. ARGV[7]) or '0')
@@ -81,11 +119,14 @@ if r[1] then
     end
   end
   if r[5] == 'p' then
+    -- A resume's placement restores its snapshot (on its host, when the root is host-local).
+    local z = redis.call('HMGET', KEYS[1], 'snap', 'mem', 'host')
+    local place = {'place', r[1], r[4], r[8], r[9], '', z[1] or '', z[2] or '', z[3] or ''}
     if tonumber(r[7]) < t then
       redis.call('HSET', KEYS[1], 'placer', ARGV[7], 'dl', str(t + tonumber(ARGV[11])))
-      return {'place', r[1], r[4], r[8], r[9], ''}
+      return place
     end
-    if r[6] == ARGV[7] then return {'place', r[1], r[4], r[8], r[9], ''} end
+    if r[6] == ARGV[7] then return place end
     return {'placing', r[1], r[4], r[8], r[9], ''}
   end
   return {'live', r[1], r[4], r[8], r[9], r[10] or ''}
@@ -138,6 +179,7 @@ for i = 5, #ARGV, 2 do
   if tonumber(redis.call('HGET', slots, ARGV[i]) or '0') < per then
     redis.call('HINCRBY', slots, ARGV[i], 1)
     redis.call('HSET', KEYS[1], 'st', 'l', 'be', ARGV[i + 1], 'slot', ARGV[i])
+    went_live(ARGV[1], KEYS[1], string.sub(KEYS[1], string.len(ARGV[1]) + 4))
     return (i - 5) / 2
   end
 end
@@ -180,8 +222,17 @@ return reason
 pub const PLACE_HOST: &str = r#"
 local r = redis.call('HMGET', KEYS[1], 'gen', 'st', 'placer')
 if r[1] ~= ARGV[2] or r[2] ~= 'p' or r[3] ~= ARGV[3] then return -2 end
+local id = string.sub(KEYS[1], string.len(ARGV[1]) + 4)
+local z = redis.call('HMGET', KEYS[1], 'snap', 'host')
+if z[1] then
+  -- A resume: the host restored the snapshot and removed it.
+  redis.call('HDEL', ARGV[1] .. ':snaps', z[1])
+  redis.call('HDEL', KEYS[1], 'snap', 'sb', 'mem', 'sd', 'ret')
+end
+if z[2] and z[2] ~= ARGV[4] then redis.call('SREM', ARGV[1] .. ':hs:' .. z[2], id) end
 redis.call('HSET', KEYS[1], 'st', 'l', 'be', ARGV[5], 'host', ARGV[4])
-redis.call('SADD', ARGV[1] .. ':hs:' .. ARGV[4], string.sub(KEYS[1], string.len(ARGV[1]) + 4))
+redis.call('SADD', ARGV[1] .. ':hs:' .. ARGV[4], id)
+went_live(ARGV[1], KEYS[1], id)
 return 1
 "#;
 
@@ -288,8 +339,10 @@ return 1
 "#;
 
 /// Sessions whose end is due, for the one replica holding the sweeper lock. ARGV: prefix, node,
-/// lock ms, at most. Returns `{'1', (id, gen, backend) triples…}` (gen '' when the record is
-/// gone), or `{'0'}` when another replica sweeps.
+/// lock ms, at most. Returns `{'1', (id, gen, backend, state, runtime) quintuples…}` (gen ''
+/// when the record is gone) — live sessions whose idle or lifetime end is due (a session being
+/// placed only once its placement is overdue), suspensions cut short, and suspended sessions
+/// past their retention — or `{'0'}` when another replica sweeps.
 pub const DUE: &str = r#"
 local P = ARGV[1]
 if not redis.call('SET', P .. ':sweeper', ARGV[2], 'NX', 'PX', ARGV[3]) then
@@ -297,11 +350,21 @@ if not redis.call('SET', P .. ':sweeper', ARGV[2], 'NX', 'PX', ARGV[3]) then
   redis.call('PEXPIRE', P .. ':sweeper', ARGV[3])
 end
 local out = {'1'}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. ':active', '-inf', now(), 'LIMIT', 0, tonumber(ARGV[4]))) do
-  local r = redis.call('HMGET', P .. ':s:' .. id, 'gen', 'be')
-  out[#out + 1] = id
-  out[#out + 1] = r[1] or ''
-  out[#out + 1] = r[2] or ''
+local t = now()
+for _, set in ipairs({':active', ':suspended'}) do
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. set, '-inf', t, 'LIMIT', 0, tonumber(ARGV[4]))) do
+    local r = redis.call('HMGET', P .. ':s:' .. id, 'gen', 'be', 'st', 'rt', 'dl')
+    if r[3] == 'p' and tonumber(r[5]) > t then
+      -- Being placed is not being idle: looked at again when its placement is overdue.
+      redis.call('ZADD', P .. ':active', tonumber(r[5]), id)
+    else
+      out[#out + 1] = id
+      out[#out + 1] = r[1] or ''
+      out[#out + 1] = r[2] or ''
+      out[#out + 1] = r[3] or ''
+      out[#out + 1] = r[4] or ''
+    end
+  end
 end
 return out
 "#;
@@ -353,16 +416,19 @@ for m in string.gmatch(ARGV[14], '%S+') do redis.call('SET', P .. ':mcp:' .. m, 
 return 1
 "#;
 
-/// Every session record (for `/sessions`), at most ARGV[2]. Returns per session: id, runtime,
-/// version, principal, state, created, last, backend, host.
+/// Every session record (for `/sessions`), suspended ones too, at most ARGV[2]. Returns per
+/// session: id, runtime, version, principal, state, created, last, backend, host, snapshot
+/// bytes, suspended at.
 pub const LIST: &str = r#"
 local P = ARGV[1]
 local out = {}
-for _, id in ipairs(redis.call('ZRANGE', P .. ':active', 0, tonumber(ARGV[2]) - 1)) do
-  local r = redis.call('HMGET', P .. ':s:' .. id, 'rt', 'ver', 'pr', 'st', 'cr', 'last', 'be', 'host')
-  if r[1] then
-    out[#out + 1] = id
-    for i = 1, 8 do out[#out + 1] = r[i] or '' end
+for _, set in ipairs({':active', ':suspended'}) do
+  for _, id in ipairs(redis.call('ZRANGE', P .. set, 0, tonumber(ARGV[2]) - 1)) do
+    local r = redis.call('HMGET', P .. ':s:' .. id, 'rt', 'ver', 'pr', 'st', 'cr', 'last', 'be', 'host', 'sb', 'sd')
+    if r[1] then
+      out[#out + 1] = id
+      for i = 1, 10 do out[#out + 1] = r[i] or '' end
+    end
   end
 end
 return out

@@ -19,10 +19,12 @@ pub enum EndReason {
     HostLost,
     /// Idle and suspended (`on_idle = "suspend"`): it lives on as a snapshot or its files.
     Suspended,
+    /// Suspended, and not resumed within its retention.
+    SuspendExpired,
 }
 
 impl EndReason {
-    const ALL: [EndReason; 11] = [
+    const ALL: [EndReason; 12] = [
         EndReason::Idle,
         EndReason::MaxLifetime,
         EndReason::BackendExited,
@@ -34,6 +36,7 @@ impl EndReason {
         EndReason::RuntimeRemoved,
         EndReason::HostLost,
         EndReason::Suspended,
+        EndReason::SuspendExpired,
     ];
 
     pub(super) fn code(self) -> u8 {
@@ -68,6 +71,7 @@ impl EndReason {
             EndReason::RuntimeRemoved => "runtime_removed",
             EndReason::HostLost => "host_lost",
             EndReason::Suspended => "suspended",
+            EndReason::SuspendExpired => "suspend_expired",
         }
     }
 }

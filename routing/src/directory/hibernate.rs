@@ -120,7 +120,7 @@ impl SessionDirectory {
             .map(|ids| ids.clone())
             .unwrap_or_default();
         let started = Instant::now();
-        let dir = plan.root.join(dir_name(&session.id, now));
+        let dir = plan.root.join(dir_name(session.id.as_str(), now));
         let state = dir.join("memory.state");
         let saved = match create_dir(&dir) {
             Ok(()) => match session.backend() {
@@ -369,12 +369,13 @@ pub(crate) fn discard(r: &Resume) {
 
 /// A session's snapshot directory: a hash of its id (ids may hold any visible character) and
 /// when it was suspended.
-fn dir_name(id: &SessionId, now: u64) -> String {
-    let digest = Sha256::digest(id.as_str().as_bytes());
+pub(crate) fn dir_name(id: &str, now: u64) -> String {
+    let digest = Sha256::digest(id.as_bytes());
     format!("{}-{now}", hex::encode(&digest[..12]))
 }
 
-fn create_dir(dir: &Path) -> std::io::Result<()> {
+/// A snapshot directory, readable by its owner only.
+pub fn create_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -382,7 +383,8 @@ fn create_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
-fn remove_dir(dir: &Path) {
+/// Removes a snapshot directory (gone already is fine; anything else is logged).
+pub fn remove_dir(dir: &Path) {
     if let Err(e) = std::fs::remove_dir_all(dir)
         && e.kind() != std::io::ErrorKind::NotFound
     {

@@ -14,6 +14,8 @@ use crate::cluster::{
 
 /// How often a replica that waits for another's placement looks again.
 const PLACEMENT_POLL: Duration = Duration::from_millis(20);
+/// How often a request for a session being suspended looks again.
+const SUSPENSION_POLL: Duration = Duration::from_millis(20);
 /// A cached session unused here this long leaves the cache (not the cluster).
 const CACHE_IDLE: Duration = Duration::from_secs(60);
 /// Sessions per activity batch.
@@ -48,24 +50,33 @@ impl SessionDirectory {
     /// Gives a request its session (see [`SessionDirectory::open`]); on a replica, a session
     /// not cached here is looked up in (or created in) the shared directory.
     pub async fn enter(&self, e: Entry<'_>) -> Result<Ticket, OpenError> {
-        let Some(shared) = &self.shared else {
-            // A session being suspended is waited for, then resumed (bounded by the save's own
-            // deadlines: QMP's 60 s and the state file's 30 s).
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
-            loop {
-                match self.open(e.id, e.runtime, e.version, e.caller, e.create) {
-                    Err(OpenError::Suspending) if tokio::time::Instant::now() < deadline => {
-                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                    }
-                    other => return other,
+        // A session being suspended is waited for, then resumed (bounded by the save's own
+        // deadlines: QMP's 60 s and the state file's 30 s).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let entered = match &self.shared {
+                None => self.open(e.id, e.runtime, e.version, e.caller, e.create),
+                Some(shared) => self.enter_replica(shared, &e).await,
+            };
+            match entered {
+                Err(OpenError::Suspending) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(SUSPENSION_POLL).await;
                 }
+                other => return other,
             }
-        };
+        }
+    }
+
+    async fn enter_replica(
+        &self,
+        shared: &Arc<RedisDirectory>,
+        e: &Entry<'_>,
+    ) -> Result<Ticket, OpenError> {
         if !shared.within_grace() {
             return Err(OpenError::Unavailable);
         }
         let ticket = match self.open(e.id, e.runtime, e.version, e.caller, false) {
-            Err(OpenError::NotFound) => return self.enter_shared(shared, &e).await,
+            Err(OpenError::NotFound) => return self.enter_shared(shared, e).await,
             cached => cached?,
         };
         let s = &ticket.session;
@@ -129,6 +140,7 @@ impl SessionDirectory {
             Opened::Place(r) => (r, true),
             Opened::NotFound => return Err(OpenError::NotFound),
             Opened::Recovering => return Err(OpenError::Unavailable),
+            Opened::Suspending => return Err(OpenError::Suspending),
             Opened::Inflight => return Err(Rejection::SessionInflight.into()),
             Opened::Full(retry) => {
                 return Err(Rejection::ActiveSessions {
@@ -154,6 +166,9 @@ impl SessionDirectory {
             None,
         );
         session.placer.store(placer, Ordering::Release);
+        if let Ok(mut resume) = session.resume_on_host.lock() {
+            resume.clone_from(&record.resume);
+        }
         if let Some(addrs) = record.backend {
             let _ = session.backend.set(Backend::shared(addrs));
         }
@@ -414,56 +429,6 @@ impl SessionDirectory {
         }
         restored
     }
-
-    /// The cluster-wide idle and lifetime ends, run by whichever replica holds the sweeper
-    /// lock: a due session's backend is asked once more whether it is busy (then it lives on).
-    pub async fn sweep_shared(&self, lock: Duration) -> Vec<(String, EndReason)> {
-        let Some(shared) = &self.shared else {
-            return Vec::new();
-        };
-        let Ok(Some(due)) = shared.due(lock, 64).await else {
-            return Vec::new();
-        };
-        let mut ended: Vec<(String, EndReason)> = match shared.hosts_lost().await {
-            Ok(lost) => lost
-                .into_iter()
-                .map(|id| (id, EndReason::HostLost))
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        let mut checks = tokio::task::JoinSet::new();
-        for d in due {
-            checks.spawn(async move {
-                let busy = match &d.backend {
-                    Some(a) => crate::ping::ping(&a.http, Duration::from_secs(1))
-                        .await
-                        .is_ok_and(|h| h.busy),
-                    None => false,
-                };
-                (d, busy)
-            });
-        }
-        while let Some(Ok((d, busy))) = checks.join_next().await {
-            let Some(incarnation) = d.incarnation else {
-                let _ = shared.end(&d.id, None, Some("idle"), None).await;
-                continue;
-            };
-            if busy {
-                let lease = self
-                    .get(&d.id)
-                    .filter(|s| s.incarnation == incarnation)
-                    .map_or(0, |s| s.lease.load(Ordering::Acquire));
-                let _ = shared
-                    .touch(&[(d.id.clone(), incarnation, now_ms(), lease)])
-                    .await;
-                continue;
-            }
-            if let Ok(Some(reason)) = shared.end(&d.id, Some(incarnation), None, None).await {
-                ended.push((d.id, EndReason::parse(&reason)));
-            }
-        }
-        ended
-    }
 }
 
 /// The backend of a replica's session: the one another replica placed, or one this replica
@@ -506,7 +471,12 @@ pub(super) async fn obtain_backend(
                     .map(Backend::shared)
                     .ok_or(TicketError::Unavailable);
             }
-            Ok(Opened::Place(r)) if r.incarnation == s.incarnation => place = true,
+            Ok(Opened::Place(r)) if r.incarnation == s.incarnation => {
+                if let Ok(mut resume) = s.resume_on_host.lock() {
+                    *resume = r.resume;
+                }
+                place = true;
+            }
             Ok(Opened::Placing(r)) if r.incarnation == s.incarnation => {}
             Ok(_) => return Err(TicketError::Ended),
             Err(_) => return Err(TicketError::Unavailable),
@@ -541,18 +511,20 @@ async fn place_here(
 ) -> Result<Backend, TicketError> {
     let BackendProvider::Static(pool) = provider else {
         // Spawned backends live on backend hosts, never in a replica.
+        let resume = s.resume_on_host.lock().ok().and_then(|r| r.clone());
         return match shared
             .place_on_host(
                 s.id.as_str(),
                 s.incarnation,
-                &s.runtime,
-                s.version,
+                (&s.runtime, s.version),
                 s.principal.as_str(),
+                resume.as_ref(),
             )
             .await
         {
             Ok(placed) => {
                 s.verified.store(true, Ordering::Release);
+                s.resumed.store(resume.is_some(), Ordering::Release);
                 Ok(Backend::shared(placed.addrs))
             }
             Err(HostPlaceError::Unavailable(_)) => Err(TicketError::Unavailable),
