@@ -344,7 +344,9 @@ impl HostRelay {
                 message("session, runtime and version are required".into()),
             );
         };
-        if state.backends.len() >= state.info.capacity as usize {
+        // A resume is a session admitted already (and, on a host-local root, one only this host
+        // can restore): it may exceed the capacity rather than be lost.
+        if state.backends.len() >= state.info.capacity as usize && req.get("resume").is_none() {
             return (503, message(format!("host {} is full", state.info.id)));
         }
         let provider = state

@@ -100,9 +100,9 @@ pub(super) async fn suspend(state: &HostState, req: &Value) -> (u16, Value) {
 }
 
 /// The backend of a resumed session placed here: restored from its snapshot (or placed afresh
-/// when only its files were kept), the snapshot removed once the guest runs from it. A failure
-/// keeps the snapshot: another host may restore it, or the reclaim removes it once its session
-/// ended.
+/// when only its files were kept). The snapshot stays until the session's record says it is
+/// live again (then the reclaim removes it): a placement that fails after this — its replica
+/// died, or lost the placement — leaves it for the next placer.
 pub(super) async fn resume(
     state: &HostState,
     provider: &BackendProvider,
@@ -120,7 +120,6 @@ pub(super) async fn resume(
         .resume(memory.then_some(state_file.as_path()))
         .await
         .map_err(|e| e.to_string())?;
-    remove_dir(&dir);
     Ok(backend)
 }
 

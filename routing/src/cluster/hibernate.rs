@@ -76,11 +76,13 @@ pub const SUSPENDED: &str = r#"
 local P, id = ARGV[1], ARGV[2]
 local r = redis.call('HMGET', KEYS[1], 'gen', 'st', 'rt', 'qk', 'host')
 if r[1] ~= ARGV[3] or r[2] ~= 's' then return -2 end
-local used = tonumber(redis.call('HGET', P .. ':snapbytes', r[3]) or '0')
+-- The budget is per disk: the runtime's on a shared root, the runtime's on each host otherwise.
+local bk = (ARGV[7] ~= '') and (r[3] .. '@' .. ARGV[7]) or r[3]
+local used = tonumber(redis.call('HGET', P .. ':snapbytes', bk) or '0')
 if used + tonumber(ARGV[4]) > tonumber(ARGV[8]) then return -1 end
 local t = now()
-add_snapshot_bytes(P, r[3], tonumber(ARGV[4]))
-redis.call('HSET', KEYS[1], 'st', 'z', 'sb', ARGV[4], 'mem', ARGV[5], 'sd', str(t), 'ret', ARGV[6])
+add_snapshot_bytes(P, bk, tonumber(ARGV[4]))
+redis.call('HSET', KEYS[1], 'st', 'z', 'sb', ARGV[4], 'sbk', bk, 'mem', ARGV[5], 'sd', str(t), 'ret', ARGV[6])
 redis.call('HDEL', KEYS[1], 'be', 'placer')
 local fields = redis.call('HKEYS', KEYS[1])
 for _, f in ipairs(fields) do
@@ -199,7 +201,14 @@ impl RedisDirectory {
             "runtime": runtime,
             "dir": dir,
         });
-        let answer = control(&self.secret, relay.host, SUSPEND_PATH, &body).await?;
+        let answer = control(
+            &self.secret,
+            relay.host,
+            SUSPEND_PATH,
+            &body,
+            SUSPEND_DEADLINE,
+        )
+        .await?;
         Ok(SuspendedOnHost {
             bytes: answer["bytes"]
                 .as_u64()

@@ -144,13 +144,14 @@ impl RedisDirectory {
         }
         let mut why = String::from("no live host");
         for host in hosts {
-            let answer = match control(&self.secret, host.addr, PLACE_PATH, &body).await {
-                Ok(a) => a,
-                Err(e) => {
-                    why = format!("host {}: {e}", host.id);
-                    continue;
-                }
-            };
+            let answer =
+                match control(&self.secret, host.addr, PLACE_PATH, &body, CONTROL_TIMEOUT).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        why = format!("host {}: {e}", host.id);
+                        continue;
+                    }
+                };
             let Some(backend) = answer["backend"].as_str() else {
                 why = format!("host {}: no backend in its answer", host.id);
                 continue;
@@ -172,7 +173,14 @@ impl RedisDirectory {
             let placed: i64 = self.run(&inv).await?;
             if placed != 1 {
                 let release = serde_json::json!({ "backend": backend });
-                let _ = control(&self.secret, host.addr, RELEASE_PATH, &release).await;
+                let _ = control(
+                    &self.secret,
+                    host.addr,
+                    RELEASE_PATH,
+                    &release,
+                    CONTROL_TIMEOUT,
+                )
+                .await;
                 return Err(HostPlaceError::Lost);
             }
             return Ok(PlacedOnHost {
@@ -216,6 +224,7 @@ pub(super) async fn control(
     host: SocketAddr,
     path: &str,
     body: &serde_json::Value,
+    deadline: Duration,
 ) -> Result<serde_json::Value, String> {
     let body = Bytes::from(body.to_string());
     let now = std::time::SystemTime::now()
@@ -255,7 +264,7 @@ pub(super) async fn control(
             ))
         }
     };
-    tokio::time::timeout(CONTROL_TIMEOUT, call)
+    tokio::time::timeout(deadline, call)
         .await
         .map_err(|_| "the control call timed out".to_owned())?
 }

@@ -459,14 +459,14 @@ impl RedisDirectory {
     }
 
     /// Grows this replica's in-flight lease on a session to `slots`, if the other replicas'
-    /// leases leave room under `max`.
+    /// leases leave room under `max`. `Ok(None)`: it is being suspended, or is suspended.
     pub async fn lease(
         &self,
         id: &str,
         incarnation: u64,
         slots: u32,
         max: u32,
-    ) -> Result<bool, Unavailable> {
+    ) -> Result<Option<bool>, Unavailable> {
         let mut inv = self.lease.key(self.key(id));
         inv.arg(&self.prefix)
             .arg(&self.node)
@@ -474,7 +474,7 @@ impl RedisDirectory {
             .arg(slots)
             .arg(max);
         let granted: i64 = self.run(&inv).await?;
-        Ok(granted == 1)
+        Ok((granted != -1).then_some(granted == 1))
     }
 
     /// Routes `mcp_id` to session `id` unless another session owns it.

@@ -37,7 +37,7 @@ end
 -- announced to every replica.
 local function finish(P, id, reason)
   local key = P .. ':s:' .. id
-  local r = redis.call('HMGET', key, 'gen', 'qk', 'slot', 'mcp', 'host', 'snap', 'st', 'rt', 'sb')
+  local r = redis.call('HMGET', key, 'gen', 'qk', 'slot', 'mcp', 'host', 'snap', 'st', 'sbk', 'sb')
   redis.call('DEL', key)
   redis.call('ZREM', P .. ':active', id)
   redis.call('ZREM', P .. ':suspended', id)
@@ -95,14 +95,18 @@ if r[1] then
   if r[2] ~= ARGV[3] or r[3] ~= ARGV[4] then return {'notfound'} end
   if r[5] == 's' then return {'suspending'} end
   if r[5] == 'z' then
-    local z = redis.call('HMGET', KEYS[1], 'idle', 'life', 'qk', 'sb')
+    local z = redis.call('HMGET', KEYS[1], 'idle', 'life', 'qk', 'sb', 'sbk')
     local life_end = tonumber(r[8]) + tonumber(z[2])
     if life_end <= t then
       finish(P, id, 'max_lifetime')
       return {'notfound'}
     end
+    -- A resumed session counts again, against the same limits as a new one (it stays
+    -- suspended meanwhile).
+    if redis.call('ZCARD', P .. ':active') >= tonumber(ARGV[9]) then return {'full', '1000'} end
+    if redis.call('SCARD', P .. ':q:' .. z[3]) >= tonumber(ARGV[10]) then return {'quota', '1000'} end
     -- Resumed by this replica's placement, as a new incarnation of the same session.
-    add_snapshot_bytes(P, r[2], -tonumber(z[4] or '0'))
+    add_snapshot_bytes(P, z[5] or r[2], -tonumber(z[4] or '0'))
     redis.call('ZREM', P .. ':suspended', id)
     redis.call('HSET', KEYS[1], 'gen', ARGV[14], 'st', 'p', 'placer', ARGV[7],
       'dl', str(t + tonumber(ARGV[11])), 'last', str(t))
@@ -196,6 +200,7 @@ local P, id = ARGV[1], ARGV[2]
 local r = redis.call('HMGET', KEYS[1], 'gen', 'cr', 'last', 'idle', 'life', 'rt', 'pr', 'be')
 if not r[1] then
   redis.call('ZREM', P .. ':active', id)
+  redis.call('ZREM', P .. ':suspended', id)
   return ''
 end
 if ARGV[3] ~= '' and r[1] ~= ARGV[3] then return '' end
@@ -304,8 +309,8 @@ redis.call('ZADD', P .. ':nodes', t, node)
 local out = {redis.call('GET', P .. ':epoch') or ''}
 for i = 3, #ARGV, 4 do
   local key = P .. ':s:' .. ARGV[i]
-  local r = redis.call('HMGET', key, 'gen', 'last', 'cr', 'idle', 'life')
-  if r[1] ~= ARGV[i + 1] then
+  local r = redis.call('HMGET', key, 'gen', 'last', 'cr', 'idle', 'life', 'st')
+  if r[1] ~= ARGV[i + 1] or r[6] == 's' or r[6] == 'z' then
     out[#out + 1] = '-1'
   else
     local last, mine = tonumber(r[2]), tonumber(ARGV[i + 2])
@@ -327,10 +332,11 @@ return out
 
 /// Grows this replica's in-flight lease on a session to ARGV[4] slots if the others' leases
 /// leave room under ARGV[5]. KEYS[1] `P:s:<id>`; ARGV: prefix, node, gen, slots, max. Returns 1
-/// when granted.
+/// when granted, -1 when the session is being suspended or is suspended.
 pub const LEASE: &str = r#"
-local r = redis.call('HGET', KEYS[1], 'gen')
-if r ~= ARGV[3] then return 0 end
+local r = redis.call('HMGET', KEYS[1], 'gen', 'st')
+if r[1] ~= ARGV[3] then return 0 end
+if r[2] == 's' or r[2] == 'z' then return -1 end
 redis.call('ZADD', ARGV[1] .. ':nodes', now(), ARGV[2])
 if leased_by_others(ARGV[1], KEYS[1], ARGV[2], now()) + tonumber(ARGV[4]) > tonumber(ARGV[5]) then return 0 end
 local mine = tonumber(redis.call('HGET', KEYS[1], 'l:' .. ARGV[2]) or '0')
@@ -354,7 +360,9 @@ local t = now()
 for _, set in ipairs({':active', ':suspended'}) do
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. set, '-inf', t, 'LIMIT', 0, tonumber(ARGV[4]))) do
     local r = redis.call('HMGET', P .. ':s:' .. id, 'gen', 'be', 'st', 'rt', 'dl')
-    if r[3] == 'p' and tonumber(r[5]) > t then
+    if set == ':active' and r[3] == 'z' then
+      redis.call('ZREM', P .. ':active', id)
+    elseif r[3] == 'p' and tonumber(r[5]) > t then
       -- Being placed is not being idle: looked at again when its placement is overdue.
       redis.call('ZADD', P .. ':active', tonumber(r[5]), id)
     else

@@ -53,10 +53,12 @@ impl SessionDirectory {
         // A session being suspended is waited for, then resumed (bounded by the save's own
         // deadlines: QMP's 60 s and the state file's 30 s).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        // A replica's new-session token is taken once, however often the request waits.
+        let mut rated = false;
         loop {
             let entered = match &self.shared {
                 None => self.open(e.id, e.runtime, e.version, e.caller, e.create),
-                Some(shared) => self.enter_replica(shared, &e).await,
+                Some(shared) => self.enter_replica(shared, &e, &mut rated).await,
             };
             match entered {
                 Err(OpenError::Suspending) if tokio::time::Instant::now() < deadline => {
@@ -71,12 +73,13 @@ impl SessionDirectory {
         &self,
         shared: &Arc<RedisDirectory>,
         e: &Entry<'_>,
+        rated: &mut bool,
     ) -> Result<Ticket, OpenError> {
         if !shared.within_grace() {
             return Err(OpenError::Unavailable);
         }
         let ticket = match self.open(e.id, e.runtime, e.version, e.caller, false) {
-            Err(OpenError::NotFound) => return self.enter_shared(shared, e).await,
+            Err(OpenError::NotFound) => return self.enter_shared(shared, e, rated).await,
             cached => cached?,
         };
         let s = &ticket.session;
@@ -90,10 +93,15 @@ impl SessionDirectory {
                 .lease(s.id.as_str(), s.incarnation, inflight, max)
                 .await
             {
-                Ok(true) => {
+                Ok(Some(true)) => {
                     s.lease.fetch_max(inflight, Ordering::AcqRel);
                 }
-                Ok(false) => return Err(Rejection::SessionInflight.into()),
+                Ok(Some(false)) => return Err(Rejection::SessionInflight.into()),
+                Ok(None) => {
+                    // Suspended under this cached copy (its announcement not seen yet).
+                    self.forget(s.id.as_str(), s.incarnation, EndReason::Suspended);
+                    return Err(OpenError::Suspending);
+                }
                 // Redis unreachable: within the outage grace a cached session keeps serving,
                 // with this replica's own count as its only in-flight limit.
                 Err(_) if shared.within_grace() => {}
@@ -107,9 +115,11 @@ impl SessionDirectory {
         &self,
         shared: &Arc<RedisDirectory>,
         e: &Entry<'_>,
+        rated: &mut bool,
     ) -> Result<Ticket, OpenError> {
         let limits = self.admission.limits();
-        if e.create {
+        if e.create && !*rated {
+            *rated = true;
             // The new-session rate is this replica's (see the README: per replica).
             self.admission.take_session_token()?;
         }
