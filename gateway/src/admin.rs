@@ -8,10 +8,12 @@
 //! | `DELETE /sessions/{id}` | ends the session (a suspended one too: its snapshot goes): 200, or 404 if there is none |
 //! | `POST /sessions/{id}/suspend` | suspends an idle session of an `on_idle = "suspend"` runtime now: 200 with its snapshot's size, 409 if it is busy, 400 if its runtime does not suspend |
 //! | `POST /config/reload[?allow_auth_downgrade=true]` | reloads the config file: 200, or 422 with why it was refused |
+//! | `GET /dashboard`, `/dashboard/api/…`, `GET /sessions/{id}` | the operator's dashboard ([`crate::dashboard`]) |
 //!
-//! With `admin.token_file` set, every request but `GET /healthz` must carry
-//! `Authorization: Bearer <token>` (401 otherwise): backends that share the host's loopback
-//! (the `process` provider) could otherwise list and end other sessions.
+//! With `admin.token_file` set, every request but `GET /healthz` and the dashboard's static
+//! page (which holds no data: it asks for the token) must carry `Authorization: Bearer <token>`
+//! (401 otherwise): backends that share the host's loopback (the `process` provider) could
+//! otherwise list and end other sessions.
 
 use std::sync::Arc;
 
@@ -39,7 +41,9 @@ impl ServeHttp for AdminApp {
         let query = req.uri.query().unwrap_or("").to_owned();
         let snapshot = self.shared.snapshot();
         if let Some(token) = &snapshot.config.admin.token
-            && !(method == Method::GET && matches!(path.as_str(), "/healthz" | JWKS_PATH))
+            && !(method == Method::GET
+                && (matches!(path.as_str(), "/healthz" | JWKS_PATH)
+                    || crate::dashboard::asset(&path).is_some()))
             && !bearer_matches(req, token)
         {
             return with_header(
@@ -98,6 +102,44 @@ impl ServeHttp for AdminApp {
                     ),
                 },
             },
+            (&Method::GET, p) if crate::dashboard::asset(p).is_some() => {
+                let (content_type, body) = crate::dashboard::asset(p).unwrap_or_default();
+                response(StatusCode::OK, content_type, body.as_bytes().to_vec())
+            }
+            (&Method::GET, "/dashboard/api/overview") => {
+                json_response(StatusCode::OK, crate::dashboard::overview(&self.shared))
+            }
+            (&Method::GET, "/dashboard/api/series") => {
+                let seconds = routing::face::query_param(&query, "seconds")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(300);
+                json_response(StatusCode::OK, self.shared.stats.series(seconds))
+            }
+            (&Method::GET, p) if p.starts_with("/sessions/") => {
+                let id = &p["/sessions/".len()..];
+                let listed = match self.shared.directory.shared() {
+                    None => self.sessions(),
+                    Some(redis) => match redis.list(MAX_LISTED).await {
+                        Ok(list) => self.cluster_sessions(list),
+                        Err(e) => {
+                            return json_response(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                json!({ "message": e.to_string() }),
+                            );
+                        }
+                    },
+                };
+                let row = listed["sessions"]
+                    .as_array()
+                    .and_then(|rows| rows.iter().find(|r| r["id"] == id).cloned());
+                match crate::dashboard::session_detail(&self.shared, id, row) {
+                    Some(detail) => json_response(StatusCode::OK, detail),
+                    None => json_response(
+                        StatusCode::NOT_FOUND,
+                        json!({ "message": "Session not found" }),
+                    ),
+                }
+            }
             (&Method::POST, "/config/reload") => {
                 let options = ReloadOptions {
                     allow_auth_downgrade: routing::face::query_param(
@@ -134,6 +176,7 @@ const MAX_LISTED: usize = 10_000;
 impl AdminApp {
     fn sessions(&self) -> serde_json::Value {
         let now = routing::directory::now_ms();
+        let snapshot = self.shared.snapshot();
         let list: Vec<_> = self
             .shared
             .directory
@@ -142,6 +185,14 @@ impl AdminApp {
             .map(|s| {
                 let backend = s.backend();
                 let addr = |p| backend.and_then(|b| b.addr(p)).map(|a| a.to_string());
+                let busy =
+                    s.traffic.last_check() == Some(routing::directory::traffic::Checked::Busy);
+                let (bytes_in, bytes_out) = s.traffic.bytes();
+                let provider = snapshot
+                    .config
+                    .runtime_index(&s.runtime)
+                    .and_then(|i| snapshot.providers.get(i, s.version))
+                    .map(|p| p.name());
                 json!({
                     "id": s.id.as_str(),
                     "runtime": &*s.runtime,
@@ -149,9 +200,13 @@ impl AdminApp {
                     "principal": s.principal.as_str(),
                     "state": match (backend, s.inflight()) {
                         (None, _) => "provisioning",
-                        (Some(_), 0) => "idle",
-                        (Some(_), _) => "active",
+                        (Some(_), n) if n > 0 => "active",
+                        (Some(_), _) if busy => "HealthyBusy",
+                        (Some(_), _) => "idle",
                     },
+                    "provider": provider,
+                    "bytes_in": bytes_in,
+                    "bytes_out": bytes_out,
                     "backend": backend.map(|b| b.describe()),
                     "http": addr(Protocol::Http),
                     "mcp": addr(Protocol::Mcp),
@@ -259,6 +314,7 @@ impl AdminApp {
                         (None, Some(_)) => Some("static".to_owned()),
                         (None, None) => None,
                     },
+                    "replica": l.placer,
                     "http": addr(Protocol::Http),
                     "mcp": addr(Protocol::Mcp),
                     "a2a": addr(Protocol::A2a),

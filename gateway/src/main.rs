@@ -15,6 +15,7 @@ mod authn;
 mod cluster;
 mod commands;
 mod ctx;
+mod dashboard;
 mod endpoints;
 mod error;
 mod exec_conn;

@@ -23,7 +23,10 @@ use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use pingora::proxy::Session;
 
+use routing::directory::traffic::Exchange;
+
 use crate::ctx::RequestCtx;
+use crate::dashboard::stats::Stats;
 
 /// Latency buckets, in seconds: 100 µs to 60 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -79,19 +82,31 @@ impl RequestMetrics {
     }
 }
 
-pub fn record(face: Protocol, session: &Session, ctx: &RequestCtx) {
+pub fn record(face: Protocol, session: &Session, ctx: &RequestCtx, stats: &Stats) {
     let status = session.response_written().map_or(0, |r| r.status.as_u16());
     let elapsed = ctx.started.elapsed();
     let handles = ctx.snapshot.metrics.handles(face, ctx, status);
+    let sent = session.body_bytes_sent() as u64;
     handles.requests.increment(1);
     handles.duration.record(elapsed.as_secs_f64());
     handles.request_bytes.increment(ctx.request_body_bytes);
-    handles
-        .response_bytes
-        .increment(session.body_bytes_sent() as u64);
+    handles.response_bytes.increment(sent);
     let (listener, route) = (face.as_str(), ctx.route.map_or("none", |r| r.name()));
     if let Some(e) = &ctx.error {
         metrics::counter!("sessiongate_rejections_total", "reason" => e.reason()).increment(1);
+    }
+    stats.request(status, elapsed, ctx.error.as_ref().map(|e| e.reason()));
+    if let Some(ticket) = &ctx.ticket {
+        let exchange = Exchange {
+            at_ms: routing::directory::now_ms(),
+            route,
+            status,
+            micros: elapsed.as_micros() as u64,
+        };
+        ticket
+            .session()
+            .traffic
+            .record(exchange, ctx.request_body_bytes, sent);
     }
     tracing::info!(
         target: "sessiongate::access",

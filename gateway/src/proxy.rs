@@ -454,7 +454,7 @@ impl ProxyHttp for Gateway {
             // The new process logs and counts it.
             return;
         }
-        observe::record(self.face, session, ctx);
+        observe::record(self.face, session, ctx, &self.shared.stats);
         if let Some(cx) = ctx.otel.take() {
             observe::finish_span(&cx, session, ctx);
         }

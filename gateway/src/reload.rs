@@ -98,6 +98,14 @@ pub fn reload(
         }
     };
     metrics::counter!("sessiongate_config_reloads_total", "result" => label).increment(1);
+    let refused = result.as_ref().err().map(ToString::to_string);
+    if shared.config_path.is_some() {
+        crate::dashboard::ConfigInfo::reloaded(
+            &shared.config_info,
+            shared.config_path.as_deref(),
+            refused,
+        );
+    }
     result
 }
 

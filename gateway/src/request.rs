@@ -236,6 +236,7 @@ pub(crate) async fn place(
             .record(placing.elapsed().as_secs_f64());
     }
     if ticket.created {
+        shared.stats.placement(placing.elapsed());
         let result = if placed.is_ok() { "ok" } else { "error" };
         metrics::counter!("sessiongate_placements_total", "provider" => provider.name(), "result" => result)
             .increment(1);

@@ -315,6 +315,7 @@ impl BackgroundService for Lifecycle {
                     .increment(1);
             }
             metrics::gauge!("sessiongate_active_sessions").set(self.shared.directory.len() as f64);
+            self.shared.stats.sessions(self.shared.directory.len());
             let (mut active, mut idle, mut provisioning) = (0, 0, 0);
             for s in self.shared.directory.snapshot() {
                 match (s.backend().is_some(), s.inflight()) {

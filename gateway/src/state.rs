@@ -147,6 +147,9 @@ pub struct Shared {
     pub streams: crate::replay::Streams,
     /// The gateway's own requests to backends (resumable streams).
     pub connector: pingora::connectors::http::Connector,
+    /// The dashboard's figures of the last minutes, and the config it shows.
+    pub stats: crate::dashboard::stats::Stats,
+    pub config_info: std::sync::Mutex<crate::dashboard::ConfigInfo>,
 }
 
 /// How a reload was asked for.
@@ -219,6 +222,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             metrics,
             telemetry,
+            config_info: crate::dashboard::ConfigInfo::loaded(config_path.as_deref()),
             config_path,
             overrides,
             self_exe,
@@ -230,6 +234,7 @@ impl Shared {
             parking,
             streams: Default::default(),
             connector: pingora::connectors::http::Connector::new(None),
+            stats: Default::default(),
         })
     }
 

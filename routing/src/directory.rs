@@ -32,6 +32,7 @@ pub mod hibernate;
 mod shared;
 pub mod stop_tokens;
 mod sweep;
+pub mod traffic;
 pub use end_reason::EndReason;
 pub use handover::{HandedBackend, HandedSession};
 pub use shared::Entry;
@@ -92,6 +93,8 @@ pub struct Session {
     mcp_ids: Mutex<Vec<Box<str>>>,
     /// What the lifecycle sweep learned from the backend's `/ping`.
     pub(crate) health: Mutex<HealthState>,
+    /// Its bytes, last requests and health checks (the admin dashboard).
+    pub traffic: traffic::Traffic,
     /// Its share of this gateway's session counts (none on a replica: Redis counts them).
     reservation: Option<Reservation>,
     /// On a replica: this replica must place its backend (else it waits for another's).
@@ -151,6 +154,7 @@ impl Session {
             end_reason: AtomicU8::new(0),
             mcp_ids: Mutex::new(Vec::new()),
             health: Mutex::new(HealthState::default()),
+            traffic: traffic::Traffic::default(),
             reservation,
             placer: AtomicBool::new(false),
             flushed_ms: AtomicU64::new(last_ms),

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use conf::Protocol;
 
+use crate::directory::traffic::Checked;
 use crate::directory::{EndReason, Session, SessionDirectory, now_ms};
 use crate::ping::{Health, ping};
 
@@ -209,6 +210,12 @@ async fn record_health(
             return None;
         };
         h.last_checked_ms = now_ms();
+        let outcome = match health {
+            Some(h) if h.busy => Checked::Busy,
+            Some(_) => Checked::Healthy,
+            None => Checked::Failed,
+        };
+        s.traffic.checked(h.last_checked_ms, outcome);
         match health {
             Some(now) => {
                 if let Some(t) = status_change_time(h.last, now) {

@@ -25,6 +25,8 @@ pub struct Listed {
     /// A suspended session's snapshot bytes and when it was suspended (Unix ms).
     pub snapshot_bytes: u64,
     pub suspended_ms: u64,
+    /// The replica that placed its backend.
+    pub placer: Option<String>,
 }
 
 /// A session to write back after Redis lost its data.
@@ -76,7 +78,7 @@ impl RedisDirectory {
         inv.arg(&self.prefix).arg(max);
         let reply: Vec<String> = self.run(&inv).await?;
         Ok(reply
-            .chunks_exact(11)
+            .chunks_exact(12)
             .map(|c| Listed {
                 id: c[0].clone(),
                 runtime: c[1].clone(),
@@ -95,6 +97,7 @@ impl RedisDirectory {
                 host: (!c[8].is_empty()).then(|| c[8].clone()),
                 snapshot_bytes: c[9].parse().unwrap_or(0),
                 suspended_ms: c[10].parse().unwrap_or(0),
+                placer: (!c[11].is_empty()).then(|| c[11].clone()),
             })
             .collect())
     }

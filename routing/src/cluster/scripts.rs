@@ -232,7 +232,7 @@ local z = redis.call('HMGET', KEYS[1], 'snap', 'host')
 if z[1] then
   -- A resume: the host restored the snapshot and removed it.
   redis.call('HDEL', ARGV[1] .. ':snaps', z[1])
-  redis.call('HDEL', KEYS[1], 'snap', 'sb', 'mem', 'sd', 'ret')
+  redis.call('HDEL', KEYS[1], 'snap', 'sb', 'sbk', 'mem', 'sd', 'ret')
 end
 if z[2] and z[2] ~= ARGV[4] then redis.call('SREM', ARGV[1] .. ':hs:' .. z[2], id) end
 redis.call('HSET', KEYS[1], 'st', 'l', 'be', ARGV[5], 'host', ARGV[4])
@@ -426,16 +426,16 @@ return 1
 
 /// Every session record (for `/sessions`), suspended ones too, at most ARGV[2]. Returns per
 /// session: id, runtime, version, principal, state, created, last, backend, host, snapshot
-/// bytes, suspended at.
+/// bytes, suspended at, the replica that placed it.
 pub const LIST: &str = r#"
 local P = ARGV[1]
 local out = {}
 for _, set in ipairs({':active', ':suspended'}) do
   for _, id in ipairs(redis.call('ZRANGE', P .. set, 0, tonumber(ARGV[2]) - 1)) do
-    local r = redis.call('HMGET', P .. ':s:' .. id, 'rt', 'ver', 'pr', 'st', 'cr', 'last', 'be', 'host', 'sb', 'sd')
+    local r = redis.call('HMGET', P .. ':s:' .. id, 'rt', 'ver', 'pr', 'st', 'cr', 'last', 'be', 'host', 'sb', 'sd', 'placer')
     if r[1] then
       out[#out + 1] = id
-      for i = 1, 10 do out[#out + 1] = r[i] or '' end
+      for i = 1, 11 do out[#out + 1] = r[i] or '' end
     end
   end
 end

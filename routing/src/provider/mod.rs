@@ -211,6 +211,14 @@ impl BackendProvider {
             _ => 0,
         }
     }
+
+    /// Backends the warm pool keeps ready.
+    pub fn warm_target(&self) -> usize {
+        match self {
+            Self::Spawned(SpawnedProvider { pool: Some(p), .. }) => p.target(),
+            _ => 0,
+        }
+    }
 }
 
 impl Drop for SpawnedProvider {

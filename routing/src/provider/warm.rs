@@ -20,6 +20,10 @@ pub(super) struct WarmPool {
 }
 
 impl WarmPool {
+    pub(super) fn target(&self) -> usize {
+        self.target
+    }
+
     pub(super) fn new(target: usize) -> Self {
         Self {
             target,

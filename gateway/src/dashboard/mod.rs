@@ -1,0 +1,218 @@
+//! The operator's dashboard on the admin listener: a page (HTML, CSS and JavaScript compiled
+//! into the binary — nothing fetched from anywhere else) and the JSON it polls.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /dashboard` (and `/dashboard/app.js`, `/dashboard/app.css`) | the page |
+//! | `GET /dashboard/api/overview` | runtimes, versions, providers, warm pools, endpoints and their splits; the config in force, when it was loaded, the last reload error |
+//! | `GET /dashboard/api/series?seconds=N` | the last N seconds (≤ 600) of requests by status class, p50/p99 latency, sessions, placements, rejections ([`stats`]) |
+//! | `GET /sessions/{id}` | one session: its row, its last requests and health checks |
+//!
+//! The page, like every admin request, needs the admin token when `admin.token_file` is set:
+//! it asks for it once and sends it as a bearer token (kept in the tab's session storage).
+
+pub mod stats;
+
+use std::sync::Mutex;
+
+use serde_json::{Value, json};
+
+use crate::state::Shared;
+
+const INDEX: &str = include_str!("assets/index.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const APP_CSS: &str = include_str!("assets/app.css");
+
+/// A static asset of the page: `(content type, body)`.
+pub fn asset(path: &str) -> Option<(&'static str, &'static str)> {
+    match path {
+        "/dashboard" | "/dashboard/" => Some(("text/html; charset=utf-8", INDEX)),
+        "/dashboard/app.js" => Some(("text/javascript; charset=utf-8", APP_JS)),
+        "/dashboard/app.css" => Some(("text/css; charset=utf-8", APP_CSS)),
+        _ => None,
+    }
+}
+
+/// The config in force as the dashboard shows it.
+#[derive(Debug, Default)]
+pub struct ConfigInfo {
+    /// The file's text when it was loaded (secrets masked); `None`: the embedded default.
+    text: Option<String>,
+    loaded_ms: u64,
+    /// When the last reload was refused, and why (cleared by a reload that succeeds).
+    last_error: Option<(u64, String)>,
+}
+
+impl ConfigInfo {
+    pub fn loaded(path: Option<&std::path::Path>) -> Mutex<Self> {
+        let info = Self::default();
+        info.with_file(path)
+    }
+
+    fn with_file(mut self, path: Option<&std::path::Path>) -> Mutex<Self> {
+        self.text = path.map(|p| mask(&std::fs::read_to_string(p).unwrap_or_default()));
+        self.loaded_ms = routing::directory::now_ms();
+        Mutex::new(self)
+    }
+
+    /// Notes a reload's outcome.
+    pub fn reloaded(cell: &Mutex<Self>, path: Option<&std::path::Path>, error: Option<String>) {
+        let Ok(mut info) = cell.lock() else { return };
+        match error {
+            Some(e) => info.last_error = Some((routing::directory::now_ms(), e)),
+            None => {
+                if let Ok(fresh) = Self::default().with_file(path).into_inner() {
+                    *info = fresh;
+                }
+            }
+        }
+    }
+}
+
+/// The config text with the values of secret-looking keys and URL passwords masked: the page
+/// shows the file, not what it protects.
+fn mask(text: &str) -> String {
+    let secret = |key: &str| {
+        let k = key.trim().to_ascii_lowercase();
+        !k.ends_with("_file")
+            && ["secret", "password", "token", "key"]
+                .iter()
+                .any(|s| k.contains(s))
+    };
+    text.lines()
+        .map(|line| match line.split_once('=') {
+            Some((key, _)) if !line.trim_start().starts_with('#') && secret(key) => {
+                format!("{key}= \"•••\"")
+            }
+            _ => mask_url_password(line),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `scheme://user:password@host` → `scheme://user:•••@host`.
+fn mask_url_password(line: &str) -> String {
+    let Some(scheme) = line.find("://") else {
+        return line.to_owned();
+    };
+    let rest = &line[scheme + 3..];
+    let end = rest.find(['/', '"', '\'', ' ']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => match rest[..at].find(':') {
+            Some(colon) => format!(
+                "{}{}:•••{}",
+                &line[..scheme + 3],
+                &rest[..colon],
+                &rest[at..]
+            ),
+            None => line.to_owned(),
+        },
+        None => line.to_owned(),
+    }
+}
+
+/// `GET /dashboard/api/overview`.
+pub fn overview(shared: &Shared) -> Value {
+    let snapshot = shared.snapshot();
+    let config = &snapshot.config;
+    let runtimes: Vec<Value> = config
+        .runtimes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let versions: Vec<Value> = r
+                .versions
+                .iter()
+                .map(|v| {
+                    let p = snapshot.providers.get(i, v.number);
+                    json!({
+                        "number": v.number,
+                        "provider": p.map(|p| p.name()),
+                        "warm_ready": p.map(|p| p.warm()),
+                        "warm_target": p.map(|p| p.warm_target()),
+                    })
+                })
+                .collect();
+            let endpoints: Vec<Value> = r
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let total: u32 = e.targets.iter().map(|(_, w)| w).sum();
+                    json!({
+                        "name": e.name,
+                        "split": e.targets.iter().map(|(v, w)| json!({
+                            "version": r.versions.get(*v).map(|v| v.number),
+                            "percent": f64::from(*w) * 100.0 / f64::from(total.max(1)),
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            json!({
+                "name": r.name,
+                "default": i == config.default_runtime,
+                "protocol": format!("{:?}", r.protocol),
+                "on_idle": if r.suspend.is_some() { "suspend" } else { "end" },
+                "versions": versions,
+                "endpoints": endpoints,
+            })
+        })
+        .collect();
+    let (text, loaded_ms, last_error) = match shared.config_info.lock() {
+        Ok(i) => (i.text.clone(), i.loaded_ms, i.last_error.clone()),
+        Err(_) => (None, 0, None),
+    };
+    json!({
+        "runtimes": runtimes,
+        "config": {
+            "path": shared.config_path.as_ref().map(|p| p.display().to_string()),
+            "text": text,
+            "loaded_at_ms": loaded_ms,
+            "last_reload_error": last_error.map(|(at, e)| json!({ "at_ms": at, "message": e })),
+        },
+        "replica": shared.directory.shared().map(|r| r.node().to_owned()),
+        "now_ms": routing::directory::now_ms(),
+    })
+}
+
+/// `GET /sessions/{id}`: the session's row, its last requests and health checks (`None`: no
+/// such session here).
+pub fn session_detail(shared: &Shared, id: &str, row: Option<Value>) -> Option<Value> {
+    let row = row?;
+    let s = shared.directory.get(id);
+    let recent: Vec<Value> = s.as_ref().map_or_else(Vec::new, |s| {
+        s.traffic
+            .recent()
+            .into_iter()
+            .rev()
+            .map(|e| json!({ "at_ms": e.at_ms, "route": e.route, "status": e.status, "ms": e.micros as f64 / 1000.0 }))
+            .collect()
+    });
+    let checks: Vec<Value> = s.as_ref().map_or_else(Vec::new, |s| {
+        s.traffic
+            .checks()
+            .into_iter()
+            .rev()
+            .map(|(at, c)| json!({ "at_ms": at, "outcome": c.as_str() }))
+            .collect()
+    });
+    Some(json!({ "session": row, "requests": recent, "health_checks": checks }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_in_the_config_text_are_masked() {
+        let text = "[cluster]\nredis_url = \"redis://app:hunter2@10.0.0.1:6379\"\n\
+                    secret_file = \"/run/secret\"\n[admin]\ntoken = \"abc\"\n# token = x\nname = \"vm\"";
+        let masked = mask(text);
+        assert!(
+            !masked.contains("hunter2") && !masked.contains("abc"),
+            "{masked}"
+        );
+        assert!(masked.contains("redis://app:•••@10.0.0.1:6379"));
+        assert!(masked.contains("secret_file = \"/run/secret\""));
+        assert!(masked.contains("# token = x") && masked.contains("name = \"vm\""));
+    }
+}
