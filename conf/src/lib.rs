@@ -7,6 +7,7 @@
 mod endpoints;
 pub mod file;
 mod identity;
+mod masked;
 mod model;
 mod streams;
 mod suspend;
@@ -14,6 +15,7 @@ mod validate;
 
 pub use endpoints::{AllowedPorts, FilePort, FileSessionEndpoints, SessionEndpoints};
 pub use identity::{FileIdentity, Identity};
+pub use masked::masked;
 pub use model::*;
 pub use streams::{FileResumableStreams, ResumableStreams};
 pub use suspend::Suspend;

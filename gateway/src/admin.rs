@@ -55,6 +55,9 @@ impl ServeHttp for AdminApp {
                 "Bearer",
             );
         }
+        if let Some(refused) = crate::dashboard::refuse_browser(req) {
+            return json_response(StatusCode::FORBIDDEN, json!({ "message": refused }));
+        }
         if self.shared.handover.relaying() && method != Method::GET {
             // A graceful upgrade gave the sessions to the new process: changes go there.
             return with_header(
@@ -104,7 +107,11 @@ impl ServeHttp for AdminApp {
             },
             (&Method::GET, p) if crate::dashboard::asset(p).is_some() => {
                 let (content_type, body) = crate::dashboard::asset(p).unwrap_or_default();
-                response(StatusCode::OK, content_type, body.as_bytes().to_vec())
+                with_header(
+                    response(StatusCode::OK, content_type, body.as_bytes().to_vec()),
+                    http::header::CONTENT_SECURITY_POLICY,
+                    crate::dashboard::CSP,
+                )
             }
             (&Method::GET, "/dashboard/api/overview") => {
                 json_response(StatusCode::OK, crate::dashboard::overview(&self.shared))
@@ -116,7 +123,7 @@ impl ServeHttp for AdminApp {
                 json_response(StatusCode::OK, self.shared.stats.series(seconds))
             }
             (&Method::GET, p) if p.starts_with("/sessions/") => {
-                let id = &p["/sessions/".len()..];
+                let id = session_id_in(p, "");
                 let listed = match self.shared.directory.shared() {
                     None => self.sessions(),
                     Some(redis) => match redis.list(MAX_LISTED).await {
@@ -132,7 +139,7 @@ impl ServeHttp for AdminApp {
                 let row = listed["sessions"]
                     .as_array()
                     .and_then(|rows| rows.iter().find(|r| r["id"] == id).cloned());
-                match crate::dashboard::session_detail(&self.shared, id, row) {
+                match crate::dashboard::session_detail(&self.shared, &id, row) {
                     Some(detail) => json_response(StatusCode::OK, detail),
                     None => json_response(
                         StatusCode::NOT_FOUND,
@@ -159,11 +166,10 @@ impl ServeHttp for AdminApp {
                 }
             }
             (&Method::POST, p) if p.starts_with("/sessions/") && p.ends_with("/suspend") => {
-                self.suspend(&p["/sessions/".len()..p.len() - "/suspend".len()])
-                    .await
+                self.suspend(&session_id_in(p, "/suspend")).await
             }
             (&Method::DELETE, p) if p.starts_with("/sessions/") => {
-                self.end_session(&p["/sessions/".len()..]).await
+                self.end_session(&session_id_in(p, "")).await
             }
             _ => json_response(StatusCode::NOT_FOUND, json!({ "message": "not found" })),
         }
@@ -329,6 +335,16 @@ impl AdminApp {
             .collect();
         json!({ "sessions": list, "replica": node })
     }
+}
+
+/// The session id in `/sessions/{id}{suffix}`, percent-decoded (ids may hold any visible
+/// character; clients encode them in paths). Empty when there is none.
+fn session_id_in(path: &str, suffix: &str) -> String {
+    let raw = path
+        .strip_prefix("/sessions/")
+        .and_then(|p| p.strip_suffix(suffix))
+        .unwrap_or_default();
+    routing::face::percent_decode(raw).unwrap_or_else(|| raw.to_owned())
 }
 
 /// Compares the bearer token in constant time (the admin port may be reachable by backends).

@@ -8,6 +8,7 @@ admin token the data needs it while the page itself holds none."""
 import os
 import shutil
 import subprocess
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -67,6 +68,28 @@ def test_the_dashboard_is_the_admin_listener_s_and_its_data_wants_the_admin_toke
         series = httpx.get(f"http://{gw.admin}/dashboard/api/series?seconds=60", headers=auth,
                            timeout=10).json()
         assert len(series["t"]) == 60
+        # Its page runs nothing but its own script and cannot be framed.
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        # A browser drives the admin API only from the dashboard's own origin, by IP or
+        # localhost: another site's page (an agent's on this host too) or a rebound name is
+        # refused even with the token; curl-like clients (no Sec-Fetch-Site) are not concerned.
+        url = f"http://{gw.admin}/dashboard/api/overview"
+        for site, host, status in [("cross-site", None, 403), ("same-site", None, 403),
+                                   ("same-origin", "admin.rebound.example", 403),
+                                   ("same-origin", None, 200), ("none", None, 200)]:
+            headers = {**auth, "Sec-Fetch-Site": site, **({"Host": host} if host else {})}
+            assert httpx.get(url, headers=headers, timeout=10).status_code == status, (site, host)
+        # Ids are percent-encoded in paths (they may hold any visible character).
+        sid = "dash+odd/id=x-0123456789abcdefghijklmnopqrstuvwxyz"
+        r = httpx.post(f"http://{gw.http}/invocations", json={},
+                       headers={"X-Amzn-Bedrock-AgentCore-Runtime-Session-Id": sid}, timeout=30)
+        assert r.status_code == 200, r.text
+        path = f"http://{gw.admin}/sessions/{urllib.parse.quote(sid, safe='')}"
+        detail = httpx.get(path, headers=auth, timeout=10)
+        assert detail.status_code == 200 and detail.json()["session"]["id"] == sid
+        assert detail.json()["requests"][0]["route"] == "invocations"
+        assert httpx.delete(path, headers=auth, timeout=10).status_code == 200
+        assert httpx.get(path, headers=auth, timeout=10).status_code == 404
         # Nothing of it on the data-plane listeners.
         for listener in (gw.http, gw.mcp, gw.a2a):
             r = httpx.get(f"http://{listener}/dashboard", timeout=10)

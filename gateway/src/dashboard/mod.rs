@@ -23,6 +23,43 @@ const INDEX: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const APP_CSS: &str = include_str!("assets/app.css");
 
+/// The page runs only its own script and style and talks only to its own origin; no other
+/// site may frame it.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                       connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// Why a browser's request to the admin listener is refused, if it is. Browsers say where a
+/// request comes from (`Sec-Fetch-Site`); other clients (curl, Prometheus, the CLI) send nothing
+/// and are not concerned. Only the dashboard's own page (same origin) or an address typed by the
+/// operator may drive the admin API: a page of any other origin — an agent's page on a session
+/// endpoint of this very host included — could otherwise stop sessions or reload the config. And
+/// a browser must name the listener by IP address or `localhost`: a name that reaches it only by
+/// DNS rebinding would make another site's page same-origin with it.
+pub fn refuse_browser(req: &pingora::http::RequestHeader) -> Option<&'static str> {
+    let site = req
+        .headers
+        .get("sec-fetch-site")?
+        .to_str()
+        .unwrap_or_default();
+    if site != "same-origin" && site != "none" {
+        return Some("the admin listener answers browsers only from its own pages");
+    }
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    if name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok() {
+        None
+    } else {
+        Some("open the dashboard by the admin listener's IP address or localhost")
+    }
+}
+
 /// A static asset of the page: `(content type, body)`.
 pub fn asset(path: &str) -> Option<(&'static str, &'static str)> {
     match path {
@@ -36,7 +73,8 @@ pub fn asset(path: &str) -> Option<(&'static str, &'static str)> {
 /// The config in force as the dashboard shows it.
 #[derive(Debug, Default)]
 pub struct ConfigInfo {
-    /// The file's text when it was loaded (secrets masked); `None`: the embedded default.
+    /// The file as it was loaded, re-written with its secrets masked (`conf::masked`); `None`:
+    /// the embedded default.
     text: Option<String>,
     loaded_ms: u64,
     /// When the last reload was refused, and why (cleared by a reload that succeeds).
@@ -50,7 +88,12 @@ impl ConfigInfo {
     }
 
     fn with_file(mut self, path: Option<&std::path::Path>) -> Mutex<Self> {
-        self.text = path.map(|p| mask(&std::fs::read_to_string(p).unwrap_or_default()));
+        self.text = path.map(|p| {
+            std::fs::read_to_string(p)
+                .ok()
+                .and_then(|text| conf::masked(&text))
+                .unwrap_or_default()
+        });
         self.loaded_ms = routing::directory::now_ms();
         Mutex::new(self)
     }
@@ -66,48 +109,6 @@ impl ConfigInfo {
                 }
             }
         }
-    }
-}
-
-/// The config text with the values of secret-looking keys and URL passwords masked: the page
-/// shows the file, not what it protects.
-fn mask(text: &str) -> String {
-    let secret = |key: &str| {
-        let k = key.trim().to_ascii_lowercase();
-        !k.ends_with("_file")
-            && ["secret", "password", "token", "key"]
-                .iter()
-                .any(|s| k.contains(s))
-    };
-    text.lines()
-        .map(|line| match line.split_once('=') {
-            Some((key, _)) if !line.trim_start().starts_with('#') && secret(key) => {
-                format!("{key}= \"•••\"")
-            }
-            _ => mask_url_password(line),
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// `scheme://user:password@host` → `scheme://user:•••@host`.
-fn mask_url_password(line: &str) -> String {
-    let Some(scheme) = line.find("://") else {
-        return line.to_owned();
-    };
-    let rest = &line[scheme + 3..];
-    let end = rest.find(['/', '"', '\'', ' ']).unwrap_or(rest.len());
-    match rest[..end].rfind('@') {
-        Some(at) => match rest[..at].find(':') {
-            Some(colon) => format!(
-                "{}{}:•••{}",
-                &line[..scheme + 3],
-                &rest[..colon],
-                &rest[at..]
-            ),
-            None => line.to_owned(),
-        },
-        None => line.to_owned(),
     }
 }
 
@@ -196,23 +197,4 @@ pub fn session_detail(shared: &Shared, id: &str, row: Option<Value>) -> Option<V
             .collect()
     });
     Some(json!({ "session": row, "requests": recent, "health_checks": checks }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secrets_in_the_config_text_are_masked() {
-        let text = "[cluster]\nredis_url = \"redis://app:hunter2@10.0.0.1:6379\"\n\
-                    secret_file = \"/run/secret\"\n[admin]\ntoken = \"abc\"\n# token = x\nname = \"vm\"";
-        let masked = mask(text);
-        assert!(
-            !masked.contains("hunter2") && !masked.contains("abc"),
-            "{masked}"
-        );
-        assert!(masked.contains("redis://app:•••@10.0.0.1:6379"));
-        assert!(masked.contains("secret_file = \"/run/secret\""));
-        assert!(masked.contains("# token = x") && masked.contains("name = \"vm\""));
-    }
 }

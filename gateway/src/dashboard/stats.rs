@@ -44,10 +44,12 @@ fn bucket(micros: u64) -> usize {
 
 impl Stats {
     fn with_slot(&self, f: impl FnOnce(&mut Slot)) {
-        let sec = now_sec();
         let Ok(mut slots) = self.slots.lock() else {
             return;
         };
+        // Read under the lock, and never behind the newest slot (a clock stepped back counts
+        // into it): the slots stay in order, one per second.
+        let sec = now_sec().max(slots.back().map_or(0, |s| s.sec));
         if slots.back().is_none_or(|s| s.sec != sec) {
             slots.push_back(Slot {
                 sec,
@@ -117,6 +119,7 @@ impl Stats {
         let mut last_sessions = None;
         for sec in now + 1 - seconds..=now {
             let empty = Slot::default();
+            while at.next_if(|s| s.sec < sec).is_some() {}
             let slot = match at.peek() {
                 Some(s) if s.sec == sec => at.next().unwrap_or(&empty),
                 _ => &empty,

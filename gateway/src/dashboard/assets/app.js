@@ -1,6 +1,7 @@
 // sessiongate's dashboard: polls the admin API (sessions every second, the figures every two,
-// runtimes and config every five) and renders with the DOM only — no library, nothing fetched
-// from elsewhere. Data goes into the page as text, never as HTML.
+// runtimes and config every five; each poll waits for the previous one, and none runs while the
+// tab is hidden) and renders with the DOM only — no library, nothing fetched from elsewhere.
+// Data goes into the page as text, never as HTML.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -21,7 +22,7 @@ let token = sessionStorage.getItem("sessiongate-admin-token");
 
 async function api(path, options = {}) {
   const headers = token ? { Authorization: `Bearer ${token}` } : {};
-  const r = await fetch(path, { ...options, headers, cache: "no-store" });
+  const r = await fetch(path, { ...options, headers, cache: "no-store", signal: AbortSignal.timeout(10000) });
   if (r.status === 401) {
     $("token-form").hidden = false;
     throw new Error("the admin token is needed");
@@ -39,8 +40,12 @@ $("token-form").addEventListener("submit", (e) => {
   refreshAll();
 });
 
+// Actions and errors are announced; the once-a-second "updated" is not.
 function status(text) {
   $("status").textContent = text;
+}
+function updated() {
+  $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
 }
 
 // ---- formatting ------------------------------------------------------------------------------
@@ -75,17 +80,24 @@ let detailId = null;
 
 function header() {
   const row = document.querySelector("#sessions thead tr");
-  row.replaceChildren();
   for (const [key, label, cls] of COLUMNS) {
-    const th = el("th", { scope: "col", class: cls });
-    if (key === sortKey) th.setAttribute("aria-sort", sortDir > 0 ? "ascending" : "descending");
+    const th = el("th", { scope: "col", class: cls, "data-key": key });
     th.append(el("button", {
       type: "button",
-      onclick: () => { sortDir = key === sortKey ? -sortDir : 1; sortKey = key; header(); renderSessions(); },
+      onclick: () => { sortDir = key === sortKey ? -sortDir : 1; sortKey = key; sorted(); renderSessions(); },
     }, label));
     row.append(th);
   }
   row.append(el("th", { scope: "col" }, "Actions"));
+  sorted();
+}
+
+// The sort is said on the headers themselves (the focused one stays where it is).
+function sorted() {
+  for (const th of document.querySelectorAll("#sessions thead th[data-key]")) {
+    if (th.dataset.key === sortKey) th.setAttribute("aria-sort", sortDir > 0 ? "ascending" : "descending");
+    else th.removeAttribute("aria-sort");
+  }
 }
 
 function renderSessions() {
@@ -98,7 +110,10 @@ function renderSessions() {
       return (x < y ? -1 : x > y ? 1 : 0) * sortDir;
     });
   const tbody = document.querySelector("#sessions tbody");
+  // Rows are rebuilt each second: a focused control gets its focus back in the new row.
+  const focused = tbody.contains(document.activeElement) ? document.activeElement.getAttribute("aria-label") : null;
   tbody.replaceChildren(...shown.map(sessionRow));
+  if (focused) [...tbody.querySelectorAll("button")].find((b) => b.getAttribute("aria-label") === focused)?.focus();
   $("session-count").textContent = filter ? `(${shown.length} of ${sessions.length})` : `(${sessions.length})`;
   $("no-sessions").hidden = shown.length > 0;
 }
@@ -157,14 +172,16 @@ async function stopSession(id) {
   refreshSessions();
 }
 
+let listed = 0; // answers older than the newest one shown are dropped
 async function refreshSessions() {
+  const asked = ++listed;
   try {
     const body = await api("/sessions");
+    if (asked !== listed) return;
     sessions = body.sessions || [];
     if (body.replica) $("where").textContent = `replica ${body.replica} · every session of the cluster`;
     renderSessions();
-    status(`updated ${new Date().toLocaleTimeString()}`);
-    if (detailId) refreshDetail();
+    updated();
   } catch (e) {
     status(`cannot read sessions: ${e.message}`);
   }
@@ -178,6 +195,7 @@ function showDetail(id) {
   detailId = id;
   $("detail").hidden = false;
   $("detail-id").textContent = id;
+  for (const t of ["#detail-requests tbody", "#detail-checks tbody"]) document.querySelector(t).replaceChildren();
   refreshDetail();
   $("detail-close").focus();
 }
@@ -191,11 +209,15 @@ $("detail-close").addEventListener("click", closeDetail);
 
 async function refreshDetail() {
   const id = detailId;
+  if (!id) return;
   let d;
   try {
     d = await api(`/sessions/${encodeURIComponent(id)}`);
   } catch (e) {
-    $("detail-facts").replaceChildren(el("dt", {}, "Status"), el("dd", {}, e.message));
+    if (id !== detailId) return;
+    // Gone (stopped, ended): said once, and no longer asked for.
+    $("detail-facts").replaceChildren(el("dt", {}, "Status"), el("dd", {}, `${e.message} — the session has ended`));
+    detailId = null;
     return;
   }
   if (id !== detailId) return;
@@ -299,8 +321,9 @@ async function refreshOverview() {
   $("config-meta").textContent = `${c.path ? `File ${c.path}` : "The embedded default (no config file)"}, loaded ${new Date(c.loaded_at_ms).toLocaleString()}.`;
   $("config-text").textContent = c.text ?? "(embedded default)";
   const err = c.last_reload_error;
+  const said = err ? `The last reload (${new Date(err.at_ms).toLocaleString()}) was refused; the config below stays in force:\n${err.message}` : "";
+  if ($("reload-error").textContent !== said) $("reload-error").textContent = said; // an alert is said once
   $("reload-error").hidden = !err;
-  $("reload-error").textContent = err ? `The last reload (${new Date(err.at_ms).toLocaleString()}) was refused; the config above stays in force:\n${err.message}` : "";
 }
 
 // ---- polling ---------------------------------------------------------------------------------
@@ -311,8 +334,17 @@ function refreshAll() {
   refreshOverview();
 }
 
+// Each poll starts again `every` ms after the previous one finished, while the tab is shown.
+function poll(refresh, every) {
+  const next = () => setTimeout(async () => {
+    if (!document.hidden) await refresh();
+    next();
+  }, every);
+  next();
+}
+
 header();
 refreshAll();
-setInterval(refreshSessions, 1000);
-setInterval(refreshSeries, 2000);
-setInterval(refreshOverview, 5000);
+poll(async () => { await refreshSessions(); await refreshDetail(); }, 1000);
+poll(refreshSeries, 2000);
+poll(refreshOverview, 5000);
