@@ -237,12 +237,8 @@ impl AdminApp {
             );
         };
         let config = &self.shared.snapshot().config;
-        let suspended = match self.shared.directory.shared() {
-            None => {
-                crate::hibernate::suspend(&self.shared, config, &s, std::time::Duration::ZERO).await
-            }
-            Some(_) => crate::hibernate::suspend_on_replica(&self.shared, config, &s).await,
-        };
+        let suspended =
+            crate::hibernate::suspend(&self.shared, config, &s, std::time::Duration::ZERO).await;
         match suspended {
             None => json_response(
                 StatusCode::BAD_REQUEST,

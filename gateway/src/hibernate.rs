@@ -70,8 +70,9 @@ pub fn adopt(dir: &routing::SessionDirectory, config: &conf::Config) {
     }
 }
 
-/// Suspends `s` if it is idle for `idle` (zero: now, if nothing is in flight). `None`: its
-/// runtime does not suspend.
+/// Suspends `s` if it is idle for `idle` (zero: now, if nothing is in flight). On a replica the
+/// cluster records it and the session's host saves it (only ever now: the cluster's sweep
+/// suspends idle ones). `None`: its runtime does not suspend.
 pub async fn suspend(
     shared: &Shared,
     config: &conf::Config,
@@ -79,19 +80,10 @@ pub async fn suspend(
     idle: Duration,
 ) -> Option<Suspension> {
     let plan = config.suspend_plan(&s.runtime)?;
-    let outcome = shared.directory.suspend_if_idle(s, idle, plan).await;
-    count(s.id.as_str(), outcome);
-    Some(outcome)
-}
-
-/// [`suspend`] on a replica: the cluster records it and the session's host saves it.
-pub async fn suspend_on_replica(
-    shared: &Shared,
-    config: &conf::Config,
-    s: &Arc<Session>,
-) -> Option<Suspension> {
-    let plan = config.suspend_plan(&s.runtime)?;
-    let outcome = shared.directory.suspend_shared_now(s, plan).await;
+    let outcome = match shared.directory.shared() {
+        None => shared.directory.suspend_if_idle(s, idle, plan).await,
+        Some(_) => shared.directory.suspend_shared_now(s, plan).await,
+    };
     count(s.id.as_str(), outcome);
     Some(outcome)
 }

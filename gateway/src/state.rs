@@ -222,7 +222,9 @@ impl Shared {
             draining: AtomicBool::new(false),
             metrics,
             telemetry,
-            config_info: crate::dashboard::ConfigInfo::loaded(config_path.as_deref()),
+            config_info: std::sync::Mutex::new(crate::dashboard::ConfigInfo::read(
+                config_path.as_deref(),
+            )),
             config_path,
             overrides,
             self_exe,

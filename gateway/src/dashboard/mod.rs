@@ -82,20 +82,19 @@ pub struct ConfigInfo {
 }
 
 impl ConfigInfo {
-    pub fn loaded(path: Option<&std::path::Path>) -> Mutex<Self> {
-        let info = Self::default();
-        info.with_file(path)
-    }
-
-    fn with_file(mut self, path: Option<&std::path::Path>) -> Mutex<Self> {
-        self.text = path.map(|p| {
+    /// The file at `path` as loaded now (`None`: the embedded default).
+    pub fn read(path: Option<&std::path::Path>) -> Self {
+        let text = path.map(|p| {
             std::fs::read_to_string(p)
                 .ok()
                 .and_then(|text| conf::masked(&text))
                 .unwrap_or_default()
         });
-        self.loaded_ms = routing::directory::now_ms();
-        Mutex::new(self)
+        Self {
+            text,
+            loaded_ms: routing::directory::now_ms(),
+            last_error: None,
+        }
     }
 
     /// Notes a reload's outcome.
@@ -103,11 +102,7 @@ impl ConfigInfo {
         let Ok(mut info) = cell.lock() else { return };
         match error {
             Some(e) => info.last_error = Some((routing::directory::now_ms(), e)),
-            None => {
-                if let Ok(fresh) = Self::default().with_file(path).into_inner() {
-                    *info = fresh;
-                }
-            }
+            None => *info = Self::read(path),
         }
     }
 }

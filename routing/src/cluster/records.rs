@@ -13,7 +13,6 @@ pub struct Listed {
     pub runtime: String,
     pub version: u32,
     pub principal: String,
-    pub live: bool,
     /// `provisioning`, `live`, `suspending` or `suspended`.
     pub state: &'static str,
     pub created_ms: u64,
@@ -84,7 +83,6 @@ impl RedisDirectory {
                 runtime: c[1].clone(),
                 version: c[2].parse().unwrap_or(1),
                 principal: c[3].clone(),
-                live: c[4] == "l",
                 state: match c[4].as_str() {
                     "l" => "live",
                     "s" => "suspending",
