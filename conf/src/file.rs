@@ -354,6 +354,9 @@ pub struct FileRuntime {
     /// What an idle session becomes: `end` (default) or `suspend` (kept — a microVM's memory
     /// and files in a snapshot, other providers' files — and resumed by its next request).
     pub on_idle: String,
+    /// What its sessions' sandboxes and microVMs may reach, and the credentials added on the
+    /// way out (`crate::egress`). Default: the backend's `egress` as it is.
+    pub egress: Option<crate::FileEgress>,
     /// How long a suspended session waits for its next request before it ends for good,
     /// seconds. Default 86 400.
     pub suspend_retention_secs: u64,
@@ -524,6 +527,7 @@ impl Default for FileRuntime {
             allowed_ports: Vec::new(),
             resumable_streams: false,
             on_idle: "end".into(),
+            egress: None,
             suspend_retention_secs: 86_400,
             snapshot_budget_mb: 10_240,
             protocol_path: None,

@@ -4,6 +4,7 @@
 //! [`validate`]s it into [`Config`], the form the gateway runs on. Validation collects every
 //! problem with its key path rather than stopping at the first.
 
+mod egress;
 mod endpoints;
 pub mod file;
 mod identity;
@@ -13,6 +14,9 @@ mod streams;
 mod suspend;
 mod validate;
 
+pub use egress::{
+    Egress, EgressCredential, EgressMode, FileCredential, FileEgress, Rule, ValueFrom, Verdict,
+};
 pub use endpoints::{AllowedPorts, FilePort, FileSessionEndpoints, SessionEndpoints};
 pub use identity::{FileIdentity, Identity};
 pub use masked::masked;

@@ -290,6 +290,8 @@ pub struct Runtime {
     pub resumable_streams: bool,
     /// `on_idle = "suspend"`: how idle sessions are suspended; `None`: they end.
     pub suspend: Option<crate::Suspend>,
+    /// Its sessions' egress policy (`crate::egress`); `None`: the backend's `egress` as it is.
+    pub egress: Option<crate::Egress>,
     /// Lower-case header names passed to the backend beyond the contract's own.
     pub request_header_allowlist: Vec<String>,
     pub auth: InboundAuth,

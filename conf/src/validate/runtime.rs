@@ -40,6 +40,7 @@ pub(super) fn runtime(
         );
     }
     let suspend = crate::suspend::suspend(errs, path, r, versions.as_deref(), snapshot_root);
+    let egress = crate::egress::egress(errs, path, r.egress.as_ref(), versions.as_deref());
     let allowed_ports =
         crate::endpoints::allowed_ports(errs, path, &r.allowed_ports, versions.as_deref());
     let protocol_path = r
@@ -97,6 +98,7 @@ pub(super) fn runtime(
         allowed_ports,
         resumable_streams: r.resumable_streams,
         suspend,
+        egress,
         park: Duration::from_millis(errs.range(&format!("{path}.park_ms"), r.park_ms, 0, 60_000)),
         path: protocol_path,
         idle_timeout,
