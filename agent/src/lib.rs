@@ -9,6 +9,7 @@
 //! served it.
 
 mod a2a;
+pub mod dns_relay;
 pub mod exec;
 mod extra_face;
 pub mod files;

@@ -32,6 +32,14 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:7070")]
         listen: std::net::SocketAddr,
     },
+    /// In a microVM guest under an egress policy: answer the guest's DNS (UDP on `listen`)
+    /// by asking the gateway's (TCP on `upstream`), see `agent::dns_relay`.
+    DnsRelay {
+        #[arg(long, default_value = "127.0.0.1:53")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value = "10.0.2.100:53")]
+        upstream: std::net::SocketAddr,
+    },
 }
 
 fn exec_server(listen: std::net::SocketAddr) -> anyhow::Result<()> {
@@ -51,6 +59,7 @@ fn main() -> ExitCode {
         None => agent::run(cli.addrs),
         Some(Command::GuestControl { port }) => agent::guest::control(&port),
         Some(Command::ExecServer { listen }) => exec_server(listen),
+        Some(Command::DnsRelay { listen, upstream }) => agent::dns_relay::run(listen, upstream),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

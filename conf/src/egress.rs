@@ -84,6 +84,8 @@ pub struct EgressCredential {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Egress {
+    /// The runtime it belongs to (its audit lines and metrics are labelled with it).
+    pub runtime: String,
     pub mode: EgressMode,
     pub allow: Vec<Rule>,
     pub deny: Vec<Rule>,
@@ -130,8 +132,18 @@ impl Egress {
         }
     }
 
+    /// Whether a port-less deny rule holds `host` or `ip`: then no port of it is reachable.
+    pub fn denies_everywhere(&self, host: Option<&str>, ip: Option<IpAddr>) -> bool {
+        self.deny
+            .iter()
+            .any(|r| r.port.is_none() && r.matches(host, ip, 0))
+    }
+
     /// The credentials to add to a request for `host`.
-    pub fn credentials_for<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a EgressCredential> {
+    pub fn credentials_for<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> impl Iterator<Item = &'a EgressCredential> {
         self.credentials
             .iter()
             .filter(move |c| c.host.eq_ignore_ascii_case(host))
@@ -155,7 +167,9 @@ impl Rule {
         }
         match &self.target {
             Target::Net(net, bits) => ip.is_some_and(|ip| in_net(ip, *net, *bits)),
-            named => host.is_some_and(|h| named.names(&h.trim_end_matches('.').to_ascii_lowercase())),
+            named => {
+                host.is_some_and(|h| named.names(&h.trim_end_matches('.').to_ascii_lowercase()))
+            }
         }
     }
 
@@ -218,7 +232,9 @@ fn valid_name(rule: &str, name: &str) -> Result<(), String> {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     if ok {
         Ok(())
@@ -252,6 +268,7 @@ fn in_net(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
 pub(crate) fn egress(
     errs: &mut Errors,
     path: &str,
+    runtime: &str,
     f: Option<&FileEgress>,
     versions: Option<&[RuntimeVersion]>,
 ) -> Option<Egress> {
@@ -274,7 +291,9 @@ pub(crate) fn egress(
             BackendSpec::Process(_) => Some(
                 "a process backend shares the host's network: it cannot be confined; use sandbox or microvm",
             ),
-            BackendSpec::Static(_) => Some("a static pool's backends are not the gateway's to confine"),
+            BackendSpec::Static(_) => {
+                Some("a static pool's backends are not the gateway's to confine")
+            }
             BackendSpec::Sandbox(s) if !s.egress => Some(
                 "the backend has `egress = false` (no network at all): drop it to police egress",
             ),
@@ -312,6 +331,7 @@ pub(crate) fn egress(
         .filter_map(|(i, c)| credential(errs, &format!("{path}.credentials[{i}]"), c))
         .collect::<Vec<_>>();
     let policy = Egress {
+        runtime: runtime.to_owned(),
         mode,
         allow,
         deny,
@@ -332,13 +352,19 @@ pub(crate) fn egress(
 fn credential(errs: &mut Errors, path: &str, c: &FileCredential) -> Option<EgressCredential> {
     let host = c.host.trim().to_ascii_lowercase();
     if valid_name(&c.host, &host).is_err() || host.parse::<IpAddr>().is_ok() {
-        errs.push(format!("{path}.host"), "a host name (the TLS name the agent calls)");
+        errs.push(
+            format!("{path}.host"),
+            "a host name (the TLS name the agent calls)",
+        );
         return None;
     }
     // An HTTP token (RFC 9110 §5.6.2).
     let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if c.header.is_empty() || !c.header.bytes().all(token) {
-        errs.push(format!("{path}.header"), format!("`{}` is not a header name", c.header));
+        errs.push(
+            format!("{path}.header"),
+            format!("`{}` is not a header name", c.header),
+        );
         return None;
     }
     let value_from = if let Some(var) = c.value_from.strip_prefix("env:") {
@@ -366,6 +392,7 @@ mod tests {
     fn policy(mode: EgressMode, allow: &[&str], deny: &[&str]) -> Egress {
         let rules = |l: &[&str]| l.iter().map(|r| Rule::parse(r).unwrap()).collect();
         Egress {
+            runtime: "r".into(),
             mode,
             allow: rules(allow),
             deny: rules(deny),
@@ -378,16 +405,27 @@ mod tests {
     fn an_allow_list_lets_through_its_names_subdomains_and_networks_only() {
         let p = policy(
             EgressMode::AllowList,
-            &["api.openai.com", "*.amazonaws.com:443", "10.0.0.0/8:5432", "[fd00::/8]:443"],
+            &[
+                "api.openai.com",
+                "*.amazonaws.com:443",
+                "10.0.0.0/8:5432",
+                "[fd00::/8]:443",
+            ],
             &["evil.amazonaws.com"],
         );
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
         assert_eq!(p.verdict(Some("api.openai.com"), None, 443), Verdict::Allow);
         assert_eq!(p.verdict(Some("API.OpenAI.com."), None, 80), Verdict::Allow);
-        assert_eq!(p.verdict(Some("s3.amazonaws.com"), None, 443), Verdict::Allow);
+        assert_eq!(
+            p.verdict(Some("s3.amazonaws.com"), None, 443),
+            Verdict::Allow
+        );
         assert_eq!(p.verdict(Some("s3.amazonaws.com"), None, 80), Verdict::Deny);
         assert_eq!(p.verdict(Some("amazonaws.com"), None, 443), Verdict::Deny);
-        assert_eq!(p.verdict(Some("evil.amazonaws.com"), None, 443), Verdict::Deny);
+        assert_eq!(
+            p.verdict(Some("evil.amazonaws.com"), None, 443),
+            Verdict::Deny
+        );
         assert_eq!(p.verdict(None, ip("10.1.2.3"), 5432), Verdict::Allow);
         assert_eq!(p.verdict(None, ip("10.1.2.3"), 5433), Verdict::Deny);
         assert_eq!(p.verdict(None, ip("11.1.2.3"), 5432), Verdict::Deny);
@@ -413,12 +451,14 @@ mod tests {
 
     #[test]
     fn a_policy_needs_a_sandbox_or_microvm_and_a_reachable_credential_host() {
-        let refused = crate::parse(
-            "[[runtimes]]\nname = \"p\"\n[runtimes.egress]\nmode = \"none\"\n",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(refused.contains("runtimes[0].egress") && refused.contains("process"), "{refused}");
+        let refused =
+            crate::parse("[[runtimes]]\nname = \"p\"\n[runtimes.egress]\nmode = \"none\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            refused.contains("runtimes[0].egress") && refused.contains("process"),
+            "{refused}"
+        );
         let c = crate::parse(
             "[[runtimes]]\nname = \"s\"\n[runtimes.backend]\nprovider = \"sandbox\"\n\
              [runtimes.egress]\nmode = \"allow_list\"\nallow = [\"api.example.com\"]\nbudget_mb = 2\n\
@@ -427,7 +467,10 @@ mod tests {
         )
         .unwrap();
         let e = c.runtimes[0].egress.as_ref().unwrap();
-        assert_eq!((e.mode, e.budget_bytes), (EgressMode::AllowList, Some(2 << 20)));
+        assert_eq!(
+            (e.mode, e.budget_bytes),
+            (EgressMode::AllowList, Some(2 << 20))
+        );
         assert_eq!(e.credentials_for("API.example.com").count(), 1);
         let bad = crate::parse(
             "[[runtimes]]\nname = \"s\"\n[runtimes.backend]\nprovider = \"sandbox\"\n\
@@ -444,10 +487,26 @@ mod tests {
 
     #[test]
     fn bad_rules_say_what_is_wrong() {
-        for bad in ["", "a..b", "10.0.0.0/33", "host:0", "host:99999", "[::1", "*.", "ex ample.com"] {
+        for bad in [
+            "",
+            "a..b",
+            "10.0.0.0/33",
+            "host:0",
+            "host:99999",
+            "[::1",
+            "*.",
+            "ex ample.com",
+        ] {
             assert!(Rule::parse(bad).is_err(), "{bad}");
         }
-        for good in ["localhost", "a-b.c_d.example", "::1", "[::1]:8443", "0.0.0.0/0", "h:1"] {
+        for good in [
+            "localhost",
+            "a-b.c_d.example",
+            "::1",
+            "[::1]:8443",
+            "0.0.0.0/0",
+            "h:1",
+        ] {
             assert!(Rule::parse(good).is_ok(), "{good}");
         }
     }

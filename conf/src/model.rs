@@ -466,6 +466,9 @@ pub struct SandboxSpec {
     pub read_only: Vec<PathBuf>,
     /// Outbound network through `slirp4netns` (never to the host's loopback).
     pub egress: bool,
+    /// The runtime's egress policy: then the sandbox's only way out is the gateway's egress
+    /// proxy (no slirp4netns), and `egress` is true.
+    pub policy: Option<std::sync::Arc<crate::Egress>>,
     /// Where the agent listens inside.
     pub ports: ContractPorts,
 }
@@ -483,6 +486,9 @@ pub struct MicrovmSpec {
     /// Outbound network through `passt` (never to the host's loopback); without it the guest
     /// has no network beyond the gateway's forwarded contract ports. Default true.
     pub egress: bool,
+    /// The runtime's egress policy: then the guest's only way out is the gateway's egress proxy
+    /// (restricted QEMU networking with two `guestfwd`s, no passt), and `egress` is true.
+    pub policy: Option<std::sync::Arc<crate::Egress>>,
     /// The agent's environment, passed on the kernel command line (the kernel hands unknown
     /// `KEY=value` parameters to init, which the agent inherits).
     pub env: BTreeMap<String, String>,

@@ -95,6 +95,15 @@ enum Command {
     /// Inside a sandbox: run the agent command and relay its contract ports to Unix sockets.
     #[command(hide = true)]
     SandboxInit(sandbox_init::Args),
+    /// For QEMU's `guestfwd`: relay stdin/stdout (one guest connection) to a backend's egress
+    /// gate, announcing the connection's kind (`proxy` or `dns`).
+    #[command(hide = true)]
+    EgressConnect {
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        socket: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -133,6 +142,27 @@ struct RunArgs {
     upgrade: bool,
 }
 
+/// Relays fd 0 (the socket QEMU's `guestfwd` gives a command, one per guest connection) to
+/// the egress gate's Unix socket, after a line naming the kind of traffic.
+fn egress_connect(kind: &str, socket: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::fd::FromRawFd;
+    use tokio::io::AsyncWriteExt;
+    anyhow::ensure!(matches!(kind, "proxy" | "dns"), "--kind is proxy or dns");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        // SAFETY: fd 0 is the stream socket libslirp hands the command; nothing else owns it.
+        let guest = unsafe { std::os::unix::net::UnixStream::from_raw_fd(0) };
+        guest.set_nonblocking(true)?;
+        let mut guest = tokio::net::UnixStream::from_std(guest)?;
+        let mut gate = tokio::net::UnixStream::connect(socket).await?;
+        gate.write_all(format!("{kind}\n").as_bytes()).await?;
+        tokio::io::copy_bidirectional(&mut guest, &mut gate).await?;
+        Ok(())
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
@@ -143,6 +173,7 @@ fn main() -> ExitCode {
         Some(Command::Agent(addrs)) => agent::run(addrs),
         Some(Command::Host(args)) => run_host(args),
         Some(Command::SandboxInit(args)) => return sandbox_init::run(args),
+        Some(Command::EgressConnect { kind, socket }) => egress_connect(&kind, &socket),
         Some(Command::Invoke(args)) => invoke::run(args),
         Some(Command::Health { admin }) => health(admin),
         Some(Command::Reload(args)) => reload(args),

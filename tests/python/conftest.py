@@ -35,7 +35,8 @@ def http_json(url: str, method: str = "GET"):
 
 
 class Gateway:
-    def __init__(self, workdir: Path, config: str = "", config_path: Path | None = None):
+    def __init__(self, workdir: Path, config: str = "", config_path: Path | None = None,
+                 prefix: list | None = None, env: dict | None = None, stderr=None):
         path = config_path
         if path is None:
             path = workdir / "sessiongate.toml"
@@ -49,10 +50,11 @@ class Gateway:
         for _ in range(3):
             self.http, self.mcp, self.a2a, self.admin = (f"127.0.0.1:{free_port()}" for _ in range(4))
             self.proc = subprocess.Popen(
-                [binary(), "--config", str(path), "--http", self.http, "--mcp", self.mcp,
-                 "--a2a", self.a2a, "--admin", self.admin],
-                env={**os.environ, "RUST_LOG": "warn"},
+                [*(prefix or []), binary(), "--config", str(path), "--http", self.http,
+                 "--mcp", self.mcp, "--a2a", self.a2a, "--admin", self.admin],
+                env={**os.environ, "RUST_LOG": "warn", **(env or {})},
                 stdin=subprocess.DEVNULL,
+                stderr=stderr,
             )
             if self._wait_healthy():
                 return

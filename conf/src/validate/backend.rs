@@ -141,6 +141,7 @@ pub(super) fn backend(
                 ) as u32,
                 read_only,
                 egress: b.egress.unwrap_or(true),
+                policy: None,
                 ports: ContractPorts::default(),
             }))
         }
@@ -199,6 +200,7 @@ pub(super) fn backend(
                 accel,
                 snapshot: b.snapshot.unwrap_or(true),
                 egress: b.egress.unwrap_or(true),
+                policy: None,
                 env,
                 ready_timeout: ms(errs, "ready_timeout_ms", b.ready_timeout_ms, 120_000),
                 stop_timeout,

@@ -40,7 +40,19 @@ pub(super) fn runtime(
         );
     }
     let suspend = crate::suspend::suspend(errs, path, r, versions.as_deref(), snapshot_root);
-    let egress = crate::egress::egress(errs, path, r.egress.as_ref(), versions.as_deref());
+    let egress = crate::egress::egress(errs, path, &r.name, r.egress.as_ref(), versions.as_deref());
+    if let (Some(policy), Some(versions)) = (&egress, versions.as_mut()) {
+        // Each backend enforces its runtime's policy; it is part of the spec, so a reload that
+        // changes it starts new backends (and warm pools) under the new one.
+        let policy = std::sync::Arc::new(policy.clone());
+        for v in versions.iter_mut() {
+            match &mut v.backend {
+                BackendSpec::Sandbox(s) => s.policy = Some(policy.clone()),
+                BackendSpec::Microvm(m) => m.policy = Some(policy.clone()),
+                _ => {}
+            }
+        }
+    }
     let allowed_ports =
         crate::endpoints::allowed_ports(errs, path, &r.allowed_ports, versions.as_deref());
     let protocol_path = r

@@ -118,6 +118,8 @@ pub(super) struct Remains {
     pub helper: Option<tokio::process::Child>,
     /// The loopback ports the backend was given: free for others once it is gone.
     pub ports: Option<super::process::Ports>,
+    /// Its egress gate (a runtime with an egress policy): its way out ends with it.
+    pub egress: Option<egress::Gate>,
 }
 
 impl Remains {
@@ -128,6 +130,7 @@ impl Remains {
             dir: Some(dir),
             helper: None,
             ports: None,
+            egress: None,
         }
     }
 }
@@ -164,6 +167,15 @@ impl ChildLease {
             child: Mutex::new(Some(child)),
             stop_timeout,
             remains: Mutex::new(Some(remains)),
+        }
+    }
+
+    /// Labels the backend's egress (audit lines, budget) with the session it now serves.
+    pub(super) fn assign_egress(&self, session: &str) {
+        if let Ok(remains) = self.remains.lock()
+            && let Some(gate) = remains.as_ref().and_then(|r| r.egress.as_ref())
+        {
+            gate.assign(session);
         }
     }
 

@@ -21,6 +21,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -49,6 +50,7 @@ impl GuestNet {
         ports: &Endpoint,
         guest: ContractPorts,
         exec: SocketAddr,
+        gate: Option<&Path>,
     ) -> std::io::Result<Self> {
         let forwards: Vec<(SocketAddr, u16)> = [Some(ports.http), ports.mcp, ports.a2a]
             .into_iter()
@@ -56,13 +58,17 @@ impl GuestNet {
             .filter_map(|(host, guest)| Some((host?, guest)))
             .chain([(exec, GUEST_EXEC_PORT)])
             .collect();
-        if !egress {
+        if !egress || gate.is_some() {
             let hostfwd: String = forwards
                 .iter()
                 .map(|(h, g)| format!(",hostfwd=tcp:{}:{}-:{g}", h.ip(), h.port()))
                 .collect();
+            let guestfwd = match gate {
+                Some(socket) => guestfwd(socket)?,
+                None => String::new(),
+            };
             return Ok(Self {
-                netdev: format!("user,id=n0,restrict=on{hostfwd}"),
+                netdev: format!("user,id=n0,restrict=on{hostfwd}{guestfwd}"),
                 passt: None,
                 forwards,
             });
@@ -145,6 +151,31 @@ impl GuestNet {
     }
 }
 
+/// The egress policy's way out of a restricted guest: its connections to the gate address's
+/// proxy and DNS ports each start `sessiongate egress-connect`, which relays them to the gate's
+/// Unix socket. (`restrict=on` drops everything else, forwards included in it are kept.)
+fn guestfwd(socket: &Path) -> std::io::Result<String> {
+    let exe = std::env::current_exe()?;
+    let quoted = |p: &Path| {
+        let s = p.display().to_string();
+        if s.contains([',', ' ']) {
+            Err(std::io::Error::other(format!(
+                "{s}: a path with commas or spaces cannot go in QEMU's guestfwd"
+            )))
+        } else {
+            Ok(s)
+        }
+    };
+    let (exe, socket) = (quoted(&exe)?, quoted(socket)?);
+    let gate = egress::GUEST_GATE;
+    Ok([("proxy", egress::PROXY_PORT), ("dns", 53)]
+        .iter()
+        .map(|(kind, port)| {
+            format!(",guestfwd=tcp:{gate}:{port}-cmd:{exe} egress-connect --kind {kind} --socket {socket}")
+        })
+        .collect())
+}
+
 /// Keeps `fd` open across the child's exec. Called in `pre_exec`: async-signal-safe.
 pub(super) fn inherit(fd: RawFd) -> std::io::Result<()> {
     // SAFETY: clears FD_CLOEXEC on a descriptor we own; no memory involved.
@@ -214,6 +245,7 @@ mod tests {
             &endpoint(),
             ContractPorts::default(),
             "127.0.0.1:41002".parse().unwrap(),
+            None,
         )
         .unwrap();
         assert_eq!(
@@ -232,6 +264,7 @@ mod tests {
             &endpoint(),
             guest,
             "127.0.0.1:41002".parse().unwrap(),
+            None,
         )
         .unwrap();
         assert!(
@@ -239,8 +272,14 @@ mod tests {
             "{}",
             slirp.netdev
         );
-        let passt =
-            GuestNet::new(true, &endpoint(), guest, "127.0.0.1:41002".parse().unwrap()).unwrap();
+        let passt = GuestNet::new(
+            true,
+            &endpoint(),
+            guest,
+            "127.0.0.1:41002".parse().unwrap(),
+            None,
+        )
+        .unwrap();
         assert_eq!(
             passt.forwards[..2],
             [
@@ -257,6 +296,7 @@ mod tests {
             &endpoint(),
             ContractPorts::default(),
             "127.0.0.1:41002".parse().unwrap(),
+            None,
         )
         .unwrap();
         let fd = net.qemu_fd().unwrap();

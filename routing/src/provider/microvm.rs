@@ -184,7 +184,19 @@ impl Vm {
         let exec = reserved.reserve_exec().map_err(PlacementError::Ports)?;
         let ports = reserved.0;
         remains.ports = Some(reserved);
-        let net = GuestNet::new(spec.egress, &ports, spec.ports, exec)
+        let gate = match &spec.policy {
+            Some(policy) => {
+                let path = dir.join("egress.sock");
+                let gate = egress::Gate::new(policy.clone(), &policy.runtime);
+                gate.serve_unix(
+                    tokio::net::UnixListener::bind(&path).map_err(PlacementError::Isolation)?,
+                );
+                remains.egress = Some(gate);
+                Some(path)
+            }
+            None => None,
+        };
+        let net = GuestNet::new(spec.egress, &ports, spec.ports, exec, gate.as_deref())
             .map_err(PlacementError::Isolation)?;
         let mut cmd = Command::new(&spec.qemu);
         cmd.args(machine_args(spec, accel))
@@ -287,7 +299,19 @@ fn machine_args(spec: &MicrovmSpec, accel: Accel) -> Vec<String> {
     let mut append = String::from("console=ttyS0 quiet panic=-1 reboot=t");
     // The kernel hands `KEY=value` parameters it does not know to init's environment, which the
     // agent inherits (config validation keeps keys upper-case, clear of kernel parameters).
-    let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if let Some(policy) = &spec.policy {
+        // The guest's init turns these into its resolver, proxy variables and trust store
+        // (scripts/build-guest); the CA is the certificate only (DER, base64), never a key.
+        env.push("SESSIONGATE_EGRESS=proxy".into());
+        if !policy.credentials.is_empty()
+            && let Ok(ca) = egress::Ca::get()
+        {
+            use base64::Engine;
+            let der = base64::engine::general_purpose::STANDARD.encode(ca.der());
+            env.push(format!("SESSIONGATE_CA={der}"));
+        }
+    }
     let (machine, accel_args): (&str, &[&str]) = if accel == Accel::Kvm {
         (
             "microvm,x-option-roms=off,rtc=off",

@@ -18,6 +18,7 @@ mod kept;
 mod microvm;
 mod process;
 mod sandbox;
+mod sandbox_egress;
 mod static_pool;
 pub mod storage;
 mod warm;
@@ -377,6 +378,9 @@ impl Backend {
     /// Tells the backend which session it now serves. A microVM guest learns it over its serial
     /// port, in the background: the request does not wait (every request carries the id too).
     pub fn assign(&self, session: &str) {
+        if let Lease::Sandbox(c) | Lease::Microvm(c) = &self.lease {
+            c.assign_egress(session);
+        }
         if let Lease::Microvm(c) = &self.lease
             && let Some(dir) = c.dir()
         {

@@ -91,11 +91,30 @@ impl SandboxProvider {
         } else {
             None
         };
+        let confined = match &self.spec.policy {
+            Some(policy) => Some((
+                super::sandbox_egress::bwrap_args(policy, &dir, &self.spec.read_only)
+                    .map_err(PlacementError::Isolation)?,
+                egress::Gate::new(policy.clone(), &policy.runtime),
+            )),
+            None => None,
+        };
+        let (confine_args, gate) = confined.unzip();
         let mut cmd = Command::new("bwrap");
-        cmd.args(self.bwrap_args(&state.exe, &dir, handshake.as_ref()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+        // Not the gateway's environment: bwrap's own pid-1 process inside the sandbox keeps
+        // what it was started with, and the agent can read `/proc/1/environ` (the gateway's
+        // secrets, an egress credential's variable among them, would be in it).
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()));
+        cmd.args(self.bwrap_args(
+            &state.exe,
+            &dir,
+            handshake.as_ref(),
+            confine_args.unwrap_or_default(),
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
         let drop_to_nobody = state.uid == NOBODY;
         let inherit: Vec<RawFd> = handshake
             .as_ref()
@@ -113,12 +132,14 @@ impl SandboxProvider {
             .map_err(PlacementError::Spawn)?;
         if let Some(handshake) = handshake {
             let deadline = self.spec.process.ready_timeout;
-            remains.helper = Some(
-                tokio::time::timeout(deadline, handshake.connect(child.id().unwrap_or(0)))
-                    .await
-                    .map_err(|_| PlacementError::NotReady(deadline))?
-                    .map_err(PlacementError::Isolation)?,
-            );
+            remains.helper = tokio::time::timeout(
+                deadline,
+                handshake.connect(child.id().unwrap_or(0), gate.as_ref()),
+            )
+            .await
+            .map_err(|_| PlacementError::NotReady(deadline))?
+            .map_err(PlacementError::Isolation)?;
+            remains.egress = gate;
         }
         let sockets = dir.join("sockets");
         let addrs = Addrs::unix_in(&sockets);
@@ -136,7 +157,13 @@ impl SandboxProvider {
         })
     }
 
-    fn bwrap_args(&self, exe: &Path, dir: &Path, handshake: Option<&Handshake>) -> Vec<OsString> {
+    fn bwrap_args(
+        &self,
+        exe: &Path,
+        dir: &Path,
+        handshake: Option<&Handshake>,
+        confine: Vec<OsString>,
+    ) -> Vec<OsString> {
         let sockets = dir.join("sockets");
         let mut a: Vec<OsString> = Vec::with_capacity(64);
         let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
@@ -214,6 +241,11 @@ impl SandboxProvider {
                 &super::storage::STORAGE_ENV,
                 &storage.mount_path,
             ]);
+        }
+        // The policy's proxy variables, resolver and trust (sandbox_egress), after the
+        // read-only binds they may cover.
+        for arg in &confine {
+            push(&[arg]);
         }
         if let Some(h) = handshake {
             let (info, block) = (
@@ -331,11 +363,17 @@ impl Handshake {
         vec![self.info_w.as_raw_fd(), self.block_r.as_raw_fd()]
     }
 
-    /// Once bwrap has started: learns its child's pid, gives that network namespace an
-    /// interface with slirp4netns (its own host loopback refused), then lets bwrap run the
-    /// command. Returns the slirp4netns process, which lives as long as the sandbox (it joins
-    /// the sandbox's process group, so stopping the sandbox stops it).
-    async fn connect(self, bwrap_pid: u32) -> std::io::Result<tokio::process::Child> {
+    /// Once bwrap has started: learns its child's pid, gives that network namespace its way
+    /// out, then lets bwrap run the command. The way out is the egress `gate` when the runtime
+    /// has a policy (its sockets opened inside, see `sandbox_egress`); otherwise an interface
+    /// from slirp4netns (its own host loopback refused). Returns the slirp4netns process, which
+    /// lives as long as the sandbox (it joins the sandbox's process group, so stopping the
+    /// sandbox stops it).
+    async fn connect(
+        self,
+        bwrap_pid: u32,
+        gate: Option<&egress::Gate>,
+    ) -> std::io::Result<Option<tokio::process::Child>> {
         let Handshake {
             info_r,
             info_w,
@@ -364,6 +402,12 @@ impl Handshake {
                 ));
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if let Some(gate) = gate {
+            super::sandbox_egress::open(gate, pid).await?;
+            let mut block = std::fs::File::from(block_w);
+            std::io::Write::write_all(&mut block, b"1")?;
+            return Ok(None);
         }
         let (ready_r, ready_w) = pipe()?;
         let mut cmd = Command::new("slirp4netns");
@@ -408,7 +452,7 @@ impl Handshake {
         }
         let mut block = std::fs::File::from(block_w);
         std::io::Write::write_all(&mut block, b"1")?;
-        Ok(slirp)
+        Ok(Some(slirp))
     }
 }
 
