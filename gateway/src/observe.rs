@@ -14,6 +14,8 @@
 //! | `sessiongate_placements_total` | counter | provider, result |
 //! | `sessiongate_rejections_total` | counter | reason |
 //! | `sessiongate_sessions_ended_total` | counter | reason |
+//! | `sessiongate_egress_connections_total` | counter (the `egress` crate) | runtime, verdict |
+//! | `sessiongate_egress_bytes_total` | counter (the `egress` crate) | runtime, direction |
 
 use std::sync::Arc;
 

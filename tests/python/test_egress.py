@@ -6,72 +6,25 @@ through boto3's InvokeAgentRuntimeCommand, with curl (sandbox) and busybox (gues
 import json
 import os
 import re
-import shutil
-import signal
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Gateway, binary
+from conftest import Gateway, binary
+from egress_world import ALLOWED, DENIED, egress_world, gateway_prefix
 from test_commands_boto3 import client, run
 
-NS = f"sgeg{os.getpid() % 100000}"
-ALLOWED, DENIED, HOST_SIDE = "10.200.0.1", "10.200.0.3", "10.200.0.2"
 SECRET = f"s3cr3t-{uuid.uuid4().hex}"
-
-
-def sh(*args, **kw):
-    return subprocess.run(args, check=True, capture_output=True, text=True, **kw)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    if os.geteuid() != 0 or not shutil.which("ip"):
-        pytest.fail("the egress tests need root and iproute2 (a network namespace of their own)")
-    d = tmp_path_factory.mktemp("egress")
-    # A test CA and a certificate for allowed.test: what the real host presents upstream.
-    sh("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-       "-nodes", "-keyout", d / "ca.key", "-out", d / "ca.pem", "-days", "2",
-       "-subj", "/CN=egress test CA")
-    sh("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-       "-keyout", d / "srv.key", "-out", d / "srv.csr", "-subj", "/CN=allowed.test")
-    (d / "ext").write_text("subjectAltName=DNS:allowed.test\n")
-    sh("openssl", "x509", "-req", "-in", d / "srv.csr", "-CA", d / "ca.pem", "-CAkey",
-       d / "ca.key", "-CAcreateserial", "-out", d / "srv.pem", "-days", "2", "-extfile", d / "ext")
-    host_if, ns_if = f"{NS}a", f"{NS}b"
-    sh("ip", "netns", "add", NS)
-    servers = []
-    try:
-        sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if, "netns", NS)
-        sh("ip", "addr", "add", f"{HOST_SIDE}/24", "dev", host_if)
-        sh("ip", "link", "set", host_if, "up")
-        for addr in (ALLOWED, DENIED):
-            sh("ip", "-n", NS, "addr", "add", f"{addr}/24", "dev", ns_if)
-        sh("ip", "-n", NS, "link", "set", ns_if, "up")
-        sh("ip", "-n", NS, "link", "set", "lo", "up")
-        echo = str(Path(__file__).parent / "agents" / "egress_echo.py")
-        for listen, name, tls in [(f"{ALLOWED}:8080", "allowed", False),
-                                  (f"{DENIED}:8080", "denied", False),
-                                  (f"{ALLOWED}:8443", "allowed-tls", True)]:
-            extra = ["--cert", str(d / "srv.pem"), "--key", str(d / "srv.key")] if tls else []
-            p = subprocess.Popen(["ip", "netns", "exec", NS, os.environ.get("PYTHON", "python3"),
-                                  echo, "--listen", listen, "--name", name, *extra],
-                                 stdout=subprocess.PIPE, text=True)
-            servers.append(p)
-            assert p.stdout.readline().strip() == "ready"
-        # The gateway's resolver knows the two names (its own mount namespace's /etc/hosts).
-        (d / "hosts").write_text(f"127.0.0.1 localhost\n{ALLOWED} allowed.test\n"
-                                 f"{DENIED} denied.test\n")
+    if os.geteuid() != 0:
+        pytest.fail("the egress tests need root (a network namespace of their own)")
+    with egress_world(tmp_path_factory.mktemp("egress"), os.environ.get("PYTHON", "python3")) as d:
         yield d
-    finally:
-        for p in servers:
-            p.send_signal(signal.SIGTERM)
-            p.wait(timeout=10)
-        subprocess.run(["ip", "netns", "del", NS], check=False)
-        subprocess.run(["ip", "link", "del", host_if], check=False, capture_output=True)
 
 
 POLICY = """
@@ -112,8 +65,7 @@ ready_timeout_ms = 180000
     log = open(workdir / "gateway.log", "w")
     g = Gateway(
         workdir, cfg,
-        prefix=["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"',
-                str(world / "hosts")],
+        prefix=gateway_prefix(world),
         env={"EGRESS_TEST_TOKEN": f"Bearer {SECRET}", "SSL_CERT_FILE": str(world / "ca.pem"),
              "RUST_LOG": os.environ.get("EGRESS_TEST_LOG", "warn,sessiongate::egress=info")},
         stderr=log,

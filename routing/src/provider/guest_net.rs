@@ -12,6 +12,7 @@
 //! |---|---|---|
 //! | false | QEMU slirp with `restrict=on` | nothing: every connection or datagram it sends is dropped or refused; the gateway's `hostfwd`s still come in |
 //! | true (default) | `passt --no-map-gw`, over a socket pair | what the host reaches through its non-loopback addresses (the network, and the host's own address for services bound to it or to 0.0.0.0); never 127.0.0.0/8 |
+//! | a runtime egress policy | QEMU slirp with `restrict=on` and two `guestfwd`s | only the gateway's egress proxy and DNS, at 10.0.2.100:3128 and :53 (each connection relayed by `sessiongate egress-connect` to the backend's gate) |
 //!
 //! Both keep the guest's static setup (10.0.2.15/24, gateway 10.0.2.2, DNS 10.0.2.3, see
 //! `scripts/build-guest`): passt is told the same addresses and forwards DNS sent to 10.0.2.3

@@ -4,8 +4,8 @@
 //! |---|---|---|---|---|
 //! | [`StaticProvider`] | a slot of a configured endpoint (a deployed runtime) | whatever runs it | whatever runs it | freeing the slot |
 //! | [`ProcessProvider`] | a fresh process on loopback ports | nothing but the process boundary | yes: the admin API, other sessions' backends | SIGTERM, then SIGKILL, to its process group |
-//! | [`SandboxProvider`] | a fresh process in its own namespaces and cgroup, reached over Unix sockets | user, pid, mount, ipc, uts, net namespaces; cgroup limits; no capabilities | no (egress: slirp4netns without host loopback) | the same, then its cgroup and scratch dir go |
-//! | [`MicrovmProvider`] | a fresh QEMU microVM, booted or restored from a snapshot | a virtual machine (KVM, or software emulation) | no (egress: passt without the gateway mapping; none: restricted slirp) | the same, then its state dir and passt go |
+//! | [`SandboxProvider`] | a fresh process in its own namespaces and cgroup, reached over Unix sockets | user, pid, mount, ipc, uts, net namespaces; cgroup limits; no capabilities | no (egress: slirp4netns without host loopback; a policy: only the gateway's egress proxy) | the same, then its cgroup and scratch dir go |
+//! | [`MicrovmProvider`] | a fresh QEMU microVM, booted or restored from a snapshot | a virtual machine (KVM, or software emulation) | no (egress: passt without the gateway mapping; none: restricted slirp; a policy: restricted slirp with `guestfwd`s to the egress proxy) | the same, then its state dir and passt go |
 //!
 //! Every spawning provider can keep a warm pool; every backend is ready only once `GET /ping`
 //! answers 200.

@@ -104,8 +104,10 @@ impl SandboxProvider {
         // Not the gateway's environment: bwrap's own pid-1 process inside the sandbox keeps
         // what it was started with, and the agent can read `/proc/1/environ` (the gateway's
         // secrets, an egress credential's variable among them, would be in it).
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()));
+        cmd.env_clear().env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+        );
         cmd.args(self.bwrap_args(
             &state.exe,
             &dir,
