@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::Mutex;
 
 /// How long one question may take end to end.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -19,14 +20,18 @@ pub fn run(listen: SocketAddr, upstream: SocketAddr) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let socket = Arc::new(UdpSocket::bind(listen).await?);
+        // One connection to the gateway, reused: each new one costs the host a process
+        // (QEMU's guestfwd starts `sessiongate egress-connect` per connection). Questions take
+        // turns on it; a broken or idle-closed one is replaced on the next question.
+        let link: Arc<Mutex<Option<TcpStream>>> = Arc::new(Mutex::new(None));
         let mut buf = vec![0u8; 4096];
         loop {
             let (n, from) = socket.recv_from(&mut buf).await?;
             let query = buf[..n].to_vec();
-            let socket = socket.clone();
+            let (socket, link) = (socket.clone(), link.clone());
             tokio::spawn(async move {
-                if let Ok(Ok(answer)) = tokio::time::timeout(DEADLINE, ask(upstream, &query)).await
-                {
+                let asked = tokio::time::timeout(DEADLINE, ask(&link, upstream, &query)).await;
+                if let Ok(Ok(answer)) = asked {
                     let _ = socket.send_to(&answer, from).await;
                 }
             });
@@ -34,8 +39,28 @@ pub fn run(listen: SocketAddr, upstream: SocketAddr) -> anyhow::Result<()> {
     })
 }
 
-async fn ask(upstream: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut s = TcpStream::connect(upstream).await?;
+/// Asks on the kept connection, and once more on a fresh one if that fails.
+async fn ask(
+    link: &Mutex<Option<TcpStream>>,
+    upstream: SocketAddr,
+    query: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    let mut link = link.lock().await;
+    for fresh in [false, true] {
+        if fresh || link.is_none() {
+            *link = Some(TcpStream::connect(upstream).await?);
+        }
+        if let Some(s) = link.as_mut() {
+            match exchange(s, query).await {
+                Ok(answer) => return Ok(answer),
+                Err(_) => *link = None,
+            }
+        }
+    }
+    Err(std::io::Error::other("the gateway's DNS did not answer"))
+}
+
+async fn exchange(s: &mut TcpStream, query: &[u8]) -> std::io::Result<Vec<u8>> {
     let len = u16::try_from(query.len()).map_err(std::io::Error::other)?;
     s.write_u16(len).await?;
     s.write_all(query).await?;

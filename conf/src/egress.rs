@@ -335,7 +335,9 @@ pub(crate) fn egress(
         mode,
         allow,
         deny,
-        budget_bytes: f.budget_mb.map(|mb| mb << 20),
+        budget_bytes: f
+            .budget_mb
+            .map(|mb| errs.range(&format!("{path}.budget_mb"), mb, 1, 1 << 30) << 20),
         credentials,
     };
     for (i, c) in policy.credentials.iter().enumerate() {

@@ -12,12 +12,14 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 
-use crate::{Io, Outcome, Shared};
+use crate::{CLIENT_DEADLINE, Io, Outcome, Shared};
 
 const A: u16 = 1;
 const AAAA: u16 = 28;
 const NXDOMAIN: u8 = 3;
 const FORMERR: u8 = 1;
+const NOTIMP: u8 = 4;
+const REFUSED: u8 = 5;
 const TTL: u32 = 30;
 
 /// DNS over UDP: one task per question, so a slow lookup holds up no other.
@@ -28,12 +30,17 @@ pub(crate) async fn serve_udp(shared: Arc<Shared>, socket: UdpSocket) {
         let Ok((n, from)) = socket.recv_from(&mut buf).await else {
             continue;
         };
+        // A question past the gate's slots is dropped: the resolver asks again.
+        let Some(slot) = shared.slot() else {
+            continue;
+        };
         let query = buf[..n].to_vec();
-        let (shared, socket) = (shared.clone(), socket.clone());
-        tokio::spawn(async move {
-            if let Some(answer) = answer(&shared, &query).await {
+        let (task_shared, socket) = (shared.clone(), socket.clone());
+        shared.spawn(async move {
+            if let Some(answer) = answer(&task_shared, &query).await {
                 let _ = socket.send_to(&answer, from).await;
             }
+            drop(slot);
         });
     }
 }
@@ -41,7 +48,7 @@ pub(crate) async fn serve_udp(shared: Arc<Shared>, socket: UdpSocket) {
 /// DNS over a stream (TCP, or a microVM's forwarded connection): two-byte length prefixes.
 pub(crate) async fn serve_stream<S: Io>(shared: Arc<Shared>, mut s: S) {
     loop {
-        let Ok(len) = s.read_u16().await else {
+        let Ok(Ok(len)) = tokio::time::timeout(CLIENT_DEADLINE, s.read_u16()).await else {
             return;
         };
         let mut query = vec![0u8; usize::from(len)];
@@ -62,7 +69,19 @@ pub(crate) async fn serve_stream<S: Io>(shared: Arc<Shared>, mut s: S) {
 
 /// The answer to one query; `None` for what is not a query at all.
 pub(crate) async fn answer(shared: &Shared, query: &[u8]) -> Option<Vec<u8>> {
+    let answer = answer_within_budget(shared, query).await?;
+    shared.charge((query.len() + answer.len()) as u64);
+    Some(answer)
+}
+
+async fn answer_within_budget(shared: &Shared, query: &[u8]) -> Option<Vec<u8>> {
     let q = Question::parse(query)?;
+    if q.opcode != 0 {
+        return Some(q.reply(NOTIMP, &[]));
+    }
+    if !shared.budget_left() {
+        return Some(q.reply(REFUSED, &[]));
+    }
     let Some(name) = q.name.as_deref() else {
         return Some(q.reply(FORMERR, &[]));
     };
@@ -104,6 +123,7 @@ struct Question<'a> {
     /// Lower-case, without the trailing dot; `None` if malformed.
     name: Option<String>,
     qtype: u16,
+    opcode: u8,
     /// Where the question section ends.
     end: usize,
 }
@@ -114,6 +134,7 @@ impl<'a> Question<'a> {
             return None; // too short, or a response
         }
         let qdcount = u16::from_be_bytes([query[4], query[5]]);
+        let opcode = (query[2] >> 3) & 0x0F;
         let mut at = 12;
         let mut labels = Vec::new();
         let parsed = qdcount == 1
@@ -140,12 +161,14 @@ impl<'a> Question<'a> {
                 query,
                 name: Some(labels.join(".")),
                 qtype: u16::from_be_bytes([f[0], f[1]]),
+                opcode,
                 end: at + 4,
             }),
             _ => Some(Self {
                 query,
                 name: None,
                 qtype: 0,
+                opcode,
                 end: 12,
             }),
         }

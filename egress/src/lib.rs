@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use conf::{Egress, Verdict};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, UdpSocket, UnixListener};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 pub use tls::Ca;
@@ -51,11 +52,14 @@ pub const PROXY_PORT: u16 = 3128;
 const HELLO_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a connection to a destination may take.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a session may take to send a request's head, a TLS handshake or a DNS question.
+pub(crate) const CLIENT_DEADLINE: Duration = Duration::from_secs(30);
+/// Connections and DNS questions one backend may have in progress at once.
+const MAX_CONNECTIONS: usize = 256;
 
 /// One backend's way out. Its listeners and connections end when it is dropped.
 pub struct Gate {
     shared: Arc<Shared>,
-    tasks: Arc<Mutex<JoinSet<()>>>,
 }
 
 /// What every connection of one backend shares.
@@ -64,8 +68,13 @@ pub(crate) struct Shared {
     pub runtime: Arc<str>,
     /// The session the backend serves; `-` while it waits in a warm pool.
     session: Mutex<Arc<str>>,
-    /// Bytes sent and received through the proxy, against `policy.budget_bytes`.
+    /// Bytes sent and received through the proxy and DNS, against `policy.budget_bytes`.
     used: AtomicU64,
+    /// Every task of the gate: listeners, connections, tunnels, lookups. Aborted with it.
+    tasks: Mutex<JoinSet<()>>,
+    /// Connections (and DNS questions) in progress at once, so that one session cannot take
+    /// the file descriptors or the resolver threads every session shares.
+    slots: Arc<Semaphore>,
 }
 
 /// Why a destination is refused, as the audit line and the agent's 403 say it.
@@ -79,12 +88,14 @@ impl Gate {
                 runtime: Arc::from(runtime),
                 session: Mutex::new(Arc::from("-")),
                 used: AtomicU64::new(0),
+                tasks: Mutex::new(JoinSet::new()),
+                slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
             }),
-            tasks: Arc::new(Mutex::new(JoinSet::new())),
         }
     }
 
-    /// From now on, the backend's traffic is logged and budgeted as `session`'s.
+    /// From now on, the backend's traffic is logged and budgeted as `session`'s (what a warm
+    /// backend did before it had a session is not the session's).
     pub fn assign(&self, session: &str) {
         if let Ok(mut s) = self.shared.session.lock() {
             *s = Arc::from(session);
@@ -99,65 +110,39 @@ impl Gate {
 
     /// Serves the HTTP proxy on `listener` (a sandbox's 127.0.0.1:3128).
     pub fn serve_proxy(&self, listener: TcpListener) {
-        let (shared, tasks) = (self.shared.clone(), self.tasks.clone());
-        self.spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                spawn_in(&tasks, proxy::serve(shared.clone(), stream));
-            }
-        });
+        let shared = self.shared.clone();
+        self.shared
+            .spawn(accept_loop(shared, Listener::Tcp(listener), Serve::Proxy));
     }
 
     /// Answers DNS over TCP on `listener` (a sandbox's 127.0.0.1:53).
     pub fn serve_dns_tcp(&self, listener: TcpListener) {
-        let (shared, tasks) = (self.shared.clone(), self.tasks.clone());
-        self.spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                spawn_in(&tasks, dns::serve_stream(shared.clone(), stream));
-            }
-        });
+        let shared = self.shared.clone();
+        self.shared
+            .spawn(accept_loop(shared, Listener::Tcp(listener), Serve::Dns));
     }
 
     /// Answers DNS over UDP on `socket` (a sandbox's 127.0.0.1:53).
     pub fn serve_dns_udp(&self, socket: UdpSocket) {
-        self.spawn(dns::serve_udp(self.shared.clone(), socket));
+        self.shared
+            .spawn(dns::serve_udp(self.shared.clone(), socket));
     }
 
     /// Serves `listener`, whose connections begin with `proxy\n` or `dns\n` (a microVM's
     /// `guestfwd`s through `sessiongate egress-connect`).
     pub fn serve_unix(&self, listener: UnixListener) {
-        let (shared, tasks) = (self.shared.clone(), self.tasks.clone());
-        self.spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let shared = shared.clone();
-                spawn_in(&tasks, async move {
-                    match tokio::time::timeout(HELLO_DEADLINE, kind(&mut stream)).await {
-                        Ok(Some(Kind::Proxy)) => proxy::serve(shared, stream).await,
-                        Ok(Some(Kind::Dns)) => dns::serve_stream(shared, stream).await,
-                        _ => {}
-                    }
-                });
-            }
-        });
-    }
-
-    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        spawn_in(&self.tasks, task);
+        let shared = self.shared.clone();
+        self.shared.spawn(accept_loop(
+            shared,
+            Listener::Unix(listener),
+            Serve::Announced,
+        ));
     }
 }
 
 impl Drop for Gate {
     fn drop(&mut self) {
-        if let Ok(mut tasks) = self.tasks.lock() {
+        if let Ok(mut tasks) = self.shared.tasks.lock() {
             tasks.abort_all();
         }
     }
@@ -171,12 +156,72 @@ impl std::fmt::Debug for Gate {
     }
 }
 
-fn spawn_in(tasks: &Mutex<JoinSet<()>>, task: impl Future<Output = ()> + Send + 'static) {
-    if let Ok(mut tasks) = tasks.lock() {
-        while tasks.try_join_next().is_some() {}
-        tasks.spawn(task);
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// What a listener's connections speak.
+#[derive(Clone, Copy)]
+enum Serve {
+    Proxy,
+    Dns,
+    /// A first line says which.
+    Announced,
+}
+
+impl Serve {
+    async fn run<S: Io>(self, shared: Arc<Shared>, mut stream: S) {
+        let serve = match self {
+            Serve::Announced => match tokio::time::timeout(HELLO_DEADLINE, kind(&mut stream)).await
+            {
+                Ok(Some(Kind::Proxy)) => Serve::Proxy,
+                Ok(Some(Kind::Dns)) => Serve::Dns,
+                _ => return,
+            },
+            known => known,
+        };
+        match serve {
+            Serve::Proxy => proxy::serve(shared, stream).await,
+            _ => dns::serve_stream(shared, stream).await,
+        }
     }
 }
+
+/// Accepts for as long as the gate lives, each connection served in a task of its own while it
+/// holds one of the gate's slots (a connection past them is closed at once); an accept error
+/// (out of descriptors, say) waits a little instead of spinning.
+async fn accept_loop(shared: Arc<Shared>, listener: Listener, serve: Serve) {
+    loop {
+        let Some(slot) = shared.slot() else {
+            // Every slot is taken: close what comes until one is free.
+            let _ = match &listener {
+                Listener::Tcp(l) => l.accept().await.map(drop),
+                Listener::Unix(l) => l.accept().await.map(drop),
+            };
+            continue;
+        };
+        let task = match &listener {
+            Listener::Tcp(l) => l.accept().await.map(|(s, _)| {
+                let _ = s.set_nodelay(true);
+                Box::pin(serve.run(shared.clone(), s)) as Conn
+            }),
+            Listener::Unix(l) => l
+                .accept()
+                .await
+                .map(|(s, _)| Box::pin(serve.run(shared.clone(), s)) as Conn),
+        };
+        match task {
+            Ok(task) => shared.spawn(async move {
+                task.await;
+                drop(slot);
+            }),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+type Conn = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 enum Kind {
     Proxy,
@@ -201,6 +246,19 @@ async fn kind<S: AsyncRead + Unpin>(stream: &mut S) -> Option<Kind> {
 }
 
 impl Shared {
+    /// Runs `task` as the gate's: it ends with the gate at the latest.
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            while tasks.try_join_next().is_some() {}
+            tasks.spawn(task);
+        }
+    }
+
+    /// A slot for one more DNS question, if the gate has one free.
+    pub(crate) fn slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+
     pub(crate) fn session(&self) -> Arc<str> {
         self.session
             .lock()
@@ -220,8 +278,9 @@ impl Shared {
     }
 
     /// Whether `host:port` may be reached, and where: a literal address is held to the address
-    /// rules; a name must be on the list, and so must each address it resolves to (deny rules on
-    /// networks hold against a name pointed at them). The host's loopback is never reachable.
+    /// rules; a name must be on the list, and each address it resolves to is dropped if a deny
+    /// rule holds it (so deny rules on networks hold against a name pointed at them). The
+    /// host's loopback and link-local addresses are never reachable.
     pub(crate) async fn admit(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, Refusal> {
         if !self.budget_left() {
             return Err("the session's egress budget is spent");
@@ -262,8 +321,12 @@ impl Shared {
             "allow"
         };
         let runtime = self.runtime.to_string();
-        metrics::counter!("sessiongate_egress_connections_total", "runtime" => runtime.clone(), "verdict" => verdict)
-            .increment(1);
+        let counter = if kind == "dns" {
+            "sessiongate_egress_dns_total"
+        } else {
+            "sessiongate_egress_connections_total"
+        };
+        metrics::counter!(counter, "runtime" => runtime.clone(), "verdict" => verdict).increment(1);
         if outcome.sent > 0 {
             metrics::counter!("sessiongate_egress_bytes_total", "runtime" => runtime.clone(), "direction" => "out")
                 .increment(outcome.sent);
@@ -317,14 +380,20 @@ impl Outcome {
     }
 }
 
-/// Addresses no policy opens: the host's own loopback (the admin API, other sessions' backends)
-/// and the unspecified address (which means this host).
+/// Addresses no policy opens: the host's own loopback (the admin API, other sessions' backends),
+/// the unspecified address (which means this host), and link-local addresses (a cloud's
+/// instance metadata and its credentials live at 169.254.169.254).
 fn never(ip: IpAddr) -> bool {
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     };
-    ip.is_loopback() || ip.is_unspecified()
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_unspecified() || v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
 }
 
 /// Connects to the first address that answers.

@@ -20,11 +20,11 @@ use http::{Method, Request, Response, StatusCode, uri::Scheme};
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncWriteExt, BufReader};
 
 use crate::meter::{Metered, Tally};
-use crate::{Ca, Io, Outcome, Shared, connect, sni, tls};
+use crate::{CLIENT_DEADLINE, Ca, Io, Outcome, Shared, connect, sni, tls};
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
@@ -42,11 +42,20 @@ struct Intercepted {
 /// Serves one proxy connection from the session.
 pub(crate) async fn serve<S: Io>(shared: Arc<Shared>, io: S) {
     let svc = service_fn(move |req| handle(shared.clone(), req));
-    let _ = hyper::server::conn::http1::Builder::new()
-        .half_close(true)
+    let _ = server()
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades()
         .await;
+}
+
+/// The proxy's HTTP/1 server: a request head must come within [`CLIENT_DEADLINE`], and a client
+/// that shuts its write side after its request (busybox wget does) still gets its answer.
+fn server() -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(CLIENT_DEADLINE)
+        .half_close(true);
+    b
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
@@ -122,33 +131,32 @@ async fn tunnel_or_intercept(shared: Arc<Shared>, req: Request<Incoming>) -> Res
             }
         };
         let intercepted = Arc::new(Intercepted { host, port, addrs });
-        tokio::spawn(async move {
+        let spawner = shared.clone();
+        spawner.spawn(async move {
             let Ok(upgraded) = hyper::upgrade::on(req).await else {
+                shared.audit("connect", &dest, Outcome::failed(started));
                 return;
             };
-            let server = match ca.server(&intercepted.host) {
+            let leaf = match ca.server(&intercepted.host) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::error!(error = %e, host = %intercepted.host, "egress: cannot sign a leaf");
+                    shared.audit("connect", &dest, Outcome::failed(started));
                     return;
                 }
             };
-            let tls = match tokio_rustls::TlsAcceptor::from(server)
-                .accept(TokioIo::new(upgraded))
-                .await
-            {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::info!(target: "sessiongate::egress", session = %shared.session(), destination = %dest, error = %e, "egress: the session's TLS client refused the gateway's certificate (does it trust the gateway's CA?)");
+            let accept = tokio_rustls::TlsAcceptor::from(leaf).accept(TokioIo::new(upgraded));
+            let tls = match tokio::time::timeout(CLIENT_DEADLINE, accept).await {
+                Ok(Ok(t)) => t,
+                _ => {
+                    let why = "the session's TLS client did not take the gateway's certificate (does it trust the gateway's CA?)";
+                    shared.audit("connect", &dest, Outcome::refused(started, why));
                     return;
                 }
             };
             let svc =
                 service_fn(move |req| handle_inside(shared.clone(), intercepted.clone(), req));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .half_close(true)
-                .serve_connection(TokioIo::new(tls), svc)
-                .await;
+            let _ = server().serve_connection(TokioIo::new(tls), svc).await;
         });
         return empty(StatusCode::OK);
     }
@@ -162,11 +170,12 @@ async fn tunnel_or_intercept(shared: Arc<Shared>, req: Request<Incoming>) -> Res
             );
         }
     };
-    tokio::spawn(async move {
-        let Ok(upgraded) = hyper::upgrade::on(req).await else {
-            return;
+    let spawner = shared.clone();
+    spawner.spawn(async move {
+        let outcome = match hyper::upgrade::on(req).await {
+            Ok(upgraded) => tunnel(&shared, TokioIo::new(upgraded), upstream, &host, started).await,
+            Err(_) => Outcome::failed(started),
         };
-        let outcome = tunnel(&shared, TokioIo::new(upgraded), upstream, &host, started).await;
         shared.audit("connect", &dest, outcome);
     });
     empty(StatusCode::OK)
@@ -188,10 +197,14 @@ async fn tunnel<S: Io>(
     let mut fronted = false;
     let upward = async {
         let first = sni::first_flight(&mut cr).await?;
-        if check_name
-            && sni::is_tls(&first)
-            && sni::server_name(&first).is_some_and(|name| name != host)
-        {
+        // A handshake must name the host asked for, or nothing; one we cannot read is refused
+        // (it could name anything).
+        let named = match sni::hello(&first) {
+            sni::Hello::NotTls | sni::Hello::Unnamed => true,
+            sni::Hello::Named(name) => !check_name || name == host,
+            sni::Hello::Unreadable => false,
+        };
+        if !named {
             fronted = true;
             return Err(std::io::Error::other("another server name"));
         }
@@ -207,7 +220,7 @@ async fn tunnel<S: Io>(
     let (sent, received) = tally.get();
     Outcome {
         started,
-        refused: fronted.then_some("the TLS server name is not the host asked for"),
+        refused: fronted.then_some("the TLS handshake does not name the host asked for"),
         sent,
         received,
     }
@@ -221,26 +234,7 @@ async fn forward(
 ) -> Response<Body> {
     let started = Instant::now();
     let (host, port, addrs, kind) = match intercepted {
-        Some(t) => {
-            let asked = req
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(|h| {
-                    bare(
-                        h.rsplit_once(':')
-                            .filter(|(_, p)| p.parse::<u16>().is_ok())
-                            .map_or(h, |(h, _)| h),
-                    )
-                });
-            if asked.as_ref().is_some_and(|h| *h != t.host) {
-                let dest = format!("{}:{}", asked.unwrap_or_default(), t.port);
-                let why = "a request for another host inside this host's tunnel";
-                shared.audit("https", &dest, Outcome::refused(started, why));
-                return refuse(StatusCode::MISDIRECTED_REQUEST, why);
-            }
-            (t.host.clone(), t.port, t.addrs.clone(), "https")
-        }
+        Some(t) => (t.host.clone(), t.port, t.addrs.clone(), "https"),
         None => {
             let uri = req.uri();
             let tls = match uri.scheme() {
@@ -261,11 +255,6 @@ async fn forward(
             let (kind, default_port) = if tls { ("https", 443) } else { ("http", 80) };
             let host = bare(authority.host());
             let port = authority.port_u16().unwrap_or(default_port);
-            if !req.headers().contains_key(header::HOST)
-                && let Ok(v) = HeaderValue::from_str(authority.as_str())
-            {
-                req.headers_mut().insert(header::HOST, v);
-            }
             let dest = format!("{host}:{port}");
             match shared.admit(&host, port).await {
                 Ok(addrs) => (host, port, addrs, kind),
@@ -276,6 +265,21 @@ async fn forward(
             }
         }
     };
+    let with_credentials = kind == "https" && shared.policy.credentials_for(&host).next().is_some();
+    // One Host header, naming the host the request goes to: what the policy checked is what
+    // the upstream sees (a shared front end routes by it, and the credential goes with it).
+    if let Err(why) = one_host(req.headers_mut(), &host, port, kind) {
+        let dest = format!("{host}:{port}");
+        shared.audit(kind, &dest, Outcome::refused(started, why));
+        return refuse(StatusCode::MISDIRECTED_REQUEST, why);
+    }
+    if with_credentials && matches!(req.method().as_str(), "TRACE" | "TRACK") {
+        // It would echo the credential back to the session.
+        return refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "TRACE to a host with credentials",
+        );
+    }
     let dest = format!("{host}:{port}");
     let path = req
         .uri()
@@ -285,7 +289,12 @@ async fn forward(
         .unwrap_or_default();
     *req.uri_mut() = path;
     strip_hop_by_hop(req.headers_mut());
-    for c in shared.policy.credentials_for(&host) {
+    // Over TLS only: a plain http:// request to a credential host goes without them.
+    let credentials = shared
+        .policy
+        .credentials_for(&host)
+        .filter(|_| with_credentials);
+    for c in credentials {
         match credential(c) {
             Ok((name, value)) => {
                 req.headers_mut().insert(name, value);
@@ -388,11 +397,51 @@ async fn exchange<T: Io>(
             return Err(e.to_string());
         }
     };
-    tokio::spawn(async move {
+    let spawner = audit.shared.clone();
+    spawner.spawn(async move {
         let _ = conn.await;
         audit.done();
     });
     sender.send_request(req).await.map_err(|e| e.to_string())
+}
+
+/// Checks the request's Host header against where it goes, and sets it (a request without one
+/// gets it).
+pub(crate) fn one_host(
+    h: &mut http::HeaderMap,
+    host: &str,
+    port: u16,
+    kind: &str,
+) -> Result<(), crate::Refusal> {
+    let mut named = h.get_all(header::HOST).iter();
+    match (named.next(), named.next()) {
+        (_, Some(_)) => return Err("more than one Host header"),
+        (Some(v), None) => {
+            let v = v.to_str().map_err(|_| "an unreadable Host header")?;
+            let name = v
+                .rsplit_once(':')
+                .filter(|(_, p)| p.parse::<u16>().is_ok())
+                .map_or(v, |(h, _)| h);
+            if bare(name) != host {
+                return Err("the Host header names another host than the request goes to");
+            }
+        }
+        (None, None) => {}
+    }
+    let default = if kind == "https" { 443 } else { 80 };
+    let bracketed = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    let value = if port == default {
+        bracketed
+    } else {
+        format!("{bracketed}:{port}")
+    };
+    let value = HeaderValue::from_str(&value).map_err(|_| "not a host name")?;
+    h.insert(header::HOST, value);
+    Ok(())
 }
 
 fn strip_hop_by_hop(h: &mut http::HeaderMap) {

@@ -35,8 +35,36 @@ pub(crate) fn is_tls(first: &[u8]) -> bool {
     first.first() == Some(&0x16)
 }
 
+/// What a tunnel's first bytes say about the server they are for.
+pub(crate) enum Hello {
+    NotTls,
+    /// A ClientHello naming this server (lower-case).
+    Named(String),
+    /// A ClientHello without a server name.
+    Unnamed,
+    /// A TLS handshake that is not one whole ClientHello in one record: it could name anything.
+    Unreadable,
+}
+
+pub(crate) fn hello(first: &[u8]) -> Hello {
+    if !is_tls(first) {
+        return Hello::NotTls;
+    }
+    match parse(first) {
+        Some(Some(name)) => Hello::Named(name),
+        Some(None) => Hello::Unnamed,
+        None => Hello::Unreadable,
+    }
+}
+
 /// The SNI host name of a ClientHello record, lower-case; `None` if it has none or is not one.
+#[cfg(test)]
 pub(crate) fn server_name(record: &[u8]) -> Option<String> {
+    parse(record).flatten()
+}
+
+/// `Some(name or None)` for a whole ClientHello; `None` for anything else.
+fn parse(record: &[u8]) -> Option<Option<String>> {
     let mut c = Cursor(record);
     (c.u8()? == 0x16).then_some(())?;
     c.skip(4)?; // version, length
@@ -62,11 +90,13 @@ pub(crate) fn server_name(record: &[u8]) -> Option<String> {
             let n = usize::from(names.u16()?);
             let name = names.take(n)?;
             if name_type == 0 {
-                return std::str::from_utf8(name).ok().map(str::to_ascii_lowercase);
+                return std::str::from_utf8(name)
+                    .ok()
+                    .map(|n| Some(n.to_ascii_lowercase()));
             }
         }
     }
-    None
+    Some(None)
 }
 
 struct Cursor<'a>(&'a [u8]);

@@ -150,3 +150,51 @@ fn the_server_name_of_a_real_client_hello() {
     }
     assert_eq!(sni::server_name(b"GET / HTTP/1.1\r\n\r\n"), None);
 }
+
+#[tokio::test]
+async fn link_local_is_never_reachable_even_when_listed() {
+    let s = shared(
+        EgressMode::AllowList,
+        &["169.254.0.0/16", "fe80::/10"],
+        None,
+    );
+    assert!(
+        s.admit("169.254.169.254", 80).await.is_err(),
+        "instance metadata"
+    );
+    assert!(s.admit("[fe80::1]", 80).await.is_err());
+}
+
+#[test]
+fn a_handshake_that_cannot_be_read_is_not_waved_through() {
+    assert!(matches!(sni::hello(b"SSH-2.0-x\r\n"), sni::Hello::NotTls));
+    assert!(matches!(
+        sni::hello(&[0x16, 3, 1, 0, 200, 1, 0]),
+        sni::Hello::Unreadable
+    ));
+    assert!(
+        matches!(sni::hello(&[]), sni::Hello::NotTls),
+        "nothing sent"
+    );
+}
+
+#[test]
+fn the_host_header_is_the_host_the_request_goes_to() {
+    let mut h = http::HeaderMap::new();
+    proxy::one_host(&mut h, "api.example.com", 443, "https").unwrap();
+    assert_eq!(
+        h["host"], "api.example.com",
+        "set when missing, default port left out"
+    );
+    h.insert("host", "API.example.com.:8443".parse().unwrap());
+    proxy::one_host(&mut h, "api.example.com", 8443, "https").unwrap();
+    assert_eq!(h["host"], "api.example.com:8443");
+    h.insert("host", "other.example".parse().unwrap());
+    assert!(proxy::one_host(&mut h, "api.example.com", 443, "https").is_err());
+    h.insert("host", "api.example.com".parse().unwrap());
+    h.append("host", "other.example".parse().unwrap());
+    assert!(
+        proxy::one_host(&mut h, "api.example.com", 443, "https").is_err(),
+        "two"
+    );
+}

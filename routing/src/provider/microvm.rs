@@ -18,6 +18,7 @@
 //! it and cannot run ordinary guests), so `auto` needs `vmx`/`svm` and then a canary boot that
 //! must answer within a deadline; otherwise QEMU's software emulation (TCG) runs the guests.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +37,8 @@ use super::{Addrs, Backend, Lease, PlacementError};
 
 /// How long a canary boot may take to prove KVM works.
 const CANARY_DEADLINE: Duration = Duration::from_secs(10);
+/// x86's `COMMAND_LINE_SIZE`: a longer kernel command line is cut without a word.
+const KERNEL_COMMAND_LINE: usize = 2048;
 /// How long a guest may take to apply its session config.
 const CONFIG_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -188,9 +191,11 @@ impl Vm {
             Some(policy) => {
                 let path = dir.join("egress.sock");
                 let gate = egress::Gate::new(policy.clone(), &policy.runtime);
-                gate.serve_unix(
-                    tokio::net::UnixListener::bind(&path).map_err(PlacementError::Isolation)?,
-                );
+                let listener =
+                    tokio::net::UnixListener::bind(&path).map_err(PlacementError::Isolation)?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(PlacementError::Isolation)?;
+                gate.serve_unix(listener);
                 remains.egress = Some(gate);
                 Some(path)
             }
@@ -198,8 +203,18 @@ impl Vm {
         };
         let net = GuestNet::new(spec.egress, &ports, spec.ports, exec, gate.as_deref())
             .map_err(PlacementError::Isolation)?;
+        let machine = machine_args(spec, accel);
+        if let Some(line) = machine.iter().skip_while(|a| *a != "-append").nth(1)
+            && line.len() >= KERNEL_COMMAND_LINE
+        {
+            return Err(PlacementError::Guest(format!(
+                "the guest's kernel command line (its env, and the egress CA with credentials) is {} bytes; the kernel takes {}",
+                line.len(),
+                KERNEL_COMMAND_LINE - 1
+            )));
+        }
         let mut cmd = Command::new(&spec.qemu);
-        cmd.args(machine_args(spec, accel))
+        cmd.args(machine)
             .args([
                 "-netdev",
                 &net.netdev,
