@@ -17,6 +17,7 @@ COPY conf conf
 COPY auth auth
 COPY routing routing
 COPY agent agent
+COPY egress egress
 COPY gateway gateway
 COPY vendor vendor
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
