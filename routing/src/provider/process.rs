@@ -81,6 +81,19 @@ impl ProcessProvider {
         // Dropping `child` on any early return kills it (kill_on_drop).
         let addrs = Addrs::from(endpoint);
         wait_ready(&mut child, &addrs.http, self.spec.ready_timeout).await?;
+        let pid = child.id().unwrap_or(0);
+        if listener_owner(endpoint.http.port(), pid) == Some(false) {
+            // Another process (another gateway's backend) took the port between its
+            // reservation and our child's bind: what answered `/ping` is not ours. Our child
+            // failed to bind; end it, and the placement tries again on fresh ports.
+            tracing::warn!(
+                port = endpoint.http.port(),
+                "a backend's port was taken by another process; placing again"
+            );
+            let _ = child.start_kill();
+            let status = child.wait().await.map_err(PlacementError::Spawn)?;
+            return Err(PlacementError::ExitedEarly(status));
+        }
         let mut remains = Remains::default();
         remains.ports = Some(ports);
         let lease = ChildLease::new(child, self.spec.stop_timeout, remains);
@@ -209,6 +222,50 @@ pub(super) fn reserve_endpoint() -> std::io::Result<Ports> {
     ))
 }
 
+/// Whether the socket listening on 127.0.0.1:`port` belongs to process group `pgid` (a backend
+/// and whatever it started); `None` when `/proc` cannot tell. Ports are reserved by binding
+/// and releasing them, which other processes on the host may do at the same moment.
+fn listener_owner(port: u16, pgid: u32) -> Option<bool> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let ours = [
+        format!("0100007F:{port:04X}"),
+        format!("00000000:{port:04X}"),
+    ];
+    let inode = table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 9 && ours.iter().any(|o| o == f[1]) && f[3] == "0A").then(|| f[9].to_owned())
+    })?;
+    let socket = format!("socket:[{inode}]");
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // Field 5 of /proc/PID/stat is the process group (after the parenthesised name).
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let group = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+            .and_then(|g| g.parse::<u32>().ok());
+        if group != Some(pgid) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == socket.as_str()))
+        {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,5 +286,17 @@ mod tests {
             !out.contains(&first),
             "a dropped reservation gives its ports back"
         );
+    }
+
+    #[test]
+    fn a_listener_is_told_apart_from_another_process_group() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        // SAFETY: getpgrp(2) cannot fail and touches no memory.
+        let ours = unsafe { libc::getpgrp() } as u32;
+        assert_eq!(listener_owner(port, ours), Some(true));
+        assert_eq!(listener_owner(port, ours + 1_000_000), Some(false));
+        drop(l);
+        assert_eq!(listener_owner(port, ours), None, "nothing listens");
     }
 }
