@@ -30,8 +30,7 @@ pub fn run(listen: SocketAddr, upstream: SocketAddr) -> anyhow::Result<()> {
             let query = buf[..n].to_vec();
             let (socket, link) = (socket.clone(), link.clone());
             tokio::spawn(async move {
-                let asked = tokio::time::timeout(DEADLINE, ask(&link, upstream, &query)).await;
-                if let Ok(Ok(answer)) = asked {
+                if let Ok(answer) = ask(&link, upstream, &query).await {
                     let _ = socket.send_to(&answer, from).await;
                 }
             });
@@ -39,7 +38,9 @@ pub fn run(listen: SocketAddr, upstream: SocketAddr) -> anyhow::Result<()> {
     })
 }
 
-/// Asks on the kept connection, and once more on a fresh one if that fails.
+/// Asks on the kept connection, and once more on a fresh one if that fails. A connection that
+/// failed or timed out mid-question is dropped (a late answer on it would go to the next
+/// question), and an answer must carry the question's id.
 async fn ask(
     link: &Mutex<Option<TcpStream>>,
     upstream: SocketAddr,
@@ -48,12 +49,13 @@ async fn ask(
     let mut link = link.lock().await;
     for fresh in [false, true] {
         if fresh || link.is_none() {
-            *link = Some(TcpStream::connect(upstream).await?);
+            let connected = tokio::time::timeout(DEADLINE, TcpStream::connect(upstream)).await;
+            *link = Some(connected.map_err(std::io::Error::other)??);
         }
         if let Some(s) = link.as_mut() {
-            match exchange(s, query).await {
-                Ok(answer) => return Ok(answer),
-                Err(_) => *link = None,
+            match tokio::time::timeout(DEADLINE, exchange(s, query)).await {
+                Ok(Ok(answer)) if answer.get(..2) == query.get(..2) => return Ok(answer),
+                _ => *link = None,
             }
         }
     }

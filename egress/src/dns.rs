@@ -52,7 +52,8 @@ pub(crate) async fn serve_stream<S: Io>(shared: Arc<Shared>, mut s: S) {
             return;
         };
         let mut query = vec![0u8; usize::from(len)];
-        if s.read_exact(&mut query).await.is_err() {
+        let read = tokio::time::timeout(CLIENT_DEADLINE, s.read_exact(&mut query)).await;
+        if !matches!(read, Ok(Ok(_))) {
             return;
         }
         let Some(answer) = answer(&shared, &query).await else {

@@ -70,8 +70,9 @@ pub(crate) struct Shared {
     session: Mutex<Arc<str>>,
     /// Bytes sent and received through the proxy and DNS, against `policy.budget_bytes`.
     used: AtomicU64,
-    /// Every task of the gate: listeners, connections, tunnels, lookups. Aborted with it.
-    tasks: Mutex<JoinSet<()>>,
+    /// Every task of the gate: listeners, connections, tunnels, lookups. Aborted with it (and
+    /// `None` from then on, so that a task running at that moment cannot start another).
+    tasks: Mutex<Option<JoinSet<()>>>,
     /// Connections (and DNS questions) in progress at once, so that one session cannot take
     /// the file descriptors or the resolver threads every session shares.
     slots: Arc<Semaphore>,
@@ -88,7 +89,7 @@ impl Gate {
                 runtime: Arc::from(runtime),
                 session: Mutex::new(Arc::from("-")),
                 used: AtomicU64::new(0),
-                tasks: Mutex::new(JoinSet::new()),
+                tasks: Mutex::new(Some(JoinSet::new())),
                 slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
             }),
         }
@@ -142,9 +143,8 @@ impl Gate {
 
 impl Drop for Gate {
     fn drop(&mut self) {
-        if let Ok(mut tasks) = self.shared.tasks.lock() {
-            tasks.abort_all();
-        }
+        let tasks = self.shared.tasks.lock().ok().and_then(|mut t| t.take());
+        drop(tasks); // dropping a JoinSet aborts its tasks
     }
 }
 
@@ -195,10 +195,13 @@ async fn accept_loop(shared: Arc<Shared>, listener: Listener, serve: Serve) {
     loop {
         let Some(slot) = shared.slot() else {
             // Every slot is taken: close what comes until one is free.
-            let _ = match &listener {
+            let accepted = match &listener {
                 Listener::Tcp(l) => l.accept().await.map(drop),
                 Listener::Unix(l) => l.accept().await.map(drop),
             };
+            if accepted.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             continue;
         };
         let task = match &listener {
@@ -248,7 +251,9 @@ async fn kind<S: AsyncRead + Unpin>(stream: &mut S) -> Option<Kind> {
 impl Shared {
     /// Runs `task` as the gate's: it ends with the gate at the latest.
     pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        if let Ok(mut tasks) = self.tasks.lock() {
+        if let Ok(mut guard) = self.tasks.lock()
+            && let Some(tasks) = guard.as_mut()
+        {
             while tasks.try_join_next().is_some() {}
             tasks.spawn(task);
         }

@@ -119,6 +119,13 @@ async fn tunnel_or_intercept(shared: Arc<Shared>, req: Request<Incoming>) -> Res
             return refuse(StatusCode::FORBIDDEN, why);
         }
     };
+    // A tunnel outlives the proxy connection that asked for it: it takes a slot of its own.
+    let Some(slot) = shared.slot() else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections from this session at once",
+        );
+    };
     if shared.policy.credentials_for(&host).next().is_some() {
         let ca = match Ca::get() {
             Ok(ca) => ca,
@@ -133,6 +140,7 @@ async fn tunnel_or_intercept(shared: Arc<Shared>, req: Request<Incoming>) -> Res
         let intercepted = Arc::new(Intercepted { host, port, addrs });
         let spawner = shared.clone();
         spawner.spawn(async move {
+            let _slot = slot;
             let Ok(upgraded) = hyper::upgrade::on(req).await else {
                 shared.audit("connect", &dest, Outcome::failed(started));
                 return;
@@ -172,6 +180,7 @@ async fn tunnel_or_intercept(shared: Arc<Shared>, req: Request<Incoming>) -> Res
     };
     let spawner = shared.clone();
     spawner.spawn(async move {
+        let _slot = slot;
         let outcome = match hyper::upgrade::on(req).await {
             Ok(upgraded) => tunnel(&shared, TokioIo::new(upgraded), upstream, &host, started).await,
             Err(_) => Outcome::failed(started),
@@ -273,7 +282,11 @@ async fn forward(
         shared.audit(kind, &dest, Outcome::refused(started, why));
         return refuse(StatusCode::MISDIRECTED_REQUEST, why);
     }
-    if with_credentials && matches!(req.method().as_str(), "TRACE" | "TRACK") {
+    if with_credentials
+        && ["TRACE", "TRACK"]
+            .iter()
+            .any(|m| req.method().as_str().eq_ignore_ascii_case(m))
+    {
         // It would echo the credential back to the session.
         return refuse(
             StatusCode::METHOD_NOT_ALLOWED,

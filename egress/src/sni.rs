@@ -67,9 +67,16 @@ pub(crate) fn server_name(record: &[u8]) -> Option<String> {
 fn parse(record: &[u8]) -> Option<Option<String>> {
     let mut c = Cursor(record);
     (c.u8()? == 0x16).then_some(())?;
-    c.skip(4)?; // version, length
+    c.skip(2)?; // version
+    // Only this record, and it must hold the whole ClientHello: one split across records
+    // (valid TLS, reassembled by the server) would be read across the next record's header.
+    let body = usize::from(c.u16()?);
+    let mut c = Cursor(c.take(body)?);
     (c.u8()? == 1).then_some(())?; // ClientHello
-    c.skip(3 + 2 + 32)?; // length, version, random
+    let hello = c.take(3)?;
+    let hello = usize::from(hello[0]) << 16 | usize::from(hello[1]) << 8 | usize::from(hello[2]);
+    (hello + 4 == body).then_some(())?;
+    c.skip(2 + 32)?; // version, random
     let n = usize::from(c.u8()?);
     c.skip(n)?; // session id
     let n = usize::from(c.u16()?);

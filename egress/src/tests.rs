@@ -198,3 +198,28 @@ fn the_host_header_is_the_host_the_request_goes_to() {
         "two"
     );
 }
+
+#[test]
+fn a_client_hello_split_across_records_is_unreadable_not_unnamed() {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("other.example").unwrap();
+    let mut client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    // The same handshake message in two records, sent together.
+    let body = &hello[5..];
+    let (a, b) = body.split_at(body.len() / 2);
+    let mut split = Vec::new();
+    for part in [a, b] {
+        split.extend_from_slice(&[0x16, 3, 1]);
+        split.extend_from_slice(&(part.len() as u16).to_be_bytes());
+        split.extend_from_slice(part);
+    }
+    assert!(matches!(sni::hello(&split), sni::Hello::Unreadable));
+    assert!(matches!(sni::hello(&hello), sni::Hello::Named(n) if n == "other.example"));
+}
