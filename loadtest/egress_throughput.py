@@ -8,7 +8,7 @@ outside address), by curl, as
 - a sandbox under a policy: plain HTTP through the proxy, HTTPS tunnelled (CONNECT, untouched),
   and HTTPS to a credential host (intercepted: TLS terminated, the header added, re-encrypted).
 
-    sudo .venv/bin/python loadtest/egress_throughput.py [--mb 100] [--runs 3]
+    .venv/bin/python loadtest/egress_throughput.py [--mb 100] [--runs 3]   # as root
 
 Needs root (a network namespace), the release binary (`make build`) and the repository's venv
 (`scripts/setup --test`). Bounded: RUNS downloads per row, then everything it started stops.

@@ -104,11 +104,6 @@ impl Gate {
         self.shared.used.store(0, Ordering::Relaxed);
     }
 
-    /// Bytes the backend has sent and received through the proxy.
-    pub fn bytes_used(&self) -> u64 {
-        self.shared.used.load(Ordering::Relaxed)
-    }
-
     /// Serves the HTTP proxy on `listener` (a sandbox's 127.0.0.1:3128).
     pub fn serve_proxy(&self, listener: TcpListener) {
         let shared = self.shared.clone();

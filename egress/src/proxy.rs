@@ -352,7 +352,7 @@ async fn forward(
         match tls.await {
             Ok(tls) => exchange(tls, req, audit).await,
             Err(e) => {
-                audit.done();
+                drop(audit);
                 return refuse(StatusCode::BAD_GATEWAY, &e);
             }
         }
@@ -373,10 +373,6 @@ struct Audit {
     dest: String,
     tally: Arc<Tally>,
     started: Instant,
-}
-
-impl Audit {
-    fn done(self) {}
 }
 
 impl Drop for Audit {
@@ -406,14 +402,14 @@ async fn exchange<T: Io>(
     let (mut sender, conn) = match handshake {
         Ok(h) => h,
         Err(e) => {
-            audit.done();
+            drop(audit);
             return Err(e.to_string());
         }
     };
     let spawner = audit.shared.clone();
     spawner.spawn(async move {
         let _ = conn.await;
-        audit.done();
+        drop(audit);
     });
     sender.send_request(req).await.map_err(|e| e.to_string())
 }

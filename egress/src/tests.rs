@@ -16,6 +16,21 @@ fn shared(mode: EgressMode, allow: &[&str], budget: Option<u64>) -> Arc<Shared> 
     Gate::new(Arc::new(policy), "r").shared.clone()
 }
 
+/// The first flight of a real TLS client (rustls) asking for `server`.
+fn client_hello(server: &str) -> Vec<u8> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(server.to_owned()).unwrap();
+    let mut client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    hello
+}
+
 /// A DNS query for `name`, type `qtype`, id 0x1234, recursion desired.
 fn query(name: &str, qtype: u16) -> Vec<u8> {
     let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
@@ -133,16 +148,7 @@ async fn a_connection_says_its_kind_in_one_short_line() {
 
 #[test]
 fn the_server_name_of_a_real_client_hello() {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("API.Example.com").unwrap();
-    let mut client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-    let mut hello = Vec::new();
-    client.write_tls(&mut hello).unwrap();
+    let hello = client_hello("API.Example.com");
     assert!(sni::is_tls(&hello));
     assert_eq!(sni::server_name(&hello).as_deref(), Some("api.example.com"));
     for cut in [0, 5, 40, hello.len() / 2, hello.len() - 1] {
@@ -201,16 +207,7 @@ fn the_host_header_is_the_host_the_request_goes_to() {
 
 #[test]
 fn a_client_hello_split_across_records_is_unreadable_not_unnamed() {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("other.example").unwrap();
-    let mut client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-    let mut hello = Vec::new();
-    client.write_tls(&mut hello).unwrap();
+    let hello = client_hello("other.example");
     // The same handshake message in two records, sent together.
     let body = &hello[5..];
     let (a, b) = body.split_at(body.len() / 2);

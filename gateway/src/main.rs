@@ -142,13 +142,6 @@ struct RunArgs {
     upgrade: bool,
 }
 
-/// `egress-connect` returns from `main` before logging starts.
-fn unreachable_egress_connect() -> anyhow::Result<()> {
-    Err(anyhow::anyhow!(
-        "egress-connect is handled before logging starts"
-    ))
-}
-
 /// Relays fd 0 (the socket QEMU's `guestfwd` gives a command, one per guest connection) to
 /// the egress gate's Unix socket, after a line naming the kind of traffic.
 fn egress_connect(kind: &str, socket: &std::path::Path) -> anyhow::Result<()> {
@@ -172,15 +165,11 @@ fn egress_connect(kind: &str, socket: &std::path::Path) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::EgressConnect { kind, socket }) = &cli.command {
-        // Its stdout and stderr are the guest's connection: nothing may be written there, so
-        // no logging, and a failure is only its exit status.
-        return match egress_connect(kind, socket) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(_) => ExitCode::FAILURE,
-        };
+    // egress-connect's stdout and stderr are a guest's connection: nothing may be written
+    // there, so no logging, and a failure is only its exit status.
+    if !matches!(cli.command, Some(Command::EgressConnect { .. })) {
+        init_tracing();
     }
-    init_tracing();
     let result = match cli.command {
         None => run(cli.run),
         Some(Command::Run(args)) => run(args),
@@ -188,7 +177,12 @@ fn main() -> ExitCode {
         Some(Command::Agent(addrs)) => agent::run(addrs),
         Some(Command::Host(args)) => run_host(args),
         Some(Command::SandboxInit(args)) => return sandbox_init::run(args),
-        Some(Command::EgressConnect { .. }) => unreachable_egress_connect(),
+        Some(Command::EgressConnect { kind, socket }) => {
+            return match egress_connect(&kind, &socket) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::FAILURE,
+            };
+        }
         Some(Command::Invoke(args)) => invoke::run(args),
         Some(Command::Health { admin }) => health(admin),
         Some(Command::Reload(args)) => reload(args),
